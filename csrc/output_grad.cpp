@@ -1,0 +1,272 @@
+// Fused output-gradient ops (schemas + CPU kernels): loss, per-sample importance score
+// ||dloss_i/dz_i||_2 and the gradient of the logits, from one pass over each row.
+// The CUDA kernels of the same ops are Triton: is_kernels/output_grad_triton.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "vec_row.h"
+
+namespace is_kernels {
+namespace {
+
+enum class Reduction { None, Mean, Sum };
+
+Reduction parse_reduction(const std::string& op, c10::string_view reduction) {
+  if (reduction == "mean") return Reduction::Mean;
+  if (reduction == "sum") return Reduction::Sum;
+  if (reduction == "none") return Reduction::None;
+  TORCH_CHECK(false, op, ": reduction must be 'mean', 'sum' or 'none', got '",
+              std::string(reduction), "'");
+}
+
+void check_float_dtype(const char* op, const char* name, const at::Tensor& t) {
+  const auto d = t.scalar_type();
+  TORCH_CHECK(d == at::kFloat || d == at::kDouble || d == at::kHalf || d == at::kBFloat16, op,
+              ": ", name, " must be float32, float64, float16 or bfloat16, got ", d);
+}
+
+void check_ce_inputs(const char* op, const at::Tensor& logits, const at::Tensor& target,
+                     int64_t ignore_index, double label_smoothing) {
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [N, C], got shape ", logits.sizes());
+  TORCH_CHECK(logits.size(1) >= 1, op, ": logits must have at least one class (C >= 1)");
+  check_float_dtype(op, "logits", logits);
+  TORCH_CHECK(target.scalar_type() == at::kLong, op, ": target must be int64 class indices, got ",
+              target.scalar_type());
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), op,
+              ": target must have shape [N] = [", logits.size(0), "], got ", target.sizes());
+  TORCH_CHECK(target.device() == logits.device(), op,
+              ": target and logits must be on the same device, got ", target.device(), " and ",
+              logits.device());
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+              ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  const int64_t C = logits.size(1);
+  const int64_t* t = target.data_ptr<int64_t>();
+  for (int64_t i = 0, n = target.numel(); i < n; ++i) {
+    TORCH_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < C), op, ": target[", i,
+                "] = ", t[i], " is out of range for ", C,
+                " classes (expected 0 <= target < C, or target == ignore_index = ",
+                ignore_index, ")");
+  }
+}
+
+// Per-row results of one cross-entropy row.
+template <typename T>
+struct RowOut {
+  T loss;
+  T score;
+};
+
+// One row of softmax cross-entropy. z: the row's logits (length C). e: workspace of length C;
+// on return, when write_grad, it holds scale * (softmax(z) - t). eps: label smoothing.
+// 1 - p_y is computed as S_{j!=y} / S so that scores of well-learned rows keep their
+// relative precision (ALGORITHMS.md section 1).
+template <typename T>
+RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool write_grad) {
+  const T m = row_max(z, C);
+  T s_ne = 0, q_ne = 0;
+  exp_shifted(z, e, 0, y, m, &s_ne, &q_ne);
+  exp_shifted(z, e, y + 1, C, m, &s_ne, &q_ne);
+  const T zy = z[y] - m;
+  const T ey = std::exp(zy);
+  const T s = s_ne + ey;
+  const T inv = T(1) / s;
+  // -log p_y; log1p keeps the precision of tiny losses when y is the arg-max.
+  const T nll = zy == T(0) ? std::log1p(s_ne) : std::log(s) - zy;
+  const T one_minus_py = s_ne * inv;
+  const T t_other = eps / T(C);
+  const T d_y = (eps - t_other) - one_minus_py;  // p_y - t_y with t_y = 1 - eps + eps / C
+  T loss = nll;
+  if (eps != T(0)) loss = (T(1) - eps) * nll + eps * (m + std::log(s) - row_sum(z, C) / T(C));
+  T sq_other;
+  if (write_grad || eps != T(0)) {
+    sq_other = affine_in_place(e, 0, y, inv, t_other, scale) +
+               affine_in_place(e, y + 1, C, inv, t_other, scale);
+    e[y] = d_y * scale;
+  } else {
+    sq_other = q_ne * inv * inv;
+  }
+  return {loss, std::sqrt(sq_other + d_y * d_y)};
+}
+
+template <typename scalar_t, typename T>
+void ce_forward_cpu(const at::Tensor& logits, const at::Tensor& target, int64_t ignore_index,
+                    double label_smoothing, T grad_scale, at::Tensor& row_loss,
+                    at::Tensor& score, at::Tensor* grad) {
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const int64_t row_stride = logits.stride(0);
+  const scalar_t* zp = logits.data_ptr<scalar_t>();
+  const int64_t* tp = target.data_ptr<int64_t>();
+  T* lp = row_loss.data_ptr<T>();
+  float* sp = score.data_ptr<float>();
+  scalar_t* gp = grad ? grad->data_ptr<scalar_t>() : nullptr;
+  constexpr bool same = std::is_same_v<scalar_t, T>;
+  const T eps = static_cast<T>(label_smoothing);
+  const int64_t grain = std::max<int64_t>(1, 16384 / C);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> zbuf(same ? 0 : C), ebuf((same && gp) ? 0 : C);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t y = tp[i];
+      scalar_t* g = gp ? gp + i * C : nullptr;
+      if (y == ignore_index) {
+        lp[i] = 0;
+        sp[i] = 0;
+        if (g) std::fill(g, g + C, scalar_t(0));
+        continue;
+      }
+      const T* z;
+      if constexpr (same) {
+        z = zp + i * row_stride;
+      } else {
+        for (int64_t j = 0; j < C; ++j) zbuf[j] = static_cast<T>(zp[i * row_stride + j]);
+        z = zbuf.data();
+      }
+      T* e = (same && g) ? reinterpret_cast<T*>(g) : ebuf.data();
+      const RowOut<T> r = ce_row(z, e, C, y, eps, grad_scale, g != nullptr);
+      lp[i] = r.loss;
+      sp[i] = static_cast<float>(r.score);
+      if (g && !same) {
+        for (int64_t j = 0; j < C; ++j) g[j] = static_cast<scalar_t>(e[j]);
+      }
+    }
+  });
+}
+
+// Reduces per-row losses (opmath dtype) to the requested reduction, in `dtype`:
+// "mean" is sum / mean_divisor, "sum" is sum * sum_factor.
+at::Tensor reduce_loss(const at::Tensor& row_loss, Reduction red, double mean_divisor,
+                       double sum_factor, at::ScalarType dtype) {
+  if (red == Reduction::None) return row_loss.to(dtype);
+  at::Tensor total = row_loss.sum();
+  total = red == Reduction::Mean ? total / mean_divisor : total * sum_factor;
+  return total.to(dtype);
+}
+
+int64_t count_not_ignored(const at::Tensor& target, int64_t ignore_index) {
+  return target.ne(ignore_index).sum().item<int64_t>();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_score_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target_in, int64_t ignore_index,
+    double label_smoothing, c10::string_view reduction, bool compute_grad) {
+  const char* op = "cross_entropy_with_score";
+  const Reduction red = parse_reduction(op, reduction);
+  const at::Tensor target = target_in.contiguous();
+  check_ce_inputs(op, logits_in, target, ignore_index, label_smoothing);
+  const at::Tensor logits = logits_in.stride(-1) == 1 ? logits_in : logits_in.contiguous();
+  const int64_t N = logits.size(0);
+  const int64_t count = count_not_ignored(target, ignore_index);
+  const bool is_double = logits.scalar_type() == at::kDouble;
+  const auto opmath = is_double ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({N}, logits.options().dtype(opmath));
+  at::Tensor score = at::empty({N}, logits.options().dtype(at::kFloat));
+  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options())
+                                 : at::empty({0}, logits.options());
+  const double scale = red == Reduction::Mean ? 1.0 / static_cast<double>(count) : 1.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_with_score", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ce_forward_cpu<scalar_t, T>(logits, target, ignore_index, label_smoothing,
+                                static_cast<T>(scale), row_loss, score,
+                                compute_grad ? &grad : nullptr);
+  });
+  return {reduce_loss(row_loss, red, static_cast<double>(count), 1.0, logits.scalar_type()),
+          score, grad};
+}
+
+at::Tensor output_grad_norm_cpu(const at::Tensor& logits, const at::Tensor& target,
+                                int64_t ignore_index, double label_smoothing) {
+  auto out = cross_entropy_with_score_cpu(logits, target, ignore_index, label_smoothing,
+                                          "none", false);
+  return std::get<1>(out);
+}
+
+template <typename scalar_t, typename T>
+void mse_forward_cpu(const at::Tensor& pred, const at::Tensor& target, T grad_scale,
+                     at::Tensor& row_loss, at::Tensor& score, at::Tensor* grad) {
+  const int64_t N = pred.size(0);
+  const int64_t D = pred.dim() == 2 ? pred.size(1) : 1;
+  const scalar_t* zp = pred.data_ptr<scalar_t>();
+  const scalar_t* yp = target.data_ptr<scalar_t>();
+  T* lp = row_loss.data_ptr<T>();
+  float* sp = score.data_ptr<float>();
+  scalar_t* gp = grad ? grad->data_ptr<scalar_t>() : nullptr;
+  const T two_over_d = T(2) / static_cast<T>(D);
+  const int64_t grain = std::max<int64_t>(1, 16384 / D);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T sq = 0;
+      for (int64_t j = 0; j < D; ++j) {
+        const T d = static_cast<T>(zp[i * D + j]) - static_cast<T>(yp[i * D + j]);
+        sq += d * d;
+        if (gp) gp[i * D + j] = static_cast<scalar_t>(two_over_d * grad_scale * d);
+      }
+      lp[i] = sq / static_cast<T>(D);
+      sp[i] = static_cast<float>(two_over_d * std::sqrt(sq));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_with_score_cpu(
+    const at::Tensor& pred_in, const at::Tensor& target_in, c10::string_view reduction,
+    bool compute_grad) {
+  const char* op = "mse_with_score";
+  const Reduction red = parse_reduction(op, reduction);
+  TORCH_CHECK(pred_in.dim() == 1 || pred_in.dim() == 2, op,
+              ": pred must be [N] or [N, D], got shape ", pred_in.sizes());
+  check_float_dtype(op, "pred", pred_in);
+  TORCH_CHECK(target_in.sizes() == pred_in.sizes(), op,
+              ": target must have the shape of pred ", pred_in.sizes(), ", got ",
+              target_in.sizes());
+  TORCH_CHECK(target_in.scalar_type() == pred_in.scalar_type(), op,
+              ": target must have the dtype of pred (", pred_in.scalar_type(), "), got ",
+              target_in.scalar_type());
+  TORCH_CHECK(target_in.device() == pred_in.device(), op,
+              ": target and pred must be on the same device, got ", target_in.device(),
+              " and ", pred_in.device());
+  const at::Tensor pred = pred_in.contiguous(), target = target_in.contiguous();
+  const int64_t N = pred.size(0);
+  const int64_t D = pred.dim() == 2 ? pred.size(1) : 1;
+  const auto opmath = pred.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({N}, pred.options().dtype(opmath));
+  at::Tensor score = at::empty({N}, pred.options().dtype(at::kFloat));
+  at::Tensor grad = compute_grad ? at::empty(pred.sizes(), pred.options())
+                                 : at::empty({0}, pred.options());
+  // d(reduced loss)/d(per-row loss): the per-row loss is already divided by D.
+  double scale = 1.0;
+  if (red == Reduction::Mean) scale = 1.0 / static_cast<double>(N);
+  if (red == Reduction::Sum) scale = static_cast<double>(D);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "mse_with_score", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    mse_forward_cpu<scalar_t, T>(pred, target, static_cast<T>(scale), row_loss, score,
+                                 compute_grad ? &grad : nullptr);
+  });
+  return {reduce_loss(row_loss, red, static_cast<double>(N), static_cast<double>(D),
+                      pred.scalar_type()),
+          score, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
+  m.def(
+      "cross_entropy_with_score(Tensor logits, Tensor target, int ignore_index, "
+      "float label_smoothing, str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "mse_with_score(Tensor pred, Tensor target, str reduction, bool compute_grad) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "output_grad_norm(Tensor logits, Tensor target, int ignore_index, "
+      "float label_smoothing) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
+  m.impl("cross_entropy_with_score", &cross_entropy_with_score_cpu);
+  m.impl("mse_with_score", &mse_with_score_cpu);
+  m.impl("output_grad_norm", &output_grad_norm_cpu);
+}
+
+}  // namespace is_kernels

@@ -1,0 +1,226 @@
+"""Fused output-gradient ops: loss + per-sample importance score (+ logits gradient).
+
+Public API: :func:`cross_entropy_with_score`, :func:`mse_with_score`, :func:`output_grad_norm`.
+Each wraps a ``torch.ops.is_kernels`` custom op: C++ on CPU (``csrc/output_grad.cpp``),
+Triton on CUDA (``is_kernels/output_grad_triton.py``), with fake kernels for
+``torch.compile`` and an autograd formula whose backward is one elementwise scale of the
+gradient the forward kernel already wrote.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
+
+__all__ = ["cross_entropy_with_score", "mse_with_score", "output_grad_norm"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
+              label_smoothing: float) -> None:
+    """Checks of shapes, dtypes and devices (the C++ kernel makes the same on CPU)."""
+    if logits.dim() != 2:
+        raise ValueError(f"{op}: logits must be 2-D [N, C], got shape {tuple(logits.shape)}")
+    if logits.shape[1] < 1:
+        raise ValueError(f"{op}: logits must have at least one class (C >= 1)")
+    if logits.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: logits must be float32, float64, float16 or bfloat16, "
+                        f"got {logits.dtype}")
+    if target.dtype != torch.int64:
+        raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
+    if target.dim() != 1 or target.shape[0] != logits.shape[0]:
+        raise ValueError(f"{op}: target must have shape [N] = [{logits.shape[0]}], "
+                         f"got {tuple(target.shape)}")
+    if target.device != logits.device:
+        raise ValueError(f"{op}: target and logits must be on the same device, "
+                         f"got {target.device} and {logits.device}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def _check_mse(op: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.dim() not in (1, 2):
+        raise ValueError(f"{op}: pred must be [N] or [N, D], got shape {tuple(pred.shape)}")
+    if pred.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: pred must be float32, float64, float16 or bfloat16, "
+                        f"got {pred.dtype}")
+    if target.shape != pred.shape:
+        raise ValueError(f"{op}: target must have the shape of pred {tuple(pred.shape)}, "
+                         f"got {tuple(target.shape)}")
+    if target.dtype != pred.dtype:
+        raise TypeError(f"{op}: target must have the dtype of pred ({pred.dtype}), "
+                        f"got {target.dtype}")
+    if target.device != pred.device:
+        raise ValueError(f"{op}: target and pred must be on the same device, "
+                         f"got {target.device} and {pred.device}")
+
+
+def _loss_like(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    shape = (x.shape[0],) if reduction == "none" else ()
+    return x.new_empty(shape)
+
+
+def _grad_like(x: torch.Tensor, compute_grad: bool) -> torch.Tensor:
+    return x.new_empty(x.shape if compute_grad else (0,))
+
+
+# ---- fake (meta) kernels: shapes only, same argument checks as the real kernels ----------
+
+@torch.library.register_fake("is_kernels::cross_entropy_with_score")
+def _ce_fake(logits, target, ignore_index, label_smoothing, reduction, compute_grad):
+    _check_reduction("cross_entropy_with_score", reduction)
+    _check_ce("cross_entropy_with_score", logits, target, label_smoothing)
+    score = logits.new_empty((logits.shape[0],), dtype=torch.float32)
+    return _loss_like(logits, reduction), score, _grad_like(logits, compute_grad)
+
+
+@torch.library.register_fake("is_kernels::mse_with_score")
+def _mse_fake(pred, target, reduction, compute_grad):
+    _check_reduction("mse_with_score", reduction)
+    _check_mse("mse_with_score", pred, target)
+    score = pred.new_empty((pred.shape[0],), dtype=torch.float32)
+    return _loss_like(pred, reduction), score, _grad_like(pred, compute_grad)
+
+
+@torch.library.register_fake("is_kernels::output_grad_norm")
+def _norm_fake(logits, target, ignore_index, label_smoothing):
+    _check_ce("output_grad_norm", logits, target, label_smoothing)
+    return logits.new_empty((logits.shape[0],), dtype=torch.float32)
+
+
+# ---- CUDA kernels: Triton, imported on first use so CPU-only installs need no Triton -----
+
+@torch.library.register_kernel("is_kernels::cross_entropy_with_score", "cuda")
+def _ce_cuda(logits, target, ignore_index, label_smoothing, reduction, compute_grad):
+    from . import output_grad_triton
+
+    _check_reduction("cross_entropy_with_score", reduction)
+    _check_ce("cross_entropy_with_score", logits, target, label_smoothing)
+    return output_grad_triton.cross_entropy_with_score(
+        logits, target, ignore_index, label_smoothing, reduction, compute_grad)
+
+
+@torch.library.register_kernel("is_kernels::mse_with_score", "cuda")
+def _mse_cuda(pred, target, reduction, compute_grad):
+    from . import output_grad_triton
+
+    _check_reduction("mse_with_score", reduction)
+    _check_mse("mse_with_score", pred, target)
+    return output_grad_triton.mse_with_score(pred, target, reduction, compute_grad)
+
+
+@torch.library.register_kernel("is_kernels::output_grad_norm", "cuda")
+def _norm_cuda(logits, target, ignore_index, label_smoothing):
+    from . import output_grad_triton
+
+    _check_ce("output_grad_norm", logits, target, label_smoothing)
+    return output_grad_triton.cross_entropy_with_score(
+        logits, target, ignore_index, label_smoothing, "none", False)[1]
+
+
+# ---- autograd: backward scales the gradient the forward kernel wrote ---------------------
+
+def _setup_context(ctx, inputs, output):
+    ctx.reduction, ctx.compute_grad = inputs[-2], inputs[-1]
+    ctx.save_for_backward(output[2])
+
+
+def _scaled_grad(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
+    (grad,) = ctx.saved_tensors
+    if not ctx.compute_grad:
+        raise RuntimeError("is_kernels: backward through an op called with compute_grad=False; "
+                           "call it with compute_grad=True (the public wrappers do this "
+                           "whenever the input requires grad)")
+    if ctx.reduction == "none" and grad.dim() == 2:
+        grad_loss = grad_loss.unsqueeze(1)
+    return grad * grad_loss
+
+
+def _ce_backward(ctx, grad_loss, grad_score, grad_grad):
+    return _scaled_grad(ctx, grad_loss), None, None, None, None, None
+
+
+def _mse_backward(ctx, grad_loss, grad_score, grad_grad):
+    grad_pred = _scaled_grad(ctx, grad_loss)
+    grad_target = -grad_pred if ctx.needs_input_grad[1] else None
+    return grad_pred, grad_target, None, None
+
+
+torch.library.register_autograd("is_kernels::cross_entropy_with_score", _ce_backward,
+                                setup_context=_setup_context)
+torch.library.register_autograd("is_kernels::mse_with_score", _mse_backward,
+                                setup_context=_setup_context)
+
+
+# ---- public API ---------------------------------------------------------------------------
+
+def _as_class_indices(op: str, target: torch.Tensor) -> torch.Tensor:
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"{op}: target must be integer class indices, got {target.dtype}")
+    return target.long()
+
+
+def cross_entropy_with_score(
+    logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+    label_smoothing: float = 0.0, reduction: str = "mean",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Softmax cross-entropy and the importance score of every sample, in one pass.
+
+    Args:
+        logits: ``[N, C]`` float32/float16/bfloat16 (math in float32) or float64.
+        target: ``[N]`` integer class indices in ``[0, C)`` or ``ignore_index``.
+        ignore_index: rows with this target contribute no loss, no gradient, score 0.
+        label_smoothing: ``ε`` in ``[0, 1]``; target ``t = (1-ε)·onehot + ε/C``.
+        reduction: ``"mean"`` (over non-ignored rows), ``"sum"`` or ``"none"`` (``[N]``).
+
+    Returns:
+        ``(loss, score)``: ``loss`` equals ``F.cross_entropy`` with the same arguments
+        (differentiable w.r.t. ``logits``); ``score`` is the detached float32 ``[N]``
+        ``||softmax(z_i) - t_i||_2``, the norm of the per-sample loss gradient w.r.t. the
+        logits, 0 for ignored rows.
+    """
+    op = "cross_entropy_with_score"
+    target = _as_class_indices(op, target)
+    compute_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, score, _ = torch.ops.is_kernels.cross_entropy_with_score(
+        logits, target, ignore_index, float(label_smoothing), reduction, compute_grad)
+    return loss, score.detach()
+
+
+def mse_with_score(pred: torch.Tensor, target: torch.Tensor, *,
+                   reduction: str = "mean") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error and the importance score of every sample, in one pass.
+
+    Args:
+        pred, target: ``[N, D]`` (or ``[N]``, meaning ``D = 1``), same dtype and device.
+        reduction: ``"mean"``/``"sum"`` as ``F.mse_loss``; ``"none"`` gives the per-sample
+            mean over features, shape ``[N]``.
+
+    Returns:
+        ``(loss, score)`` with ``score = (2/D)·||pred_i - target_i||_2`` (float32 ``[N]``,
+        detached), the norm of the per-sample loss gradient w.r.t. ``pred_i``.
+    """
+    compute_grad = torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad)
+    loss, score, _ = torch.ops.is_kernels.mse_with_score(pred, target, reduction, compute_grad)
+    return loss, score.detach()
+
+
+def output_grad_norm(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = -100,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
+    """The cross-entropy score alone (no loss, no autograd): one read of the logits.
+
+    Used to score presampled candidates. Returns float32 ``[N]``, 0 for ignored rows.
+    """
+    target = _as_class_indices("output_grad_norm", target)
+    with torch.no_grad():
+        return torch.ops.is_kernels.output_grad_norm(logits, target, ignore_index,
+                                                     float(label_smoothing))

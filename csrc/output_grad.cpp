@@ -61,36 +61,50 @@ struct RowOut {
   T score;
 };
 
+// NaN-propagating max of two values.
+template <typename T>
+T nan_max(T a, T b) {
+  return (std::isnan(a) || a > b) ? a : b;
+}
+
 // One row of softmax cross-entropy. z: the row's logits (length C). e: workspace of length C;
 // on return, when write_grad, it holds scale * (softmax(z) - t). eps: label smoothing.
-// 1 - p_y is computed as S_{j!=y} / S so that scores of well-learned rows keep their
-// relative precision (ALGORITHMS.md section 1).
+// Exponents are taken against m2 = max_{j!=y} z_j, so e_j <= 1 with max 1 and sums of e_j^2
+// never underflow; with t = exp(-|z_y - m2|), 1 - p_y = S_{j!=y} / S is formed without
+// cancellation: scores of well-learned rows (p_y -> 1) keep their relative precision
+// (ALGORITHMS.md section 1).
 template <typename T>
 RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool write_grad) {
-  const T m = row_max(z, C);
+  const T m2 = nan_max(row_max(z, y), row_max(z + y + 1, C - y - 1));
+  const T shift = std::isinf(m2) && m2 < 0 ? T(0) : m2;
   T s_ne = 0, q_ne = 0;
-  exp_shifted(z, e, 0, y, m, &s_ne, &q_ne);
-  exp_shifted(z, e, y + 1, C, m, &s_ne, &q_ne);
-  const T zy = z[y] - m;
-  const T ey = std::exp(zy);
-  const T s = s_ne + ey;
-  const T inv = T(1) / s;
-  // -log p_y; log1p keeps the precision of tiny losses when y is the arg-max.
-  const T nll = zy == T(0) ? std::log1p(s_ne) : std::log(s) - zy;
-  const T one_minus_py = s_ne * inv;
-  const T t_other = eps / T(C);
-  const T d_y = (eps - t_other) - one_minus_py;  // p_y - t_y with t_y = 1 - eps + eps / C
-  T loss = nll;
-  if (eps != T(0)) loss = (T(1) - eps) * nll + eps * (m + std::log(s) - row_sum(z, C) / T(C));
-  T sq_other;
-  if (write_grad || eps != T(0)) {
-    sq_other = affine_in_place(e, 0, y, inv, t_other, scale) +
-               affine_in_place(e, y + 1, C, inv, t_other, scale);
-    e[y] = d_y * scale;
+  exp_shifted(z, e, 0, y, shift, &s_ne, &q_ne);
+  exp_shifted(z, e, y + 1, C, shift, &s_ne, &q_ne);
+  const T delta = z[y] - m2;
+  const T t = std::exp(-std::abs(delta));
+  T a, nll;  // p_j = a * e_j for j != y; nll = -log p_y
+  if (delta >= T(0)) {
+    a = t / (T(1) + s_ne * t);
+    nll = std::log1p(s_ne * t);
   } else {
-    sq_other = q_ne * inv * inv;
+    a = T(1) / (s_ne + t);
+    nll = std::log(s_ne + t) - delta;
   }
-  return {loss, std::sqrt(sq_other + d_y * d_y)};
+  const T t_other = eps / T(C);
+  const T d_y = (eps - t_other) - s_ne * a;  // p_y - t_y with t_y = 1 - eps + eps / C
+  T loss = nll;
+  T score = a * std::sqrt(q_ne + s_ne * s_ne);  // one-hot: sqrt(sum_{j!=y} p_j^2 + (1-p_y)^2)
+  if (eps != T(0)) {
+    const T lse = z[y] + nll;
+    loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
+  }
+  if (write_grad || eps != T(0)) {
+    const T sq_other = affine_in_place(e, 0, y, a, t_other, scale) +
+                       affine_in_place(e, y + 1, C, a, t_other, scale);
+    e[y] = d_y * scale;
+    if (eps != T(0)) score = std::sqrt(sq_other + d_y * d_y);
+  }
+  return {loss, score};
 }
 
 template <typename scalar_t, typename T>

@@ -25,28 +25,35 @@ TILE_ELEMS = 4096
 def _log1p(x):
     # log(1 + x), accurate for tiny x (Goldberg's trick): no log1p in triton.language.
     u = 1.0 + x
-    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+    exact = u == 1.0
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
-def _ce_row_stats(zy, s_ne, m, eps, C):
-    """From the target logit zy - m, S_{j!=y} and the max: nll, d_y = p_y - t_y, 1/S."""
-    ey = tl.exp(zy)
-    s = s_ne + ey
-    inv = 1.0 / s
-    nll = tl.where(zy == 0.0, _log1p(s_ne), tl.log(s) - zy)
-    d_y = (eps - eps / C) - s_ne * inv
-    return nll, d_y, inv, s
+def _ce_row_stats(delta, s_ne):
+    """p_j = a * e_j (j != y) and nll = -log p_y from delta = z_y - m2 and S_{j!=y}.
+
+    m2 = max_{j!=y} z_j is the exponent shift, so e_j <= 1 and no sum underflows; with
+    t = exp(-|delta|), 1 - p_y = a * S_{j!=y} has no cancellation as p_y -> 1.
+    """
+    t = tl.exp(-tl.abs(delta))
+    y_is_max = delta >= 0.0
+    a = tl.where(y_is_max, t / (1.0 + s_ne * t), 1.0 / (s_ne + t))
+    nll = tl.where(y_is_max, _log1p(s_ne * t), tl.log(s_ne + t) - delta)
+    return a, nll
 
 
 @triton.jit
-def _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, sq_other, d_y, lse, sum_z,
-                    eps, C, SMOOTH: tl.constexpr):
+def _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
+                    zy, sum_z, eps, C, SMOOTH: tl.constexpr):
     """Stores loss and score of the rows: 0 for ignored rows, NaN for out-of-range targets."""
-    loss = nll
+    d_y = (eps - eps / C) - s_ne * a
     if SMOOTH:
-        loss = (1.0 - eps) * nll + eps * (lse - sum_z / C)
-    score = tl.sqrt(sq_other + d_y * d_y)
+        loss = (1.0 - eps) * nll + eps * (zy + nll - sum_z / C)
+        score = tl.sqrt(sq_other + d_y * d_y)
+    else:
+        loss = nll
+        score = a * tl.sqrt(q_ne + s_ne * s_ne)
     nan = float("nan")
     loss = tl.where(bad, nan, tl.where(row_ok, loss, 0.0))
     score = tl.where(bad, nan, tl.where(row_ok, score, 0.0))
@@ -65,10 +72,11 @@ def _grad_scale(COUNT, y, row_ok, bad, MEAN: tl.constexpr, F64: tl.constexpr):
 
 @triton.jit
 def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, ignore_index,
-                    eps, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                    EPS, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr,
                     MEAN: tl.constexpr, SMOOTH: tl.constexpr, F64: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_C)
+    eps = tl.load(EPS)
     row_in = rows < N
     y = tl.load(T + rows, mask=row_in, other=ignore_index)
     row_ok = row_in & (y != ignore_index) & (y >= 0) & (y < C)
@@ -78,23 +86,26 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     ptrs = Z + rows[:, None] * stride_zn + cols[None, :] * stride_zc
     z = tl.load(ptrs, mask=mask, other=-float("inf"))
     z = z.to(tl.float64) if F64 else z.to(tl.float32)
-    m = tl.max(z, axis=1)
-    # Rows past N are all -inf; shift them by 0 so no NaN is computed for them.
-    m = tl.where(row_in, m, 0.0)
     is_y = cols[None, :] == y[:, None]
-    e = tl.exp(z - m[:, None])
-    s_ne = tl.sum(tl.where(is_y, 0.0, e), axis=1)
-    zy = tl.sum(tl.where(is_y, z, 0.0), axis=1) - m
-    nll, d_y, inv, s = _ce_row_stats(zy, s_ne, m, eps, C)
-    d = e * inv[:, None] - eps / C
-    sq_other = tl.sum(tl.where(is_y | ~col_in[None, :], 0.0, d * d), axis=1)
-    sum_z = m
+    other = ~is_y & col_in[None, :]
+    m2 = tl.max(tl.where(is_y, -float("inf"), z), axis=1)
+    shift = tl.where(m2 == -float("inf"), 0.0, m2)
+    e = tl.where(other, tl.exp(z - shift[:, None]), 0.0)
+    s_ne = tl.sum(e, axis=1)
+    q_ne = tl.sum(e * e, axis=1)
+    zy = tl.sum(tl.where(is_y, z, 0.0), axis=1)
+    a, nll = _ce_row_stats(zy - m2, s_ne)
+    d = e * a[:, None] - eps / C
+    sq_other = q_ne
+    sum_z = zy
     if SMOOTH:
+        sq_other = tl.sum(tl.where(other, d * d, 0.0), axis=1)
         sum_z = tl.sum(tl.where(col_in[None, :], z, 0.0), axis=1)
-    _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, sq_other, d_y, m + tl.log(s),
+    _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other, zy,
                     sum_z, eps, C, SMOOTH)
     if WRITE_GRAD:
         scale = _grad_scale(COUNT, y, row_ok, bad, MEAN, F64)
+        d_y = (eps - eps / C) - s_ne * a
         g = tl.where(is_y, d_y[:, None], d) * scale[:, None]
         tl.store(GRAD + rows[:, None] * C + cols[None, :], g.to(GRAD.dtype.element_ty),
                  mask=mask)
@@ -102,9 +113,10 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
 
 @triton.jit
 def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, ignore_index,
-                    eps, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
+                    EPS, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
                     SMOOTH: tl.constexpr, F64: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    eps = tl.load(EPS)
     # Scalars as 1-element vectors, so the row helpers serve both kernels.
     rows = row + tl.arange(0, 1)
     y = tl.load(T + rows)
@@ -112,53 +124,63 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     bad = (y != ignore_index) & ((y < 0) | (y >= C))
     acc_t = tl.float64 if F64 else tl.float32
     zrow = Z + row * stride_zn
-    # Pass 1: online max, S_{j!=y}, Q_{j!=y} = sum e_j^2 and sum z_j.
-    m = tl.full([1], -float("inf"), acc_t)
+    # Pass 1, online: m2 = max_{j!=y} z_j, S_{j!=y}, Q_{j!=y} = sum e_j^2, sum_j z_j.
+    m2 = tl.full([1], -float("inf"), acc_t)
     s_ne = tl.zeros([1], acc_t)
     q_ne = tl.zeros([1], acc_t)
     sum_z = tl.zeros([1], acc_t)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         z = tl.load(zrow + cols * stride_zc, mask=cols < C, other=-float("inf")).to(acc_t)
-        m_new = tl.maximum(m, tl.max(z, axis=0))
+        z = tl.where(cols[None, :] == y[:, None], -float("inf"), z[None, :])
+        m_new = tl.maximum(m2, tl.max(z, axis=1))
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.exp(m - shift)
-        e = tl.where(cols[None, :] == y[:, None], 0.0, tl.exp(z[None, :] - shift[:, None]))
+        alpha = tl.exp(m2 - shift)
+        e = tl.exp(z - shift[:, None])
         s_ne = s_ne * alpha + tl.sum(e, axis=1)
         q_ne = q_ne * alpha * alpha + tl.sum(e * e, axis=1)
-        if SMOOTH:
-            sum_z += tl.sum(tl.where(cols < C, z, 0.0), axis=0)
-        m = m_new
+        m2 = m_new
     y_safe = tl.where(row_ok, y, 0)
-    zy = tl.load(zrow + y_safe * stride_zc).to(acc_t) - m
-    nll, d_y, inv, s = _ce_row_stats(zy, s_ne, m, eps, C)
-    sq_other = q_ne * inv * inv
+    zy = tl.load(zrow + y_safe * stride_zc).to(acc_t)
+    a, nll = _ce_row_stats(zy - m2, s_ne)
+    shift = tl.where(m2 == -float("inf"), 0.0, m2)
+    sq_other = q_ne
     if WRITE_GRAD or SMOOTH:
         # Pass 2: d_j = p_j - t_j, written (scaled) as the gradient; exact sum of d_j^2.
         scale = _grad_scale(COUNT, y, row_ok, bad, MEAN, F64)
+        d_y = (eps - eps / C) - s_ne * a
         sq_other = tl.zeros([1], acc_t)
         for start in range(0, C, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
             col_in = cols < C
             z = tl.load(zrow + cols * stride_zc, mask=col_in, other=-float("inf")).to(acc_t)
             is_y = cols[None, :] == y[:, None]
-            d = tl.exp(z[None, :] - m[:, None]) * inv[:, None] - eps / C
-            sq_other += tl.sum(tl.where(is_y | ~col_in[None, :], 0.0, d * d), axis=1)
+            d = tl.exp(z[None, :] - shift[:, None]) * a[:, None] - eps / C
+            if SMOOTH:
+                sq_other += tl.sum(tl.where(is_y | ~col_in[None, :], 0.0, d * d), axis=1)
+                sum_z += tl.sum(tl.where(col_in, z, 0.0), axis=0)
             if WRITE_GRAD:
                 g = tl.where(is_y, d_y[:, None], d) * scale[:, None]
                 tl.store(GRAD + row * C + cols[None, :], g.to(GRAD.dtype.element_ty),
                          mask=col_in[None, :])
-    _ce_row_outputs(LOSS, SCORE, rows, rows < N, row_ok, bad, nll, sq_other, d_y,
-                    m + tl.log(s), sum_z, eps, C, SMOOTH)
+    _ce_row_outputs(LOSS, SCORE, rows, rows < N, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
+                    zy, sum_z, eps, C, SMOOTH)
 
 
 @triton.jit
-def _mse_kernel(P, Y, LOSS, SCORE, GRAD, N, D, grad_scale, ROWS: tl.constexpr,
-                BLOCK_D: tl.constexpr, WRITE_GRAD: tl.constexpr, F64: tl.constexpr):
+def _mse_kernel(P, Y, LOSS, SCORE, GRAD, N, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+                WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, SUM: tl.constexpr,
+                F64: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_in = rows < N
     acc_t = tl.float64 if F64 else tl.float32
     sq = tl.zeros([ROWS], acc_t)
+    # d(reduced loss)/d pred = factor * (pred - target)
+    factor = tl.full([1, 1], 2.0, acc_t)
+    if MEAN:
+        factor = factor / N / D
+    elif not SUM:
+        factor = factor / D
     for start in range(0, D, BLOCK_D):
         cols = start + tl.arange(0, BLOCK_D)
         mask = row_in[:, None] & (cols < D)[None, :]
@@ -167,8 +189,7 @@ def _mse_kernel(P, Y, LOSS, SCORE, GRAD, N, D, grad_scale, ROWS: tl.constexpr,
                 - tl.load(Y + offs, mask=mask, other=0.0).to(acc_t))
         sq += tl.sum(diff * diff, axis=1)
         if WRITE_GRAD:
-            tl.store(GRAD + offs, (diff * (2.0 * grad_scale / D)).to(GRAD.dtype.element_ty),
-                     mask=mask)
+            tl.store(GRAD + offs, (diff * factor).to(GRAD.dtype.element_ty), mask=mask)
     tl.store(LOSS + rows, sq / D, mask=row_in)
     tl.store(SCORE + rows, (2.0 / D * tl.sqrt(sq)).to(tl.float32), mask=row_in)
 
@@ -194,12 +215,14 @@ def cross_entropy_with_score(logits: torch.Tensor, target: torch.Tensor, ignore_
     grad = torch.empty((N, C) if compute_grad else (0,), dtype=logits.dtype,
                        device=logits.device)
     count = (target != ignore_index).sum()
+    # A device scalar, not a kernel float argument (those are float32): exact in float64 too.
+    eps = torch.full((1,), label_smoothing, dtype=acc, device=logits.device)
     target = target.contiguous()
     if N > 0:
         flags = dict(WRITE_GRAD=compute_grad, MEAN=reduction == "mean",
                      SMOOTH=label_smoothing != 0.0, F64=f64)
         args = (logits, logits.stride(0), logits.stride(1), target, row_loss, score, grad,
-                count, N, C, ignore_index, float(label_smoothing))
+                count, N, C, ignore_index, eps)
         block_c = triton.next_power_of_2(C)
         if block_c <= max_tile_c:
             rows = max(1, min(16, TILE_ELEMS // block_c))
@@ -223,11 +246,11 @@ def mse_with_score(pred: torch.Tensor, target: torch.Tensor, reduction: str,
     score = torch.empty(N, dtype=torch.float32, device=pred.device)
     grad = torch.empty(pred.shape if compute_grad else (0,), dtype=pred.dtype,
                        device=pred.device)
-    grad_scale = {"mean": 1.0 / max(N, 1), "sum": float(D), "none": 1.0}[reduction]
     if N > 0:
         block_d = min(1024, triton.next_power_of_2(D))
         rows = max(1, min(64, 2048 // block_d))
-        _mse_kernel[(triton.cdiv(N, rows),)](pred, target, row_loss, score, grad, N, D,
-                                             grad_scale, ROWS=rows, BLOCK_D=block_d,
-                                             WRITE_GRAD=compute_grad, F64=f64, num_warps=4)
+        _mse_kernel[(triton.cdiv(N, rows),)](
+            pred, target, row_loss, score, grad, N, D, ROWS=rows, BLOCK_D=block_d,
+            WRITE_GRAD=compute_grad, MEAN=reduction == "mean", SUM=reduction == "sum", F64=f64,
+            num_warps=4)
     return _reduce(row_loss, reduction, float(N), float(D), pred.dtype), score, grad

@@ -1,0 +1,67 @@
+"""Fused loss + score + gradient against the alternatives, forward and backward, same run.
+
+Alternatives: eager PyTorch (``F.cross_entropy`` + backward + a separate
+``(softmax - onehot).norm(dim=1)``) and ``torch.compile`` of that same function.
+Run: ``python -m pytest bench/bench_output_grad.py`` (``bench/run_all.py`` adds the ratios).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import is_kernels
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [(8192, 10), (8192, 1000), (1024, 32768)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def reference_loss_and_score(z, t):
+    loss = F.cross_entropy(z, t)
+    with torch.no_grad():
+        score = (z.softmax(1) - F.one_hot(t, z.shape[1]).to(z.dtype)).float().norm(dim=1)
+    return loss, score
+
+
+_compiled = torch.compile(reference_loss_and_score, dynamic=False)
+
+IMPLS = {
+    "is_kernels": is_kernels.cross_entropy_with_score,
+    "eager": reference_loss_and_score,
+    "compile": _compiled,
+}
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(N, C, dtype):
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(N, C, generator=g) * 3).to(dtype).to(DEVICE).requires_grad_()
+    t = torch.randint(0, C, (N,), generator=g).to(DEVICE)
+    return z, t
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_ce_forward_backward(benchmark, shape, dtype, impl):
+    N, C = shape
+    z, t = _inputs(N, C, DTYPES[dtype])
+    fn = IMPLS[impl]
+
+    def step():
+        loss, score = fn(z, t)
+        (grad,) = torch.autograd.grad(loss, z)
+        _sync()
+        return loss, score, grad
+
+    loss, score, grad = step()  # warm-up (compiles), and a correctness check of the run
+    ref_loss, ref_score = reference_loss_and_score(z.detach().float(), t)
+    tol = 1e-4 if dtype == "fp32" else 3e-2  # bf16 baselines round softmax to bf16
+    assert torch.allclose(loss.float(), ref_loss, rtol=tol, atol=tol)
+    assert torch.allclose(score, ref_score, rtol=tol, atol=tol)
+    benchmark.group = f"CE fwd+bwd {N}x{C} {dtype} ({DEVICE})"
+    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()  # read z, write grad
+    benchmark(step)

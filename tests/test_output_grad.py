@@ -1,0 +1,435 @@
+"""Fused output-gradient ops against a float64 PyTorch reference.
+
+Three implementations are checked: the C++ CPU kernel (through the public API), the Triton
+kernels launched directly on CPU tensors under ``TRITON_INTERPRET=1`` (small shapes), and the
+public API on CUDA (Triton compiled for the GPU) when one is present.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import is_kernels
+from is_kernels import output_grad_triton
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+REDUCTIONS = ["mean", "sum", "none"]
+# Loss and gradient come back in the input dtype: their tolerance is its rounding.
+OUT_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def ce_reference(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """float64 loss, score and grad of the reduced loss, computed by plain PyTorch."""
+    z = logits.detach().double().requires_grad_()
+    loss = F.cross_entropy(z, target, ignore_index=ignore_index,
+                           label_smoothing=label_smoothing, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss.sum(), z) if loss.numel() else (torch.zeros_like(z),)
+    C = z.shape[1]
+    valid = target != ignore_index
+    onehot = F.one_hot(torch.where(valid, target, 0), C).double()
+    t = (1 - label_smoothing) * onehot + label_smoothing / C
+    # 1 - p_y as the sum of the other probabilities: exact enough for p_y -> 1.
+    p = z.detach().softmax(1)
+    lse = torch.logsumexp(z.detach(), 1, keepdim=True)
+    p_other = torch.where(onehot.bool(), 0.0, torch.exp(z.detach() - lse))
+    d = p - t
+    d_y = (label_smoothing - label_smoothing / C) - p_other.sum(1)
+    d = torch.where(onehot.bool(), d_y[:, None], d)
+    score = torch.where(valid, d.norm(dim=1), 0.0)
+    return loss.detach(), score, grad
+
+
+def mse_reference(pred, target, reduction="mean"):
+    p = pred.detach().double().requires_grad_()
+    y = target.double()
+    D = p.shape[1] if p.dim() == 2 else 1
+    if reduction == "none":
+        loss = ((p - y) ** 2).reshape(p.shape[0], D).mean(1)
+    else:
+        loss = F.mse_loss(p, y, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss.sum(), p) if loss.numel() else (torch.zeros_like(p),)
+    score = 2.0 / D * (p - y).reshape(p.shape[0], D).norm(dim=1)
+    return loss.detach(), score.detach(), grad
+
+
+def run_public_ce(logits, target, **kw):
+    z = logits.detach().clone().requires_grad_()
+    loss, score = is_kernels.cross_entropy_with_score(z, target, **kw)
+    grad = torch.autograd.grad(loss.sum(), z)[0] if loss.numel() else torch.zeros_like(z)
+    return loss, score, grad
+
+
+def run_triton_ce(logits, target, ignore_index=-100, label_smoothing=0.0, reduction="mean",
+                  max_tile_c=output_grad_triton.MAX_TILE_C):
+    # The kernel's gradient is already that of loss.sum() (scaled for "mean").
+    return output_grad_triton.cross_entropy_with_score(
+        logits, target, ignore_index, label_smoothing, reduction, True, max_tile_c=max_tile_c)
+
+
+def assert_close(actual, expected, tol, what):
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert actual.shape == expected.shape, what
+    assert torch.equal(actual.isnan(), expected.isnan()), f"{what}: NaN where not expected"
+    actual, expected = actual.nan_to_num(0.0), expected.nan_to_num(0.0)
+    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:.1g} x {scale:.3g}"
+
+
+def random_case(N, C, dtype, device="cpu", ignore_frac=0.2, ignore_index=-100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(N, C, generator=g) * 4).to(dtype).to(device)
+    target = torch.randint(0, C, (N,), generator=g)
+    target[torch.rand(N, generator=g) < ignore_frac] = ignore_index
+    return logits, target.to(device)
+
+
+def check_ce(run, logits, target, dtype, **kw):
+    loss, score, grad = run(logits, target, **kw)
+    ref_loss, ref_score, ref_grad = ce_reference(logits, target, **kw)
+    assert score.dtype == torch.float32 and loss.dtype == logits.dtype
+    assert_close(loss, ref_loss, OUT_TOL[dtype], "loss")
+    assert_close(score, ref_score, 2e-6 if dtype != torch.float64 else 1e-7, "score")
+    assert_close(grad, ref_grad, OUT_TOL[dtype], "grad")
+
+
+# ---- C++ CPU kernel through the public API -------------------------------------------------
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,C", [(1, 1), (7, 2), (33, 10), (64, 1000), (5, 4099), (3, 40000)])
+def test_ce_cpu_matches_reference(N, C, dtype, reduction):
+    logits, target = random_case(N, C, dtype, seed=N * C)
+    check_ce(run_public_ce, logits, target, dtype, reduction=reduction)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_ce_cpu_label_smoothing_and_ignore_index(label_smoothing, ignore_index):
+    logits, target = random_case(50, 17, torch.float32, ignore_index=ignore_index)
+    for reduction in REDUCTIONS:
+        check_ce(run_public_ce, logits, target, torch.float32, ignore_index=ignore_index,
+                 label_smoothing=label_smoothing, reduction=reduction)
+
+
+def test_ce_non_contiguous_logits():
+    base, target = random_case(40, 30, torch.float32)
+    for logits in (base[:, ::2], base.t().contiguous().t(), base[::3]):
+        tgt = target[: logits.shape[0]] % logits.shape[1]
+        check_ce(run_public_ce, logits, tgt, torch.float32, reduction="sum")
+
+
+def test_ce_empty_and_all_ignored():
+    for reduction in REDUCTIONS:
+        logits = torch.randn(0, 5, requires_grad=True)
+        loss, score = is_kernels.cross_entropy_with_score(logits, torch.zeros(0, dtype=torch.long),
+                                                          reduction=reduction)
+        ref = F.cross_entropy(logits, torch.zeros(0, dtype=torch.long), reduction=reduction)
+        assert score.shape == (0,)
+        assert loss.shape == ref.shape
+        assert torch.equal(loss.isnan(), ref.isnan())
+    logits, _ = random_case(6, 4, torch.float32)
+    target = torch.full((6,), -100)
+    loss, score = is_kernels.cross_entropy_with_score(logits.requires_grad_(), target)
+    assert math.isnan(loss.item()) and math.isnan(F.cross_entropy(logits, target).item())
+    assert torch.equal(score, torch.zeros(6))
+    loss, _ = is_kernels.cross_entropy_with_score(logits, target, reduction="sum")
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_ce_extreme_logits():
+    logits, target = random_case(20, 50, torch.float32)
+    logits = torch.where(torch.rand(20, 50) < 0.5, 1e4, -1e4) * torch.rand(20, 50)
+    for reduction in REDUCTIONS:
+        check_ce(run_public_ce, logits, target, torch.float32, reduction=reduction)
+        loss, score, grad = run_public_ce(logits, target, reduction=reduction)
+        assert torch.isfinite(loss).all() and torch.isfinite(score).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ce_score_keeps_relative_precision_of_learned_rows(dtype):
+    """p_y -> 1: 1 - p_y is far below float32 epsilon, the score must still be exact."""
+    g = torch.Generator().manual_seed(1)
+    N, C = 64, 100
+    logits = torch.randn(N, C, generator=g)
+    target = torch.randint(0, C, (N,), generator=g)
+    margin = torch.linspace(5, 60, N)
+    logits[torch.arange(N), target] = margin
+    logits = logits.to(dtype)
+    _, ref_score, _ = ce_reference(logits, target, reduction="none")
+    with torch.no_grad():
+        _, score = is_kernels.cross_entropy_with_score(logits, target, reduction="none")
+    norm = is_kernels.output_grad_norm(logits, target)
+    assert (ref_score > 0).all() and ref_score.min() < 1e-20
+    for s in (score, norm):
+        rel = ((s.double() - ref_score) / ref_score).abs().max().item()
+        assert rel < 1e-5, rel
+    # -log p_y = log1p(sum_{j!=y} exp(z_j - z_y)): float64 F.cross_entropy rounds it to 0.
+    loss, _ = is_kernels.cross_entropy_with_score(logits, target, reduction="none")
+    z = logits.double()
+    rest = torch.exp(z - z.gather(1, target[:, None])).scatter(1, target[:, None], 0.0)
+    ref_loss = torch.log1p(rest.sum(1))
+    assert ((loss.double() - ref_loss) / ref_loss).abs().max() < max(1e-5, OUT_TOL[dtype])
+
+
+def test_ce_nan_and_inf_stay_in_their_row():
+    logits, target = random_case(8, 6, torch.float32, ignore_frac=0.0)
+    logits[2, 1] = float("nan")
+    logits[5, 0] = float("inf")
+    loss, score = is_kernels.cross_entropy_with_score(logits, target, reduction="none")
+    bad = torch.zeros(8, dtype=torch.bool)
+    bad[[2, 5]] = True
+    assert loss[bad].isnan().all() and score[bad].isnan().all()
+    assert torch.isfinite(loss[~bad]).all() and torch.isfinite(score[~bad]).all()
+    ref_loss, ref_score, _ = ce_reference(logits[~bad], target[~bad], reduction="none")
+    assert_close(loss[~bad], ref_loss, 1e-5, "loss")
+    assert_close(score[~bad], ref_score, 2e-6, "score")
+
+
+def test_output_grad_norm_matches_reference_and_needs_no_grad():
+    logits, target = random_case(30, 12, torch.float32)
+    logits.requires_grad_()
+    for ls in (0.0, 0.1):
+        score = is_kernels.output_grad_norm(logits, target, label_smoothing=ls)
+        assert not score.requires_grad
+        assert_close(score, ce_reference(logits, target, label_smoothing=ls)[1], 2e-6, "score")
+
+
+def test_ce_gradcheck():
+    logits, target = random_case(6, 5, torch.float64)
+    for reduction in REDUCTIONS:
+        for ls in (0.0, 0.2):
+            assert torch.autograd.gradcheck(
+                lambda z: is_kernels.cross_entropy_with_score(
+                    z, target, reduction=reduction, label_smoothing=ls)[0],
+                (logits.clone().requires_grad_(),))
+
+
+def test_ce_integer_targets_of_other_dtypes():
+    logits, target = random_case(9, 4, torch.float32, ignore_frac=0.0)
+    ref = is_kernels.cross_entropy_with_score(logits, target)[0]
+    assert torch.equal(is_kernels.cross_entropy_with_score(logits, target.int())[0], ref)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+CE_BAD_INPUTS = [
+    ("target\\[3\\] = 7 is out of range", lambda z, t: (z, t.index_fill(0, torch.tensor([3]), 7)), {}),
+    ("target\\[0\\] = -1 is out of range", lambda z, t: (z, t.index_fill(0, torch.tensor([0]), -1)), {}),
+    ("target must be integer", lambda z, t: (z, t.float()), {}),
+    ("target must have shape", lambda z, t: (z, t[:-1]), {}),
+    ("logits must be 2-D", lambda z, t: (z[0], t), {}),
+    ("logits must be 2-D", lambda z, t: (z[None], t), {}),
+    ("at least one class", lambda z, t: (z[:, :0], t), {}),
+    ("logits must be float", lambda z, t: (z.int(), t), {}),
+    ("reduction must be", lambda z, t: (z, t), {"reduction": "avg"}),
+    ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": 1.5}),
+    ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": -0.1}),
+]
+
+
+@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS)
+def test_ce_bad_input_raises_naming_the_argument(match, make, kw):
+    logits, target = random_case(6, 7, torch.float32, ignore_frac=0.0)
+    logits, target = make(logits, target)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        is_kernels.cross_entropy_with_score(logits, target, **kw)
+    if "reduction" not in kw:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+            is_kernels.output_grad_norm(logits, target, **kw)
+
+
+@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS[2:])
+def test_ce_bad_input_raises_in_fake_kernel(match, make, kw):
+    """The same checks run at trace time (fake tensors), as under torch.compile."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    logits, target = random_case(6, 7, torch.float32, ignore_frac=0.0)
+    logits, target = make(logits, target)
+    if target.dtype != torch.int64:
+        return  # the public wrapper converts integer targets; floats fail before the op
+    with FakeTensorMode() as mode:
+        fz, ft = mode.from_tensor(logits), mode.from_tensor(target)
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+            torch.ops.is_kernels.cross_entropy_with_score(
+                fz, ft, -100, kw.get("label_smoothing", 0.0), kw.get("reduction", "mean"), True)
+
+
+# ---- MSE ----------------------------------------------------------------------------------
+
+def run_public_mse(pred, target, reduction):
+    p = pred.detach().clone().requires_grad_()
+    loss, score = is_kernels.mse_with_score(p, target, reduction=reduction)
+    grad = torch.autograd.grad(loss.sum(), p)[0] if loss.numel() else torch.zeros_like(p)
+    return loss, score, grad
+
+
+def check_mse(run, pred, target, dtype, reduction):
+    loss, score, grad = run(pred, target, reduction)
+    ref_loss, ref_score, ref_grad = mse_reference(pred, target, reduction)
+    assert loss.dtype == pred.dtype and score.dtype == torch.float32
+    assert_close(loss, ref_loss, OUT_TOL[dtype], "loss")
+    assert_close(score, ref_score, 2e-6 if dtype != torch.float64 else 1e-7, "score")
+    assert_close(grad, ref_grad, OUT_TOL[dtype], "grad")
+
+
+def mse_case(shape, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g).to(dtype).to(device),
+            torch.randn(shape, generator=g).to(dtype).to(device))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(0, 3), (1,), (17,), (9, 1), (33, 7), (5, 3000)])
+def test_mse_cpu_matches_reference(shape, dtype, reduction):
+    pred, target = mse_case(shape, dtype)
+    check_mse(run_public_mse, pred, target, dtype, reduction)
+
+
+def test_mse_gradient_flows_to_target_and_gradcheck():
+    pred, target = mse_case((5, 4), torch.float64)
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda p, y: is_kernels.mse_with_score(p, y, reduction=reduction)[0],
+            (pred.clone().requires_grad_(), target.clone().requires_grad_()))
+
+
+@pytest.mark.parametrize("match,make", [
+    ("pred must be \\[N\\] or \\[N, D\\]", lambda p, y: (p[None], y[None])),
+    ("target must have the shape of pred", lambda p, y: (p, y[:-1])),
+    ("target must have the dtype of pred", lambda p, y: (p, y.double())),
+    ("pred must be float", lambda p, y: (p.int(), y.int())),
+])
+def test_mse_bad_input(match, make):
+    pred, target = make(*mse_case((4, 3), torch.float32))
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=match):
+        is_kernels.mse_with_score(pred, target)
+    with pytest.raises((RuntimeError, ValueError), match="reduction must be"):
+        is_kernels.mse_with_score(*mse_case((4, 3), torch.float32), reduction="max")
+
+
+# ---- custom-op machinery: opcheck, torch.compile ------------------------------------------
+
+def opcheck_cases(device):
+    logits, target = random_case(8, 5, torch.float32, device=device)
+    pred, y = mse_case((8, 3), torch.float32, device=device)
+    for reduction in REDUCTIONS:
+        for ls in (0.0, 0.1):
+            yield (torch.ops.is_kernels.cross_entropy_with_score.default,
+                   (logits.clone().requires_grad_(), target, -100, ls, reduction, True))
+        yield (torch.ops.is_kernels.mse_with_score.default,
+               (pred.clone().requires_grad_(), y, reduction, True))
+    yield (torch.ops.is_kernels.cross_entropy_with_score.default,
+           (logits, target, -100, 0.0, "mean", False))
+    yield torch.ops.is_kernels.output_grad_norm.default, (logits, target, -100, 0.0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_opcheck(device):
+    for op, args in opcheck_cases(device):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    model = torch.nn.Linear(12, 7).to(device)
+
+    def step(x, t):
+        loss, score = is_kernels.cross_entropy_with_score(model(x), t, reduction="none")
+        w = 1.0 / (score + 1.0)
+        return (w * loss).mean(), score
+
+    x = torch.randn(16, 12, device=device)
+    t = torch.randint(0, 7, (16,), device=device)
+    compiled = torch.compile(step, fullgraph=True)
+    loss_c, score_c = compiled(x, t)
+    loss_c.backward()
+    grad_c = model.weight.grad.clone()
+    model.weight.grad = None
+    loss_e, score_e = step(x, t)
+    loss_e.backward()
+    assert torch.allclose(loss_c, loss_e) and torch.allclose(score_c, score_e)
+    assert torch.allclose(grad_c, model.weight.grad, atol=1e-6)
+
+
+# ---- Triton kernels on CPU tensors (interpreter) -------------------------------------------
+
+needs_interpreter = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="CPU tensors go through Triton only under the interpreter")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("max_tile_c", [output_grad_triton.MAX_TILE_C, 16])
+@pytest.mark.parametrize("N,C,dtype", [(1, 1, torch.float32), (13, 3, torch.float32),
+                                       (9, 37, torch.float64), (6, 100, torch.bfloat16)])
+def test_triton_ce_interpreted(N, C, dtype, max_tile_c):
+    """Both kernels: whole rows in registers, and (max_tile_c=16) the chunked column loop."""
+    logits, target = random_case(N, C, dtype, seed=N + C)
+    for reduction in REDUCTIONS:
+        for ls in (0.0, 0.15):
+            check_ce(lambda z, t, **kw: run_triton_ce(z, t, max_tile_c=max_tile_c, **kw),
+                     logits, target, dtype, reduction=reduction, label_smoothing=ls)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("max_tile_c", [output_grad_triton.MAX_TILE_C, 16])
+def test_triton_ce_interpreted_precision_and_bad_rows(max_tile_c):
+    N, C = 6, 40
+    logits, target = random_case(N, C, torch.float32, ignore_frac=0.0)
+    logits[torch.arange(N), target] = torch.linspace(10, 60, N)
+    _, ref_score, _ = ce_reference(logits, target, reduction="none")
+    loss, score, _ = output_grad_triton.cross_entropy_with_score(
+        logits, target, -100, 0.0, "none", False, max_tile_c=max_tile_c)
+    assert ((score.double() - ref_score) / ref_score).abs().max() < 1e-5
+    # Out-of-range targets cannot raise inside a GPU kernel: that row becomes NaN, not lost.
+    target[1] = C + 3
+    target[3] = -100
+    loss, score, grad = output_grad_triton.cross_entropy_with_score(
+        logits, target, -100, 0.0, "none", True, max_tile_c=max_tile_c)
+    assert loss[1].isnan() and score[1].isnan() and grad[1].isnan().all()
+    assert loss[3] == 0 and score[3] == 0 and (grad[3] == 0).all()
+    keep = torch.tensor([0, 2, 4, 5])
+    assert torch.isfinite(loss[keep]).all() and torch.isfinite(grad[keep]).all()
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape,dtype", [((7,), torch.float32), ((11, 5), torch.float64),
+                                         ((3, 1500), torch.float32)])
+def test_triton_mse_interpreted(shape, dtype):
+    pred, target = mse_case(shape, dtype)
+    for reduction in REDUCTIONS:
+        check_mse(lambda p, y, red: output_grad_triton.mse_with_score(p, y, red, True),
+                  pred, target, dtype, reduction)
+
+
+# ---- CUDA (Triton compiled for the GPU) ----------------------------------------------------
+
+@requires_cuda
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("N,C", [(0, 3), (1, 1), (7, 2), (300, 10), (64, 1000), (5, 4099),
+                                 (3, 40000), (2, 262144)])
+def test_ce_cuda_matches_reference(N, C, dtype, reduction):
+    logits, target = random_case(N, C, dtype, device="cuda", seed=N * C)
+    for ls in (0.0, 0.1):
+        check_ce(run_public_ce, logits, target.cuda(), dtype, reduction=reduction,
+                 label_smoothing=ls)
+
+
+@requires_cuda
+def test_cuda_precision_extremes_and_mse():
+    logits, target = random_case(64, 100, torch.float32, ignore_frac=0.0)
+    logits[torch.arange(64), target] = torch.linspace(5, 60, 64)
+    _, ref_score, _ = ce_reference(logits, target, reduction="none")
+    score = is_kernels.output_grad_norm(logits.cuda(), target.cuda()).cpu()
+    assert ((score.double() - ref_score) / ref_score).abs().max() < 1e-5
+    big = (torch.rand(20, 50) * 2e4 - 1e4).cuda()
+    check_ce(run_public_ce, big, torch.randint(0, 50, (20,)).cuda(), torch.float32)
+    for shape in [(17,), (33, 7), (5, 3000)]:
+        pred, y = mse_case(shape, torch.float32, device="cuda")
+        for reduction in REDUCTIONS:
+            check_mse(run_public_mse, pred, y, torch.float32, reduction)

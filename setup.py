@@ -45,7 +45,9 @@ setup(
     install_requires=["torch>=2.11", "numpy"],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "scipy", "triton>=3.6"],
+        "test": ["pytest", "scipy", "triton>=3.6", "tqdm", "matplotlib"],
         "bench": ["pytest", "pytest-benchmark", "triton>=3.6", "cpprb", "tqdm", "matplotlib"],
+        "train": ["tqdm", "matplotlib"],
     },
+    entry_points={"console_scripts": ["is-kernels-train = is_kernels.train.cli:main"]},
 )

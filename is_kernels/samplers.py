@@ -1,0 +1,268 @@
+"""Samplers: which training examples the next mini-batch holds, and with which weights.
+
+Every sampler follows the :class:`Sampler` protocol, so one training loop drives them all:
+
+.. code-block:: python
+
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for _ in range(len(sampler)):
+            idx, w = sampler.sample(score_fn)            # score_fn only used by presamplers
+            loss, score = is_kernels.cross_entropy_with_score(model(X[idx]), Y[idx],
+                                                              reduction="none")
+            (w * loss).mean().backward()
+            ...
+            sampler.update(idx, score if sampler.score_type == "output_grad" else loss.detach())
+
+Unbiased samplers satisfy ``E[(1/b)·Σ_batch w_i·x_i] = (1/N)·Σ_i x_i`` for any per-sample
+values ``x`` (``b`` the number of indices drawn), so ``(w * loss).mean()`` is an unbiased
+estimate of the full-data loss.
+"""
+from __future__ import annotations
+
+import abc
+import math
+import operator
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+__all__ = ["Sampler", "UniformSampler", "ScoreFn"]
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+"""``score_fn(idx) -> scores``: float32 ``[len(idx)]`` importance scores of the given samples."""
+
+SCORE_TYPES = ("output_grad", "loss")
+DeviceLike = Union[torch.device, str, None]
+
+
+def _positive_int(owner: str, name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}") from None
+    if value <= 0:
+        raise ValueError(f"{owner}: {name} must be positive, got {value}")
+    return value
+
+
+def _canonical_device(device: DeviceLike) -> torch.device:
+    """``"cuda"`` -> ``cuda:<current>`` etc., so device comparisons with tensors are exact."""
+    return torch.empty(0, device=device).device
+
+
+class Sampler(abc.ABC):
+    """Base class of all samplers: draws ``(idx, weights)`` mini-batches of a dataset of N.
+
+    Attributes:
+        num_samples: dataset size N.
+        batch_size: indices per draw b (the last draw of an epoch may hold fewer).
+        device: where ``sample`` puts its tensors and ``update`` expects its inputs.
+        generator: the ``torch.Generator`` (on ``device``) behind every random draw.
+        epoch: the current epoch, as set by :meth:`set_epoch`.
+        score_type: which per-sample value :meth:`update` wants: ``"output_grad"`` (the
+            norm of the loss gradient at the network output, see
+            :func:`is_kernels.output_grad_norm`) or ``"loss"`` (the per-sample loss).
+        check_values: whether :meth:`update` checks index ranges and score values
+            (``True`` by default on CPU; on CUDA the check costs a host sync, so it is off
+            by default there and can be switched on for debugging).
+
+    Subclasses implement :meth:`sample` and :meth:`probabilities`; those that keep
+    per-sample state override :meth:`_update` (called by :meth:`update` after the inputs
+    were checked) and extend :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    score_type: str = "output_grad"
+
+    def __init__(self, num_samples: int, batch_size: int, *, device: DeviceLike = None,
+                 generator: Optional[torch.Generator] = None) -> None:
+        name = type(self).__name__
+        self.num_samples = _positive_int(name, "num_samples", num_samples)
+        self.batch_size = _positive_int(name, "batch_size", batch_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{name}: generator must be a torch.Generator or None, "
+                            f"got {type(generator).__name__}")
+        if device is None:
+            device = generator.device if generator is not None else "cpu"
+        self.device = _canonical_device(device)
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            # Seeded from torch's global RNG, so torch.manual_seed makes runs reproducible.
+            generator.manual_seed(int(torch.randint(2 ** 62, (1,)).item()))
+        elif _canonical_device(generator.device) != self.device:
+            raise ValueError(f"{name}: generator must be on the sampler's device {self.device}, "
+                             f"got {generator.device}")
+        self.generator = generator
+        self.epoch = 0
+        self.check_values = self.device.type == "cpu"
+        if self.score_type not in SCORE_TYPES:
+            raise ValueError(f"{name}: score_type must be one of {SCORE_TYPES}, "
+                             f"got {self.score_type!r}")
+
+    @abc.abstractmethod
+    def sample(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draws the next mini-batch.
+
+        Args:
+            score_fn: ``score_fn(idx) -> scores`` (float32 ``[len(idx)]``), used only by
+                samplers that score presampled candidates (DLIS); the others ignore it.
+
+        Returns:
+            ``(idx, weights)``: int64 ``[b]`` dataset indices and float32 ``[b]`` loss
+            weights, on :attr:`device`.
+        """
+
+    @abc.abstractmethod
+    def probabilities(self) -> torch.Tensor:
+        """float32 ``[N]`` on :attr:`device`: the probability of each sample in the next draw."""
+
+    def __len__(self) -> int:
+        """Steps per epoch, ``ceil(N / b)``, whatever the sampler's state."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` (call it before each epoch's first draw)."""
+        if isinstance(epoch, bool):
+            raise TypeError(f"{type(self).__name__}.set_epoch: epoch must be an int, got bool")
+        epoch = operator.index(epoch)
+        if epoch < 0:
+            raise ValueError(f"{type(self).__name__}.set_epoch: epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """Feeds back the scores (of kind :attr:`score_type`) of the samples just trained on.
+
+        Args:
+            idx: int64 ``[k]`` dataset indices, on :attr:`device`.
+            scores: floating ``[k]`` finite, non-negative scores of those samples.
+
+        Raises:
+            TypeError / ValueError naming the bad argument; the sampler is then unchanged.
+        """
+        self._check_update(idx, scores)
+        self._update(idx, scores)
+
+    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """Applies checked scores; samplers without per-sample state keep this no-op."""
+
+    def _check_update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        op = f"{type(self).__name__}.update"
+        for name, t in (("idx", idx), ("scores", scores)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 1:
+                raise ValueError(f"{op}: {name} must be 1-D, got shape {tuple(t.shape)}")
+            if t.device != self.device:
+                raise ValueError(f"{op}: {name} must be on the sampler's device {self.device}, "
+                                 f"got {t.device}")
+        if idx.dtype != torch.int64:
+            raise TypeError(f"{op}: idx must be int64, got {idx.dtype}")
+        if not scores.dtype.is_floating_point:
+            raise TypeError(f"{op}: scores must be a floating tensor, got {scores.dtype}")
+        if scores.shape != idx.shape:
+            raise ValueError(f"{op}: scores must have the length of idx ({idx.shape[0]}), "
+                             f"got {scores.shape[0]}")
+        if not self.check_values or idx.numel() == 0:
+            return
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.num_samples:
+            raise ValueError(f"{op}: idx must lie in [0, {self.num_samples}), "
+                             f"got values in [{lo}, {hi}]")
+        if not bool(torch.isfinite(scores).all()):
+            raise ValueError(f"{op}: scores must be finite, got NaN or inf")
+        if bool((scores < 0).any()):
+            raise ValueError(f"{op}: scores must be non-negative, got min {float(scores.min())}")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue with bit-identical draws (generator included)."""
+        return {
+            "type": type(self).__name__,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`; raises ``ValueError`` (sampler unchanged) on mismatch."""
+        op = f"{type(self).__name__}.load_state_dict"
+        expected = {"type": type(self).__name__, "num_samples": self.num_samples,
+                    "batch_size": self.batch_size}
+        for key, value in expected.items():
+            if key not in state_dict:
+                raise ValueError(f"{op}: state_dict lacks key {key!r}")
+            if state_dict[key] != value:
+                raise ValueError(f"{op}: state_dict[{key!r}] is {state_dict[key]!r}, "
+                                 f"this sampler has {value!r}")
+        self.generator.set_state(state_dict["generator"])
+        self.epoch = state_dict["epoch"]
+
+
+class UniformSampler(Sampler):
+    """Uniform sampling, weights 1: the baseline every importance sampler is compared to.
+
+    Without replacement (default) each epoch is a fresh random permutation, cut into
+    ``len(self)`` batches (the last one holds ``N mod b`` indices when b does not divide N),
+    like ``torch.utils.data.RandomSampler``; drawing past the end of the permutation starts
+    the next epoch. With replacement every draw is b i.i.d. uniform indices.
+    """
+
+    score_type = "output_grad"
+
+    def __init__(self, num_samples: int, batch_size: int, *, replacement: bool = False,
+                 device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(num_samples, batch_size, device=device, generator=generator)
+        if not replacement and self.batch_size > self.num_samples:
+            raise ValueError(f"UniformSampler: batch_size ({self.batch_size}) must not exceed "
+                             f"num_samples ({self.num_samples}) without replacement")
+        self.replacement = bool(replacement)
+        self._perm: Optional[torch.Tensor] = None
+        self._pos = 0
+
+    def sample(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draws the next batch (``score_fn`` is ignored); weights are all 1."""
+        if self.replacement:
+            idx = torch.randint(self.num_samples, (self.batch_size,), device=self.device,
+                                generator=self.generator)
+        else:
+            if self._perm is None or self._pos >= self.num_samples:
+                if self._perm is not None:
+                    self.epoch += 1
+                self._perm = torch.randperm(self.num_samples, device=self.device,
+                                            generator=self.generator)
+                self._pos = 0
+            idx = self._perm[self._pos:self._pos + self.batch_size].clone()
+            self._pos += idx.shape[0]
+        return idx, torch.ones(idx.shape[0], dtype=torch.float32, device=self.device)
+
+    def probabilities(self) -> torch.Tensor:
+        """Uniform ``1/N`` (marginally, also for a draw inside a permutation)."""
+        return torch.full((self.num_samples,), 1.0 / self.num_samples, dtype=torch.float32,
+                          device=self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch``: the next draw begins a fresh permutation."""
+        super().set_epoch(epoch)
+        self._perm, self._pos = None, 0
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(replacement=self.replacement, position=self._pos,
+                  permutation=None if self._perm is None else self._perm.cpu().clone())
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        op = "UniformSampler.load_state_dict"
+        if state_dict.get("replacement") != self.replacement:
+            raise ValueError(f"{op}: state_dict['replacement'] is "
+                             f"{state_dict.get('replacement')!r}, this sampler has "
+                             f"{self.replacement!r}")
+        perm = state_dict.get("permutation")
+        if perm is not None and tuple(perm.shape) != (self.num_samples,):
+            raise ValueError(f"{op}: state_dict['permutation'] must have shape "
+                             f"({self.num_samples},), got {tuple(perm.shape)}")
+        super().load_state_dict(state_dict)
+        self._perm = None if perm is None else perm.to(self.device, copy=True)
+        self._pos = int(state_dict["position"])

@@ -1,0 +1,41 @@
+"""Registry of the compared methods: name -> factory of a :class:`~is_kernels.samplers.Sampler`.
+
+A factory is called as ``factory(num_samples=N, batch_size=b, device=device,
+generator=generator, epochs=E)`` (``E`` the planned number of epochs, for samplers with a
+schedule) and returns a fresh sampler. Adding a method is one entry in :data:`METHODS`;
+the training loop drives every sampler through the protocol alone.
+"""
+from __future__ import annotations
+
+from typing import Dict, Protocol
+
+import torch
+
+from ..samplers import Sampler, UniformSampler
+
+__all__ = ["METHODS", "MethodFactory", "make_sampler"]
+
+
+class MethodFactory(Protocol):
+    def __call__(self, *, num_samples: int, batch_size: int, device: torch.device,
+                 generator: torch.Generator, epochs: int) -> Sampler: ...
+
+
+def _uniform(*, num_samples: int, batch_size: int, device: torch.device,
+             generator: torch.Generator, epochs: int) -> Sampler:
+    """Baseline: a fresh random permutation per epoch, weights 1."""
+    return UniformSampler(num_samples, batch_size, device=device, generator=generator)
+
+
+METHODS: Dict[str, MethodFactory] = {
+    "uniform": _uniform,
+}
+
+
+def make_sampler(name: str, *, num_samples: int, batch_size: int, device: torch.device,
+                 generator: torch.Generator, epochs: int) -> Sampler:
+    """Builds the sampler of method ``name`` (a key of :data:`METHODS`)."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
+    return METHODS[name](num_samples=num_samples, batch_size=batch_size, device=device,
+                         generator=generator, epochs=epochs)

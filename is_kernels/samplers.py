@@ -21,6 +21,7 @@ estimate of the full-data loss.
 from __future__ import annotations
 
 import abc
+import collections
 import math
 import operator
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -69,12 +70,17 @@ class Sampler(abc.ABC):
             (``True`` by default on CPU; on CUDA the check costs a host sync, so it is off
             by default there and can be switched on for debugging).
 
-    Subclasses implement :meth:`sample` and :meth:`probabilities`; those that keep
+    Subclasses implement :meth:`_draw` and :meth:`probabilities`; those that keep
     per-sample state override :meth:`_update` (called by :meth:`update` after the inputs
     were checked) and extend :meth:`state_dict` / :meth:`load_state_dict`.
+
+    :meth:`update` accepts only the indices of a draw that has not been updated yet (the
+    tensor :meth:`sample` returned, or an equal one, e.g. after a DataLoader collated it);
+    up to :attr:`MAX_PENDING` draws may be outstanding (a prefetching DataLoader).
     """
 
     score_type: str = "output_grad"
+    MAX_PENDING = 64
 
     def __init__(self, num_samples: int, batch_size: int, *, device: DeviceLike = None,
                  generator: Optional[torch.Generator] = None) -> None:
@@ -97,11 +103,11 @@ class Sampler(abc.ABC):
         self.generator = generator
         self.epoch = 0
         self.check_values = self.device.type == "cpu"
+        self._pending: collections.deque = collections.deque(maxlen=self.MAX_PENDING)
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"{name}: score_type must be one of {SCORE_TYPES}, "
                              f"got {self.score_type!r}")
 
-    @abc.abstractmethod
     def sample(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draws the next mini-batch.
 
@@ -113,6 +119,13 @@ class Sampler(abc.ABC):
             ``(idx, weights)``: int64 ``[b]`` dataset indices and float32 ``[b]`` loss
             weights, on :attr:`device`.
         """
+        idx, weights = self._draw(score_fn)
+        self._pending.append(idx)
+        return idx, weights
+
+    @abc.abstractmethod
+    def _draw(self, score_fn: Optional[ScoreFn]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The sampler's draw (see :meth:`sample`)."""
 
     @abc.abstractmethod
     def probabilities(self) -> torch.Tensor:
@@ -142,7 +155,18 @@ class Sampler(abc.ABC):
             TypeError / ValueError naming the bad argument; the sampler is then unchanged.
         """
         self._check_update(idx, scores)
+        self._take_pending(idx)
         self._update(idx, scores)
+
+    def _take_pending(self, idx: torch.Tensor) -> None:
+        """Removes the draw ``idx`` (and older ones) from the outstanding draws, or raises."""
+        for k, draw in enumerate(self._pending):
+            if draw is idx or (draw.shape == idx.shape and torch.equal(draw, idx)):
+                for _ in range(k + 1):
+                    self._pending.popleft()
+                return
+        raise ValueError(f"{type(self).__name__}.update: idx must be the indices of a draw "
+                         f"not updated yet, as returned by sample(); got other indices")
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """Applies checked scores; samplers without per-sample state keep this no-op."""
@@ -221,7 +245,7 @@ class UniformSampler(Sampler):
         self._perm: Optional[torch.Tensor] = None
         self._pos = 0
 
-    def sample(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draws the next batch (``score_fn`` is ignored); weights are all 1."""
         if self.replacement:
             idx = torch.randint(self.num_samples, (self.batch_size,), device=self.device,

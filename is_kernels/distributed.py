@@ -1,0 +1,118 @@
+"""``torch.distributed`` (DDP) integration: one global batch, a shard per rank.
+
+Every rank holds the same sampler, seeded identically, so every rank draws the same global
+batch of b indices; rank r trains on the r-th contiguous slice of ``b / world_size``. After
+the step the ranks all-gather their scores, and every rank updates its memory with the
+whole global batch: the memories stay identical, and training equals a single-process run
+with the global batch (DDP averages the gradients of the per-rank means).
+
+.. code-block:: python
+
+    g = torch.Generator(device).manual_seed(0)         # the same seed on every rank
+    sampler = is_kernels.ShardedSampler(is_kernels.OnlineImportanceSampler(N, 256, generator=g))
+    idx, w = sampler.sample()                          # this rank's shard
+    loss, score = is_kernels.cross_entropy_with_score(ddp_model(X[idx]), Y[idx],
+                                                      reduction="none")
+    (w * loss).mean().backward(); opt.step(); opt.zero_grad()
+    sampler.update(idx, score)                         # all-gathers, updates every replica
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from .samplers import Sampler, ScoreFn
+
+__all__ = ["ShardedSampler"]
+
+
+def _all_gather_cat(local: torch.Tensor, sizes: List[int], group) -> torch.Tensor:
+    """Concatenation over ranks (in rank order) of 1-D tensors of the given sizes."""
+    width = max(sizes)
+    padded = torch.zeros(width, dtype=local.dtype, device=local.device)
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+
+class ShardedSampler:
+    """Wraps a sampler for data-parallel training: same global draws, one shard per rank.
+
+    Args:
+        sampler: the replica of this rank; build it with the same arguments and the same
+            generator seed on every rank.
+        num_replicas, rank, group: default to the default process group's.
+
+    ``sample`` returns this rank's shard ``(idx, w)``; ``update(idx, scores)`` takes this
+    rank's shard and its scores (it all-gathers; every rank must call it). DLIS's
+    ``score_fn`` is sharded too: each rank scores its slice of the presample.
+    """
+
+    def __init__(self, sampler: Sampler, *, num_replicas: Optional[int] = None,
+                 rank: Optional[int] = None, group=None) -> None:
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"ShardedSampler: sampler must be an is_kernels Sampler, "
+                            f"got {type(sampler).__name__}")
+        self.sampler = sampler
+        self.group = group
+        self.num_replicas = num_replicas if num_replicas is not None else \
+            dist.get_world_size(group)
+        self.rank = rank if rank is not None else dist.get_rank(group)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"ShardedSampler: rank must be in [0, {self.num_replicas}), "
+                             f"got {self.rank}")
+        self._global_idx: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _sizes(self, n: int) -> List[int]:
+        """Shard sizes of ``tensor_split(n, num_replicas)``: the first n % k get one more."""
+        k = self.num_replicas
+        return [n // k + (r < n % k) for r in range(k)]
+
+    def _shard(self, x: torch.Tensor) -> torch.Tensor:
+        return x.tensor_split(self.num_replicas)[self.rank]
+
+    def sample(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draws the global batch (identical on every rank) and returns this rank's shard."""
+        sharded_fn = None
+        if score_fn is not None:
+            def sharded_fn(cand: torch.Tensor) -> torch.Tensor:
+                local = score_fn(self._shard(cand))
+                return _all_gather_cat(local.detach().float(), self._sizes(cand.shape[0]),
+                                       self.group)
+        idx, w = self.sampler.sample(sharded_fn)
+        self._global_idx = idx
+        return self._shard(idx), self._shard(w)
+
+    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """All-gathers every rank's scores and updates this replica with the global batch."""
+        if self._global_idx is None:
+            raise RuntimeError("ShardedSampler.update: no draw to update (call sample first)")
+        expected = self._shard(self._global_idx)
+        if idx.shape != expected.shape or not (idx is expected or torch.equal(idx, expected)):
+            raise ValueError("ShardedSampler.update: idx must be this rank's shard of the last "
+                             "draw, as returned by sample()")
+        if scores.shape != idx.shape:
+            raise ValueError(f"ShardedSampler.update: scores must have the length of idx "
+                             f"({idx.shape[0]}), got {tuple(scores.shape)}")
+        gathered = _all_gather_cat(scores.detach().float(),
+                                   self._sizes(self._global_idx.shape[0]), self.group)
+        global_idx, self._global_idx = self._global_idx, None
+        self.sampler.update(global_idx, gathered)
+
+    def probabilities(self) -> torch.Tensor:
+        return self.sampler.probabilities()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state_dict)

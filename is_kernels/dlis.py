@@ -1,0 +1,227 @@
+"""DLIS (Katharopoulos & Fleuret 2018): presample B > b, score, select b, switch on by τ.
+
+Algorithm 1 as the reference code runs it (ALGORITHMS.md §2):
+
+- IS off: b uniform indices (with replacement), weights 1; τ is updated from the scores of
+  the training forward pass (:meth:`PresampleImportanceSampler.update`);
+- IS on: B uniform candidates are scored by ``score_fn`` (a no-grad forward), b of them are
+  drawn with replacement with probabilities ``g = s/Σs`` and weighted ``1/(B·g_i)``; τ is
+  updated from the B presample scores;
+- ``τ ← a·τ + (1-a)·τ_new`` with ``τ_new = RMS(s)/mean(s)`` (:func:`equivalent_batch_increment`),
+  τ starts at 0; IS is on while ``τ > τ_th``, checked every step.
+
+The on/off decision is a host branch, so each step reads τ back (one host sync per step;
+the online sampler, :class:`~is_kernels.OnlineImportanceSampler`, needs none).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from .samplers import DeviceLike, Sampler, ScoreFn
+
+__all__ = ["PresampleImportanceSampler", "equivalent_batch_increment", "tau_threshold",
+           "measure_step_costs"]
+
+
+def equivalent_batch_increment(scores: torch.Tensor) -> torch.Tensor:
+    """τ of one score vector: ``sqrt(n·Σs²)/Σs = RMS(s)/mean(s)`` (1 if all scores are 0).
+
+    Equals ``(1 - ||g - u||²/||g||²)^(-1/2)`` with ``g = s/Σs`` and ``u = 1/n``: an importance
+    sampled batch of b has the gradient variance of a uniform batch of ``τ·b``.
+    Returns a 0-dim float32 tensor on the scores' device.
+    """
+    if scores.dim() != 1 or scores.numel() == 0:
+        raise ValueError(f"equivalent_batch_increment: scores must be a non-empty 1-D tensor, "
+                         f"got shape {tuple(scores.shape)}")
+    s = scores.double()
+    total = s.sum()
+    tau = torch.sqrt(s.numel() * (s * s).sum()) / total
+    return torch.where(total > 0, tau, torch.ones_like(tau)).float()
+
+
+def tau_threshold(batch_size: int, presample_size: int, forward_time: float = 1.0,
+                  backward_time: float = 2.0) -> float:
+    """``τ_th = (B·t_f + b·(t_f + t_b)) / (b·(t_f + t_b))``: IS pays off once τ exceeds it.
+
+    ``forward_time`` / ``backward_time`` are per-sample costs t_f, t_b (only their ratio
+    matters); the default ratio t_b = 2·t_f gives ``(B + 3b)/(3b)``. Measure them on your
+    model with :func:`measure_step_costs`.
+    """
+    if batch_size <= 0 or presample_size < batch_size:
+        raise ValueError(f"tau_threshold: need 0 < batch_size <= presample_size, got "
+                         f"batch_size={batch_size}, presample_size={presample_size}")
+    if not (forward_time > 0 and backward_time >= 0):
+        raise ValueError(f"tau_threshold: forward_time must be > 0 and backward_time >= 0, got "
+                         f"{forward_time}, {backward_time}")
+    step = batch_size * (forward_time + backward_time)
+    return (presample_size * forward_time + step) / step
+
+
+def measure_step_costs(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                       loss_fn: Optional[Callable[..., torch.Tensor]] = None,
+                       repeats: int = 5) -> Tuple[float, float]:
+    """Measures per-sample forward and backward times ``(t_f, t_b)`` in seconds on a batch.
+
+    t_f: a no-grad forward in eval mode (how DLIS scores its presample); t_b: a training
+    forward + backward minus t_f. Median over ``repeats`` after one warm-up. The model's
+    gradients are left cleared and its train/eval mode restored.
+    """
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    n = inputs.shape[0]
+    sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
+    was_training = model.training
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    def forward():
+        with torch.no_grad():
+            model(inputs)
+
+    def train_step():
+        loss_fn(model(inputs), targets).backward()
+
+    try:
+        model.eval()
+        t_f = timed(forward)
+        model.train()
+        t_fb = timed(train_step)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return t_f / n, max(t_fb - t_f, 0.0) / n
+
+
+_default_threshold = tau_threshold  # the argument of the same name shadows it below
+
+
+class PresampleImportanceSampler(Sampler):
+    """DLIS: importance sampling by presampling, switched on when it pays (τ > τ_th).
+
+    Args:
+        num_samples: dataset size N.
+        batch_size: b, indices per training step.
+        presample: B/b; ``B = round(presample·b)`` candidates are scored when IS is on.
+        tau_threshold: τ_th; default ``tau_threshold(b, B)`` (t_b = 2·t_f). Pass a measured
+            one: ``tau_threshold(b, B, *measure_step_costs(model, x, y))``.
+        tau_smoothing: ``a`` of the τ moving average.
+        device, generator: where draws live; the generator of every draw.
+
+    :meth:`sample` needs ``score_fn(idx) -> scores`` (float ``[len(idx)]``, e.g. a no-grad
+    eval forward through :func:`is_kernels.output_grad_norm`) once IS is on.
+
+    Attributes:
+        tau: the smoothed equivalent batch increment (float).
+        is_on: whether the next draw importance-samples (``tau > tau_threshold``).
+    """
+
+    score_type = "output_grad"
+
+    def __init__(self, num_samples: int, batch_size: int, *, presample: float = 3.0,
+                 tau_threshold: Optional[float] = None, tau_smoothing: float = 0.9,
+                 device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__(num_samples, batch_size, device=device, generator=generator)
+        name = type(self).__name__
+        if not presample >= 1.0:
+            raise ValueError(f"{name}: presample must be >= 1, got {presample}")
+        if not 0.0 <= tau_smoothing < 1.0:
+            raise ValueError(f"{name}: tau_smoothing must be in [0, 1), got {tau_smoothing}")
+        self.presample_size = max(self.batch_size, round(presample * self.batch_size))
+        if tau_threshold is None:
+            tau_threshold = _default_threshold(self.batch_size, self.presample_size)
+        if not tau_threshold >= 1.0:
+            raise ValueError(f"{name}: tau_threshold must be >= 1 (τ >= 1 always), "
+                             f"got {tau_threshold}")
+        self.tau_threshold = float(tau_threshold)
+        self.tau_smoothing = float(tau_smoothing)
+        self.tau = 0.0
+        self.steps = 0
+        self.steps_on = 0
+        self._selection: Optional[torch.Tensor] = None  # g over the last presample
+        self._candidates: Optional[torch.Tensor] = None
+        self._drew_uniform = True
+
+    @property
+    def is_on(self) -> bool:
+        return self.tau > self.tau_threshold
+
+    @property
+    def is_on_fraction(self) -> float:
+        """Fraction of the draws so far that importance-sampled."""
+        return self.steps_on / self.steps if self.steps else 0.0
+
+    def _update_tau(self, scores: torch.Tensor) -> None:
+        tau_new = float(equivalent_batch_increment(scores))
+        self.tau = self.tau_smoothing * self.tau + (1.0 - self.tau_smoothing) * tau_new
+
+    def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Draws b indices: uniform while IS is off, presample-score-select while on."""
+        b, dev = self.batch_size, self.device
+        self.steps += 1
+        self._drew_uniform = not self.is_on
+        if self._drew_uniform:
+            idx = torch.randint(self.num_samples, (b,), device=dev, generator=self.generator)
+            return idx, torch.ones(b, dtype=torch.float32, device=dev)
+        if score_fn is None:
+            raise ValueError(f"{type(self).__name__}.sample: score_fn is required while "
+                             f"importance sampling is on (tau={self.tau:.3f} > "
+                             f"tau_threshold={self.tau_threshold:.3f})")
+        self.steps_on += 1
+        big_b = self.presample_size
+        cand = torch.randint(self.num_samples, (big_b,), device=dev, generator=self.generator)
+        scores = score_fn(cand)
+        self._check_scores("score_fn(idx)", cand, scores)
+        scores = scores.detach().double()
+        total = scores.sum()
+        g = torch.where(total > 0, scores / total, torch.full_like(scores, 1.0 / big_b))
+        sel = torch.multinomial(g, b, replacement=True, generator=self.generator)
+        self._candidates, self._selection = cand, g.float()
+        self._update_tau(scores)
+        return cand[sel], (1.0 / (big_b * g[sel])).float()
+
+    def _check_scores(self, what: str, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        if not isinstance(scores, torch.Tensor) or scores.shape != idx.shape:
+            raise ValueError(f"{type(self).__name__}.sample: {what} must return a tensor of "
+                             f"shape {tuple(idx.shape)}, got "
+                             f"{getattr(scores, 'shape', type(scores).__name__)}")
+        if not bool(torch.isfinite(scores).all() & (scores >= 0).all()):
+            raise ValueError(f"{type(self).__name__}.sample: {what} returned NaN, inf or "
+                             f"negative scores")
+
+    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        if self._drew_uniform:
+            self._update_tau(scores)
+
+    def probabilities(self) -> torch.Tensor:
+        """Uniform while IS is off; while on, the selection distribution over the last
+        presample (``g`` summed per dataset index): the next draw re-presamples, so this is
+        the distribution of the *last* selection given its candidates."""
+        if self._drew_uniform or self._selection is None:
+            return torch.full((self.num_samples,), 1.0 / self.num_samples, device=self.device)
+        p = torch.zeros(self.num_samples, device=self.device)
+        return p.index_add_(0, self._candidates, self._selection)
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(tau=self.tau, steps=self.steps, steps_on=self.steps_on,
+                  tau_threshold=self.tau_threshold, drew_uniform=self._drew_uniform)
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.tau = float(state_dict["tau"])
+        self.steps, self.steps_on = int(state_dict["steps"]), int(state_dict["steps_on"])
+        self.tau_threshold = float(state_dict["tau_threshold"])
+        self._drew_uniform = bool(state_dict["drew_uniform"])
+        self._selection = self._candidates = None

@@ -1,0 +1,157 @@
+"""DLIS: τ estimator, threshold, switching, selection distribution, unbiasedness, resume."""
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import is_kernels
+from is_kernels import PresampleImportanceSampler, equivalent_batch_increment, tau_threshold
+
+
+def test_tau_matches_variance_reduction_formula():
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 7, 100):
+        s = torch.rand(n, generator=g, dtype=torch.float64) ** 3
+        gn = s / s.sum()
+        u = torch.full_like(gn, 1.0 / n)
+        expected = (1 - (gn - u).pow(2).sum() / gn.pow(2).sum()) ** -0.5
+        assert math.isclose(float(equivalent_batch_increment(s)), float(expected), rel_tol=1e-6)
+        rms_over_mean = s.pow(2).mean().sqrt() / s.mean()
+        assert math.isclose(float(equivalent_batch_increment(s)), float(rms_over_mean),
+                            rel_tol=1e-6)
+    assert float(equivalent_batch_increment(torch.full((5,), 3.0))) == pytest.approx(1.0)
+    assert float(equivalent_batch_increment(torch.zeros(4))) == 1.0
+    one_hot = torch.zeros(16)
+    one_hot[3] = 2.0
+    assert float(equivalent_batch_increment(one_hot)) == pytest.approx(4.0)  # sqrt(n)
+    with pytest.raises(ValueError, match="scores must be a non-empty 1-D"):
+        equivalent_batch_increment(torch.zeros(0))
+
+
+def test_tau_threshold():
+    assert tau_threshold(64, 192) == pytest.approx(2.0)  # (B + 3b) / (3b)
+    assert tau_threshold(10, 50, 1.0, 1.0) == pytest.approx((50 + 20) / 20)
+    with pytest.raises(ValueError, match="batch_size <= presample_size"):
+        tau_threshold(10, 5)
+    with pytest.raises(ValueError, match="forward_time"):
+        tau_threshold(10, 30, 0.0, 1.0)
+
+
+def scripted(n, b, **kw):
+    g = torch.Generator().manual_seed(1)
+    return PresampleImportanceSampler(n, b, generator=g, **kw)
+
+
+def test_switches_on_and_off_with_tau():
+    b = 16
+    s = scripted(100, b, presample=3.0, tau_smoothing=0.5)
+    assert s.tau_threshold == pytest.approx(2.0) and s.tau == 0.0 and not s.is_on
+    spiky = torch.zeros(b)
+    spiky[0] = 1.0  # τ_new = sqrt(b) = 4
+    flat = torch.ones(3 * b)  # τ_new = 1
+    expected_tau = 0.0
+    states = []
+    for step in range(8):
+        idx, w = s.sample(score_fn=lambda cand: flat)
+        if s._drew_uniform:
+            assert torch.equal(w, torch.ones(b))
+            s.update(idx, spiky)
+            expected_tau = 0.5 * expected_tau + 0.5 * 4.0
+        else:
+            s.update(idx, torch.ones(b))  # scores of a presampled batch do not move τ
+            expected_tau = 0.5 * expected_tau + 0.5 * 1.0
+        assert s.tau == pytest.approx(expected_tau)
+        states.append(s.is_on)
+    # τ after each step: 2 (2 > 2 is false: off), 3 (on), the flat presample pulls it to 2
+    # (off), a spiky uniform batch lifts it to 3 (on), ...
+    assert states[:4] == [False, True, False, True]
+    assert 0 < s.is_on_fraction < 1
+
+
+def test_needs_score_fn_when_on_and_checks_its_scores():
+    s = scripted(50, 4, tau_threshold=1.0)
+    s.tau = 3.0
+    with pytest.raises(ValueError, match="score_fn is required"):
+        s.sample()
+    with pytest.raises(ValueError, match="must return a tensor of shape"):
+        s.sample(lambda cand: torch.ones(3))
+    with pytest.raises(ValueError, match="NaN, inf or negative"):
+        s.sample(lambda cand: torch.full(cand.shape, float("nan")))
+    with pytest.raises(ValueError, match="NaN, inf or negative"):
+        s.sample(lambda cand: -torch.ones(cand.shape))
+
+
+@pytest.mark.parametrize("kw,match", [({"presample": 0.5}, "presample must be >= 1"),
+                                      ({"tau_smoothing": 1.0}, "tau_smoothing must be in"),
+                                      ({"tau_threshold": 0.5}, "tau_threshold must be >= 1")])
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PresampleImportanceSampler(10, 2, **kw)
+
+
+def score_of(i: torch.Tensor) -> torch.Tensor:
+    return (i % 5).float() + 0.1 * (i % 3).float()
+
+
+def test_selection_distribution_chi_square():
+    """Given its candidates, the selection follows probabilities() (g over the presample)."""
+    n, b = 12, 8
+    s = scripted(n, b, tau_threshold=1.0)
+    s.tau = 10.0
+    expected = torch.zeros(n, dtype=torch.float64)
+    observed = torch.zeros(n, dtype=torch.float64)
+    for _ in range(3000):
+        idx, _ = s.sample(score_of)
+        s.tau = 10.0
+        expected += b * s.probabilities().double()
+        observed += torch.bincount(idx, minlength=n).double()
+    assert observed[expected == 0].sum() == 0  # score 0 (i % 15 == 0) never selected
+    keep = expected > 0
+    _, p = stats.chisquare(observed[keep].numpy(), expected[keep].numpy() *
+                           observed.sum().item() / expected[keep].sum().item())
+    assert p > 1e-3
+
+
+def test_importance_sampled_batches_are_unbiased():
+    n, b = 40, 10
+    x = torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    s = scripted(n, b, tau_threshold=1.0)
+    estimates = []
+    for _ in range(4000):
+        s.tau = 10.0
+        idx, w = s.sample(lambda cand: score_of(cand) + 0.05)
+        estimates.append(float((w.double() * x[idx]).mean()))
+    est = torch.tensor(estimates)
+    stderr = est.std().item() / math.sqrt(len(est))
+    assert abs(est.mean().item() - x.mean().item()) < 4 * stderr
+
+
+def test_resume_gives_identical_draws():
+    def run(s, steps):
+        out = []
+        for _ in range(steps):
+            idx, w = s.sample(score_of)
+            s.update(idx, score_of(idx) ** 2)
+            out.append((idx, w, s.tau, s.is_on))
+        return out
+
+    a = scripted(30, 5, tau_threshold=1.2, tau_smoothing=0.5)
+    run(a, 7)
+    sd = a.state_dict()
+    tail_a = run(a, 6)
+    b = PresampleImportanceSampler(30, 5, tau_threshold=1.2, tau_smoothing=0.5)
+    b.load_state_dict(sd)
+    tail_b = run(b, 6)
+    for (i1, w1, t1, o1), (i2, w2, t2, o2) in zip(tail_a, tail_b):
+        assert torch.equal(i1, i2) and torch.equal(w1, w2) and t1 == t2 and o1 == o2
+    assert any(o for *_, o in tail_a)
+
+
+def test_measure_step_costs():
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+    x, y = torch.randn(256, 20), torch.randint(0, 5, (256,))
+    t_f, t_b = is_kernels.measure_step_costs(model, x, y, repeats=3)
+    assert t_f > 0 and t_b >= 0
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    assert tau_threshold(16, 48, t_f, t_b) >= 1.0

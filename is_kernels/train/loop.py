@@ -50,7 +50,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: Optional[float] = None
     momentum: float = 0.9
-    eval_every: float = 10.0
+    eval_every: float = 12.5
     eval_batch_size: int = 4096
     progress: bool = True
 

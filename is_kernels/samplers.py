@@ -209,14 +209,19 @@ class Sampler(abc.ABC):
             "generator": self.generator.get_state(),
         }
 
+    def _state_keys(self) -> Tuple[str, ...]:
+        """The keys of :meth:`state_dict` (what :meth:`load_state_dict` requires)."""
+        return tuple(self.state_dict())
+
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; raises ``ValueError`` (sampler unchanged) on mismatch."""
         op = f"{type(self).__name__}.load_state_dict"
+        missing = [k for k in self._state_keys() if k not in state_dict]
+        if missing:
+            raise ValueError(f"{op}: state_dict lacks {', '.join(map(repr, missing))}")
         expected = {"type": type(self).__name__, "num_samples": self.num_samples,
                     "batch_size": self.batch_size}
         for key, value in expected.items():
-            if key not in state_dict:
-                raise ValueError(f"{op}: state_dict lacks key {key!r}")
             if state_dict[key] != value:
                 raise ValueError(f"{op}: state_dict[{key!r}] is {state_dict[key]!r}, "
                                  f"this sampler has {value!r}")

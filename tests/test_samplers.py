@@ -136,6 +136,17 @@ def test_load_state_dict_rejects_other_configuration(name):
     assert torch.equal(s.state_dict()["generator"], before["generator"])
 
 
+def test_load_state_dict_rejects_incomplete_state(name):
+    s = make(name)
+    sd = make(name, seed=9).state_dict()
+    before = s.state_dict()["generator"]
+    for key in sd:
+        partial = {k: v for k, v in sd.items() if k != key}
+        with pytest.raises(ValueError, match=repr(key)):
+            s.load_state_dict(partial)
+        assert torch.equal(s.state_dict()["generator"], before)
+
+
 @pytest.mark.parametrize("n,b,arg", [(0, 4, "num_samples"), (-3, 4, "num_samples"),
                                      (10, 0, "batch_size"), (10, -1, "batch_size")])
 def test_bad_sizes(name, n, b, arg):

@@ -50,7 +50,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: Optional[float] = None
     momentum: float = 0.9
-    eval_every: float = 10.0
+    eval_every: float = 12.5
     eval_batch_size: int = 4096
     progress: bool = True
 
@@ -124,6 +124,22 @@ class _Clock:
         return self.elapsed + running
 
 
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, sampler: Sampler,
+                data: Dataset, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on ``mean(w·loss)`` of the drawn batch, then the sampler update.
+
+    Returns the sum of the (unweighted) per-sample losses, a device tensor.
+    """
+    loss, score = cross_entropy_with_score(model(data.x_train[idx]), data.y_train[idx],
+                                           reduction="none")
+    (weights * loss).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss.detach()
+    sampler.update(idx, score if sampler.score_type == "output_grad" else loss)
+    return loss.sum()
+
+
 def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dict[str, Any]:
     """Trains a fresh model with the sampler of ``method``; returns every measured number.
 
@@ -160,7 +176,7 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     step = samples = 0
 
     def record() -> None:
-        nonlocal batch_loss_sum, batch_samples
+        nonlocal batch_samples
         train_loss, train_err = evaluate(model, data.x_train, data.y_train,
                                          config.eval_batch_size)
         test_loss, test_err = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
@@ -189,14 +205,7 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
             idx, weights = sampler.sample(score_fn)
             for name in stats:
                 stat_sums[name] += getattr(sampler, name)
-            loss, score = cross_entropy_with_score(model(data.x_train[idx]), data.y_train[idx],
-                                                   reduction="none")
-            (weights * loss).mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss.detach()
-            sampler.update(idx, score if sampler.score_type == "output_grad" else loss)
-            batch_loss_sum += loss.sum()
+            batch_loss_sum += _train_step(model, optimizer, sampler, data, idx, weights)
             step += 1
             samples += idx.shape[0]
             batch_samples += idx.shape[0]

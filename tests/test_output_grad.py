@@ -433,3 +433,14 @@ def test_cuda_precision_extremes_and_mse():
         pred, y = mse_case(shape, torch.float32, device="cuda")
         for reduction in REDUCTIONS:
             check_mse(run_public_mse, pred, y, torch.float32, reduction)
+
+
+def test_backward_twice_with_retain_graph_accumulates():
+    logits, target = random_case(12, 9, torch.float32)
+    logits.requires_grad_()
+    loss, _ = is_kernels.cross_entropy_with_score(logits, target)
+    loss.backward(retain_graph=True)
+    once = logits.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert torch.allclose(logits.grad, 3 * once)

@@ -64,7 +64,7 @@ inline double children_sum(const double* inner, const T* leaves, int64_t p, int6
   const int64_t c = 2 * x;
   if (c < p) return inner[c] + inner[c + 1];
   const int64_t j = c - p;
-  const double left = static_cast<double>(leaves[j]);
+  const double left = j < capacity ? static_cast<double>(leaves[j]) : 0.0;
   const double right = j + 1 < capacity ? static_cast<double>(leaves[j + 1]) : 0.0;
   return left + right;
 }
@@ -166,6 +166,7 @@ void descend(const double* inner, const T* leaves, int64_t p, int64_t capacity, 
     }
   }
   for (int g = 0; g < n; ++g) {
+    // x[g] has a positive sum, so its left leaf j is not padding (j < capacity).
     const int64_t j = 2 * x[g] - p;
     const double left = static_cast<double>(leaves[j]);
     const double right = j + 1 < capacity ? static_cast<double>(leaves[j + 1]) : 0.0;

@@ -205,7 +205,9 @@ class SumTree:
             raise TypeError(f"{op}: indices and values must be tensors")
         if indices.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{op}: indices must be int64 or int32, got {indices.dtype}")
-        torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices.long(), values)
+        indices = indices.long()
+        _check_update(op, self._leaves, self._inner, indices, values)
+        torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
 
     def build(self, values: torch.Tensor) -> None:
         """Replaces all leaves at once (``values``: ``[capacity]``, tree's dtype and device)."""

@@ -58,11 +58,11 @@ def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first
     recomputes `n_levels` levels of ancestors from depth d_first upwards (a block barrier
     between levels). Depths <= d_dense are no wider than k and recomputed whole. Does
     nothing unless *OK != 0 (the batch passed validation)."""
-    ok = tl.load(OK) != 0
     P64 = P.to(tl.int64)
     lo = tl.program_id(0).to(tl.int64) * per_prog
     hi = tl.minimum(lo + per_prog, k)
     offs = tl.arange(0, BLOCK)
+    ok = tl.load(OK + offs * 0) != 0  # the flag, broadcast to the block
     if WRITE_LEAVES:
         for start in range(lo, hi, BLOCK):
             t = start + offs
@@ -75,7 +75,7 @@ def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first
     for s in range(n_levels):
         d = d_first - s
         width = P64 >> (H - d)
-        dense = d <= d_dense
+        dense = (offs * 0 + d) <= d_dense  # per lane (scalar bool masks upset the interpreter)
         for start in range(lo, hi, BLOCK):
             t = start + offs
             m = (t < hi) & ok

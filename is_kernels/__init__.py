@@ -3,15 +3,18 @@
 Ops live under ``torch.ops.is_kernels``; this package holds their thin Python wrappers,
 the samplers built on them and their DataLoader / DDP integration.
 """
+from .alias_table import AliasTable
 from .data import ImportanceBatchSampler, IndexedDataset
 from .distributed import ShardedSampler
 from .dlis import (PresampleImportanceSampler, equivalent_batch_increment, measure_step_costs,
                    tau_threshold)
 from .output_grad import cross_entropy_with_score, mse_with_score, output_grad_norm
 from .samplers import Sampler, UniformSampler
+from .sum_tree import SumTree
 
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
+    "SumTree", "AliasTable",
     "Sampler", "UniformSampler", "PresampleImportanceSampler",
     "equivalent_batch_increment", "tau_threshold", "measure_step_costs",
     "ImportanceBatchSampler", "IndexedDataset", "ShardedSampler",

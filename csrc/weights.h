@@ -1,0 +1,30 @@
+// Validation of sampling weights, shared by the CPU kernels of sum_tree.cpp and alias_table.cpp.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+namespace is_kernels {
+
+// Throws unless every w[i] is finite and >= 0; the error names `name` and the first offender.
+template <typename T>
+void check_weights(const char* op, const char* name, const T* w, int64_t n) {
+  int64_t bad = n;
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (!(w[i] >= T(0) && w[i] <= std::numeric_limits<T>::max())) {
+#pragma omp critical(is_kernels_check_weights)
+        bad = std::min(bad, i);
+        break;
+      }
+    }
+  });
+  TORCH_CHECK(bad == n, op, ": ", name, "[", bad, "] = ", w[bad],
+              " is not a valid weight (weights must be finite and >= 0)");
+}
+
+}  // namespace is_kernels

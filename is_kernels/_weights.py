@@ -1,0 +1,51 @@
+"""Argument checks shared by the weighted samplers (sum tree, alias table).
+
+On CPU the C++ kernels check the weights themselves; these helpers serve the Python side:
+dtype/shape/device checks, and the value checks of the CUDA path, where a device-side flag
+is computed without a host sync and read back only to raise.
+"""
+from __future__ import annotations
+
+import torch
+
+WEIGHT_DTYPES = (torch.float32, torch.float64)
+# Alias table entries and sum tree capacities fit in int32 / a 2^31-slot heap.
+MAX_SIZE = 2**31 - 1
+
+
+def check_weight_dtype(op: str, name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+
+
+def weights_valid(w: torch.Tensor) -> torch.Tensor:
+    """0-dim bool tensor (on w's device, no sync): every entry finite and >= 0."""
+    return (torch.isfinite(w) & (w >= 0)).all()
+
+
+def raise_invalid_weights(op: str, name: str, w: torch.Tensor) -> None:
+    """Raises the error naming the first invalid entry of w (call only when there is one)."""
+    bad = (~(torch.isfinite(w) & (w >= 0))).nonzero()
+    i = int(bad[0, 0])
+    raise RuntimeError(f"{op}: {name}[{i}] = {w[i].item()} is not a valid weight "
+                       "(weights must be finite and >= 0)")
+
+
+def can_sync(t: torch.Tensor) -> bool:
+    """Whether reading a device flag back is allowed (not inside CUDA graph capture)."""
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def uniforms(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """float64 U[0, 1) draws from `generator` (the default generator of `device` if None)."""
+    return torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+
+
+def check_num_draws(op: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{op}: n must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"{op}: n must be >= 0, got {n}")
+    return n

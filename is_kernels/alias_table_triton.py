@@ -1,0 +1,107 @@
+"""Triton kernels of the alias table ops (the CUDA implementation; method in
+csrc/alias_table.cpp).
+
+Parallel build: p = w * N / W; the prefix sums D (light deficits 1 - p) and E (heavy
+excesses p - 1) and the running count of heavies are ``torch.cumsum`` scans (parallel on the
+GPU); then every item finds its own table entry with binary searches in those scans, all in
+parallel: a light its heavy (the first h with E(h) > D(i - 1)), a heavy the light during
+which it ran out of excess (the first l with D(l) >= E(h)) and the next heavy. This is the
+sweep of Hübschle-Schneider & Sanders (2019) cut into chunks of one item each. No host sync.
+The launchers also run on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 1024
+
+
+@triton.jit
+def _first_index(ARR, x, n, mask, STRICT: tl.constexpr, STEPS: tl.constexpr):
+    """Per lane, the first m in [0, n) with ARR[m] > x (STRICT) or >= x; n if none.
+    ARR is non-decreasing; STEPS >= ceil(log2(n + 1))."""
+    lo = tl.zeros(x.shape, tl.int64)
+    hi = tl.zeros(x.shape, tl.int64) + n
+    for _ in range(STEPS):
+        active = mask & (lo < hi)
+        mid = (lo + hi) // 2
+        v = tl.load(ARR + mid, mask=active, other=0)
+        if STRICT:
+            found = v > x
+        else:
+            found = v >= x
+        hi = tl.where(active & found, mid, hi)
+        lo = tl.where(active & ~found, mid + 1, lo)
+    return lo
+
+
+@triton.jit
+def _build_kernel(PR, CUM_D, CUM_E, CUM_H, LAST_H, PROB, ALIAS, n, STEPS: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    p = tl.load(PR + i, mask=mask, other=0.0)
+    heavy = p > 1.0
+    light_m = mask & ~heavy
+    heavy_m = mask & heavy
+    n_heavy = tl.load(CUM_H + n - 1)
+    # Light i: the heavy current in the sweep (past the last heavy only by rounding).
+    before = tl.load(CUM_D + i - 1, mask=light_m & (i > 0), other=0.0)
+    h = _first_index(CUM_E, before, n, light_m, True, STEPS)
+    last_h = tl.load(LAST_H)
+    light_alias = tl.where(h < n, h, tl.where(n_heavy > 0, last_h, i))
+    # Heavy i: runs out of excess during light l; its own bucket aliases the next heavy.
+    e = tl.load(CUM_E + i, mask=heavy_m, other=0.0)
+    l = _first_index(CUM_D, e, n, heavy_m, False, STEPS)
+    rank = tl.load(CUM_H + i, mask=heavy_m, other=0)
+    nxt = _first_index(CUM_H, rank + 1, n, heavy_m, False, STEPS)
+    d_l = tl.load(CUM_D + l, mask=heavy_m & (l < n), other=0.0)
+    has_next = (l < n) & (nxt < n)
+    heavy_prob = tl.where(has_next, tl.minimum(tl.maximum(1.0 - (d_l - e), 0.0), 1.0), 1.0)
+    heavy_alias = tl.where(has_next, nxt, i)
+    tl.store(PROB + i, tl.where(heavy, heavy_prob, p), mask=mask)
+    tl.store(ALIAS + i, tl.where(heavy, heavy_alias, light_alias).to(tl.int32), mask=mask)
+
+
+@triton.jit
+def _sample_kernel(PROB, ALIAS, U, OUT, n, size, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    u0 = tl.load(U + offs, mask=mask, other=0.0)
+    u1 = tl.load(U + n + offs, mask=mask, other=0.0)
+    # u0 * size < size in exact arithmetic, but may round up to size.
+    k = tl.minimum((u0 * size).to(tl.int64), size - 1)
+    prob = tl.load(PROB + k, mask=mask, other=0.0)
+    alias = tl.load(ALIAS + k, mask=mask, other=0).to(tl.int64)
+    tl.store(OUT + offs, tl.where(u1 < prob, k, alias), mask=mask)
+
+
+def build(weights: torch.Tensor):
+    """(prob float64 [N], alias int32 [N]) for valid weights with a positive sum."""
+    w = weights.contiguous().to(torch.float64)
+    n = w.numel()
+    p = w * (n / w.sum())
+    heavy = p > 1.0
+    cum_d = torch.cumsum(torch.where(heavy, 0.0, 1.0 - p), 0)
+    cum_e = torch.cumsum(torch.where(heavy, p - 1.0, 0.0), 0)
+    cum_h = torch.cumsum(heavy, 0, dtype=torch.int64)
+    last_h = torch.argmax(cum_h)  # the first index where the count reaches its maximum
+    prob = torch.empty(n, dtype=torch.float64, device=w.device)
+    alias = torch.empty(n, dtype=torch.int32, device=w.device)
+    _build_kernel[(triton.cdiv(n, BLOCK),)](p, cum_d, cum_e, cum_h, last_h, prob, alias, n,
+                                            STEPS=max(1, (n + 1).bit_length()), BLOCK=BLOCK,
+                                            num_warps=4)
+    return prob, alias
+
+
+def sample(prob: torch.Tensor, alias: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """int64 draws for the float64 uniforms u ([2, n]: bucket, coin)."""
+    u = u.contiguous()
+    n = u.shape[1]
+    out = torch.empty(n, dtype=torch.int64, device=prob.device)
+    if n > 0:
+        _sample_kernel[(triton.cdiv(n, BLOCK),)](prob, alias, u, out, n, prob.numel(),
+                                                 BLOCK=BLOCK, num_warps=4)
+    return out

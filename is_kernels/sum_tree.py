@@ -1,0 +1,260 @@
+"""Sum tree: weighted sampling of indices from N changing weights (ALGORITHMS.md section 5).
+
+Public API: :class:`SumTree`. It wraps three ``torch.ops.is_kernels`` custom ops, C++ on CPU
+(``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
+(``is_kernels/sum_tree_triton.py``), with fake kernels for ``torch.compile``:
+
+- ``sum_tree_build(leaves) -> inner``: the float64 inner nodes of a tree with these leaves;
+- ``sum_tree_update(leaves!, inner!, indices, values)``: batched update in place;
+- ``sum_tree_sample(leaves, inner, u) -> indices``: one descent per float64 uniform ``u``.
+
+Where values are checked: on CPU the C++ kernels check everything before mutating. On CUDA,
+shapes/dtypes/devices are checked on the host; the weight values and index ranges are
+reduced to a device flag that the update kernel reads (an invalid batch writes nothing), and
+the flag is read back to raise, which is a host sync, except during CUDA graph capture,
+where an invalid batch is dropped without an error. Likewise ``sample`` checks that the
+total is > 0 with a host sync outside capture; inside capture an all-zero tree yields -1.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+
+from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from ._weights import (MAX_SIZE, WEIGHT_DTYPES, can_sync, check_num_draws,
+                       check_weight_dtype, raise_invalid_weights, uniforms, weights_valid)
+
+__all__ = ["SumTree"]
+
+
+def heap_size(capacity: int) -> int:
+    """Heap slots of a tree of ``capacity`` leaves: max(2, next power of two >= capacity)."""
+    return max(2, 1 << (capacity - 1).bit_length())
+
+
+def _check_leaves(op: str, leaves: torch.Tensor) -> None:
+    check_weight_dtype(op, "leaves", leaves)
+    if leaves.dim() != 1 or leaves.shape[0] < 1:
+        raise ValueError(f"{op}: leaves must be a non-empty 1-D tensor, "
+                         f"got shape {tuple(leaves.shape)}")
+    if not leaves.is_contiguous():
+        raise ValueError(f"{op}: leaves must be contiguous")
+
+
+def _check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor) -> None:
+    _check_leaves(op, leaves)
+    p = heap_size(leaves.shape[0])
+    if inner.dim() != 1 or inner.shape[0] != p:
+        raise ValueError(f"{op}: inner must have shape [{p}] for {leaves.shape[0]} leaves, "
+                         f"got {tuple(inner.shape)}")
+    if inner.dtype != torch.float64:
+        raise TypeError(f"{op}: inner must be float64, got {inner.dtype}")
+    if inner.device != leaves.device:
+        raise ValueError(f"{op}: inner and leaves must be on the same device, "
+                         f"got {inner.device} and {leaves.device}")
+
+
+def _check_update(op: str, leaves, inner, indices, values) -> None:
+    _check_tree(op, leaves, inner)
+    if indices.dtype != torch.int64:
+        raise TypeError(f"{op}: indices must be int64, got {indices.dtype}")
+    if indices.dim() != 1:
+        raise ValueError(f"{op}: indices must be 1-D, got shape {tuple(indices.shape)}")
+    if values.dtype != leaves.dtype:
+        raise TypeError(f"{op}: values must have the dtype of the tree ({leaves.dtype}), "
+                        f"got {values.dtype}")
+    if values.shape != indices.shape:
+        raise ValueError(f"{op}: values must have the shape of indices "
+                         f"{tuple(indices.shape)}, got {tuple(values.shape)}")
+    if indices.device != leaves.device or values.device != leaves.device:
+        raise ValueError(f"{op}: indices and values must be on the tree's device "
+                         f"{leaves.device}, got {indices.device} and {values.device}")
+
+
+def _check_sample(op: str, leaves, inner, u) -> None:
+    _check_tree(op, leaves, inner)
+    if u.dtype != torch.float64 or u.dim() != 1:
+        raise ValueError(f"{op}: u must be 1-D float64, got {u.dtype} of shape "
+                         f"{tuple(u.shape)}")
+    if u.device != leaves.device:
+        raise ValueError(f"{op}: u must be on the tree's device {leaves.device}, "
+                         f"got {u.device}")
+
+
+# ---- fake (meta) kernels ------------------------------------------------------------------
+
+@torch.library.register_fake("is_kernels::sum_tree_build")
+def _build_fake(leaves):
+    _check_leaves("sum_tree_build", leaves)
+    return leaves.new_empty((heap_size(leaves.shape[0]),), dtype=torch.float64)
+
+
+@torch.library.register_fake("is_kernels::sum_tree_update")
+def _update_fake(leaves, inner, indices, values):
+    _check_update("sum_tree_update", leaves, inner, indices, values)
+
+
+@torch.library.register_fake("is_kernels::sum_tree_sample")
+def _sample_fake(leaves, inner, u):
+    _check_sample("sum_tree_sample", leaves, inner, u)
+    return u.new_empty(u.shape, dtype=torch.int64)
+
+
+# ---- CUDA kernels: Triton, imported on first use ------------------------------------------
+
+@torch.library.register_kernel("is_kernels::sum_tree_build", "cuda")
+def _build_cuda(leaves):
+    from . import sum_tree_triton
+
+    op = "sum_tree_build"
+    _check_leaves(op, leaves)
+    if can_sync(leaves) and not bool(weights_valid(leaves)):
+        raise_invalid_weights(op, "leaves", leaves)
+    return sum_tree_triton.build(leaves)
+
+
+@torch.library.register_kernel("is_kernels::sum_tree_update", "cuda")
+def _update_cuda(leaves, inner, indices, values):
+    from . import sum_tree_triton
+
+    op = "sum_tree_update"
+    _check_update(op, leaves, inner, indices, values)
+    in_range = ((indices >= 0) & (indices < leaves.shape[0])).all()
+    values_ok = weights_valid(values)
+    if can_sync(leaves):
+        if not bool(in_range):
+            bad = int((~((indices >= 0) & (indices < leaves.shape[0]))).nonzero()[0, 0])
+            raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
+                               f"for a tree of capacity {leaves.shape[0]}")
+        if not bool(values_ok):
+            raise_invalid_weights(op, "values", values)
+    ok = (in_range & values_ok).to(torch.int32)
+    sum_tree_triton.update(leaves, inner, indices, values, ok)
+
+
+@torch.library.register_kernel("is_kernels::sum_tree_sample", "cuda")
+def _sample_cuda(leaves, inner, u):
+    from . import sum_tree_triton
+
+    op = "sum_tree_sample"
+    _check_sample(op, leaves, inner, u)
+    if can_sync(leaves) and not bool(inner[1] > 0):
+        raise RuntimeError(f"{op}: all weights are zero (total = {float(inner[1])}), "
+                           "there is nothing to sample")
+    return sum_tree_triton.sample(leaves, inner, u)
+
+
+# ---- public API ---------------------------------------------------------------------------
+
+class SumTree:
+    """A sum tree over ``capacity`` non-negative leaf weights (all 0 at construction).
+
+    Draws are i.i.d. with ``P(i) = values[i] / total``; a leaf of weight 0 is never drawn.
+    Inner nodes are float64, always recomputed from their children (never updated by
+    deltas), so they equal a fresh rebuild bit for bit and cannot drift. Leaves are stored
+    in ``dtype`` (float32 or float64).
+
+    Args:
+        capacity: number of leaves, 1 <= capacity <= 2**31 - 1.
+        device: where the tree lives (CPU: C++ kernels; CUDA: Triton kernels).
+        dtype: dtype of the leaf weights, float32 or float64.
+    """
+
+    def __init__(self, capacity: int, *, device: Optional[torch.device | str] = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"SumTree: capacity must be an int, got {type(capacity).__name__}")
+        if not 1 <= capacity <= MAX_SIZE:
+            raise ValueError(f"SumTree: capacity must be in [1, 2**31 - 1], got {capacity}")
+        if dtype not in WEIGHT_DTYPES:
+            raise TypeError(f"SumTree: dtype must be float32 or float64, got {dtype}")
+        self._leaves = torch.zeros(capacity, dtype=dtype, device=device)
+        self._inner = torch.zeros(heap_size(capacity), dtype=torch.float64, device=device)
+
+    @property
+    def capacity(self) -> int:
+        return self._leaves.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self._leaves.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._leaves.dtype
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The leaf weights, ``[capacity]`` (the tree's own storage: do not modify it in
+        place, use :meth:`update` or :meth:`build`)."""
+        return self._leaves
+
+    def update(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Sets ``values[indices] = values``; for a duplicated index the last one wins.
+
+        Args:
+            indices: 1-D integer tensor of leaf indices in ``[0, capacity)``, on the tree's
+                device (int32 is widened to int64).
+            values: weights (finite, >= 0) of the tree's dtype, shape of ``indices``.
+
+        On invalid input nothing is changed (see the module docstring for CUDA).
+        """
+        op = "SumTree.update"
+        if not isinstance(indices, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(f"{op}: indices and values must be tensors")
+        if indices.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: indices must be int64 or int32, got {indices.dtype}")
+        indices = indices.long()
+        _check_update(op, self._leaves, self._inner, indices, values)
+        torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
+
+    def build(self, values: torch.Tensor) -> None:
+        """Replaces all leaves at once (``values``: ``[capacity]``, tree's dtype and device)."""
+        op = "SumTree.build"
+        check_weight_dtype(op, "values", values)
+        if values.shape != self._leaves.shape:
+            raise ValueError(f"{op}: values must have shape [{self.capacity}], "
+                             f"got {tuple(values.shape)}")
+        if values.dtype != self.dtype:
+            raise TypeError(f"{op}: values must have the tree's dtype {self.dtype}, "
+                            f"got {values.dtype}")
+        if values.device != self.device:
+            raise ValueError(f"{op}: values must be on the tree's device {self.device}, "
+                             f"got {values.device}")
+        inner = torch.ops.is_kernels.sum_tree_build(values.contiguous())  # checks values
+        self._leaves.copy_(values)
+        self._inner.copy_(inner)
+
+    def total(self) -> torch.Tensor:
+        """Sum of all weights: a float64 0-dim tensor on the tree's device (no host sync)."""
+        return self._inner[1].clone()
+
+    def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n`` i.i.d. leaf indices (int64 ``[n]``) with ``P(i) = values[i] / total``.
+
+        Uniforms come from ``generator`` (default: the device's default generator), so the
+        same seed gives the same draws on the same device. Raises if all weights are 0.
+        """
+        check_num_draws("SumTree.sample", n)
+        u = uniforms((n,), generator, self.device)
+        return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
+
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"capacity": int, "values": leaf weights (a copy)}``."""
+        return {"capacity": self.capacity, "values": self._leaves.clone()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores the leaves of :meth:`state_dict` (moved to this tree's device) and
+        rebuilds the inner nodes; capacity and dtype must match this tree."""
+        op = "SumTree.load_state_dict"
+        missing = {"capacity", "values"} - set(state_dict)
+        if missing:
+            raise KeyError(f"{op}: state_dict lacks {sorted(missing)}")
+        if state_dict["capacity"] != self.capacity:
+            raise ValueError(f"{op}: state_dict capacity {state_dict['capacity']} != this "
+                             f"tree's capacity {self.capacity}")
+        self.build(state_dict["values"].to(self.device))
+
+    def __repr__(self) -> str:
+        return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"

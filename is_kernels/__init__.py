@@ -6,6 +6,7 @@ the samplers built on them and their DataLoader / DDP integration.
 from .alias_table import AliasTable
 from .data import ImportanceBatchSampler, IndexedDataset
 from .distributed import ShardedSampler
+from .online_is import LossImportanceSampler, OnlineImportanceSampler
 from .dlis import (PresampleImportanceSampler, equivalent_batch_increment, measure_step_costs,
                    tau_threshold)
 from .output_grad import cross_entropy_with_score, mse_with_score, output_grad_norm
@@ -15,7 +16,8 @@ from .sum_tree import SumTree
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
     "SumTree", "AliasTable",
-    "Sampler", "UniformSampler", "PresampleImportanceSampler",
+    "Sampler", "UniformSampler", "OnlineImportanceSampler", "LossImportanceSampler",
+    "PresampleImportanceSampler",
     "equivalent_batch_increment", "tau_threshold", "measure_step_costs",
     "ImportanceBatchSampler", "IndexedDataset", "ShardedSampler",
 ]

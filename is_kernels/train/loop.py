@@ -25,8 +25,9 @@ from .models import build_model
 __all__ = ["TrainConfig", "SAMPLER_STATS", "evaluate", "train_run"]
 
 SAMPLER_STATS = ("tau", "is_on", "data_fraction")
-"""Optional sampler attributes recorded when present (DLIS: ``tau``, ``is_on`` — whether the
-draw just made was importance sampled; pruning: ``data_fraction``)."""
+"""Optional sampler attributes recorded when present, read before each draw (DLIS: ``tau``,
+``is_on`` — whether the draw about to be made importance-samples; pruning:
+``data_fraction``)."""
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3}
@@ -202,9 +203,9 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
         for _ in range(steps_per_epoch):
-            idx, weights = sampler.sample(score_fn)
-            for name in stats:
+            for name in stats:  # before the draw: is_on tells whether this draw is IS
                 stat_sums[name] += getattr(sampler, name)
+            idx, weights = sampler.sample(score_fn)
             batch_loss_sum += _train_step(model, optimizer, sampler, data, idx, weights)
             step += 1
             samples += idx.shape[0]

@@ -11,6 +11,8 @@ from typing import Dict, Protocol
 
 import torch
 
+from ..dlis import PresampleImportanceSampler
+from ..online_is import LossImportanceSampler, OnlineImportanceSampler
 from ..samplers import Sampler, UniformSampler
 
 __all__ = ["METHODS", "MethodFactory", "make_sampler"]
@@ -27,8 +29,38 @@ def _uniform(*, num_samples: int, batch_size: int, device: torch.device,
     return UniformSampler(num_samples, batch_size, device=device, generator=generator)
 
 
+def _online(*, num_samples: int, batch_size: int, device: torch.device,
+            generator: torch.Generator, epochs: int) -> Sampler:
+    """Online IS (Salaün et al.): output-gradient memory, unbiased weights."""
+    return OnlineImportanceSampler(num_samples, batch_size, device=device, generator=generator)
+
+
+def _adaptive(*, num_samples: int, batch_size: int, device: torch.device,
+              generator: torch.Generator, epochs: int) -> Sampler:
+    """Online IS without weights (the paper's biased "adaptive sampling")."""
+    return OnlineImportanceSampler(num_samples, batch_size, unbiased=False, device=device,
+                                   generator=generator)
+
+
+def _dlis(*, num_samples: int, batch_size: int, device: torch.device,
+          generator: torch.Generator, epochs: int) -> Sampler:
+    """DLIS (Katharopoulos & Fleuret): presample 3b, switch on when tau > tau_th."""
+    return PresampleImportanceSampler(num_samples, batch_size, device=device,
+                                      generator=generator)
+
+
+def _loss(*, num_samples: int, batch_size: int, device: torch.device,
+          generator: torch.Generator, epochs: int) -> Sampler:
+    """Loss-based IS: the online memory fed per-sample losses (classic baseline)."""
+    return LossImportanceSampler(num_samples, batch_size, device=device, generator=generator)
+
+
 METHODS: Dict[str, MethodFactory] = {
     "uniform": _uniform,
+    "online": _online,
+    "adaptive": _adaptive,
+    "dlis": _dlis,
+    "loss": _loss,
 }
 
 

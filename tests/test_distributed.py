@@ -1,0 +1,95 @@
+"""DDP integration, two gloo processes on CPU: equal to one process with the global batch."""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import is_kernels
+
+N, B, STEPS, WORLD = 64, 8, 12, 2
+
+
+def make_sampler(kind: str) -> is_kernels.Sampler:
+    g = torch.Generator().manual_seed(123)
+    if kind == "dlis":
+        return is_kernels.PresampleImportanceSampler(N, B, tau_threshold=1.0, tau_smoothing=0.5,
+                                                   generator=g)
+    return is_kernels.OnlineImportanceSampler(N, B, warmup_epochs=1, generator=g)
+
+
+def make_data():
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(N, 5, generator=g), torch.randint(0, 3, (N,), generator=g)
+
+
+def train(sampler, model, X, Y, ddp_model=None):
+    """The README's tensor loop; returns the draws. ddp_model: the DDP wrapper, if any."""
+    net = ddp_model or model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def score_fn(idx):
+        with torch.no_grad():
+            return is_kernels.output_grad_norm(model(X[idx]), Y[idx])
+
+    draws = []
+    for _ in range(STEPS):
+        idx, w = sampler.sample(score_fn)
+        loss, score = is_kernels.cross_entropy_with_score(net(X[idx]), Y[idx], reduction="none")
+        (w * loss).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        sampler.update(idx, score)
+        draws.append(idx)
+    return draws
+
+
+def worker(rank: int, init_file: str, out_dir: str, kind: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        sampler = is_kernels.ShardedSampler(make_sampler(kind))
+        X, Y = make_data()
+        draws = train(sampler, model, X, Y, ddp)
+        torch.save({"draws": draws, "state": sampler.state_dict(),
+                    "weight": model.weight.detach().clone()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_both(tmp_path, kind):
+    mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path), kind), nprocs=WORLD)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    single = make_sampler(kind)
+    X, Y = make_data()
+    draws = train(single, model, X, Y)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    return single, model, draws, ranks
+
+
+def check_shards(draws, ranks):
+    for step, global_idx in enumerate(draws):
+        shards = [r["draws"][step] for r in ranks]
+        assert torch.equal(torch.cat(shards), global_idx)
+
+
+def test_ddp_online_sampler_equals_single_process(tmp_path):
+    single, model, draws, ranks = run_both(tmp_path, "online")
+    check_shards(draws, ranks)
+    for r in ranks:
+        assert torch.allclose(r["state"]["tree"]["values"], single.importance, rtol=1e-5)
+        assert torch.allclose(r["weight"], model.weight, atol=1e-5)
+
+
+def test_ddp_dlis_equals_single_process(tmp_path):
+    single, model, draws, ranks = run_both(tmp_path, "dlis")
+    check_shards(draws, ranks)
+    assert single.steps_on > 0
+    for r in ranks:
+        assert abs(r["state"]["tau"] - single.tau) < 1e-5
+        assert torch.allclose(r["weight"], model.weight, atol=1e-5)

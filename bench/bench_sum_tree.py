@@ -1,0 +1,110 @@
+"""Weighted sampling benchmarks (pytest-benchmark, same-run ratios within each group).
+
+Run: ``python -m pytest bench/bench_sum_tree.py --benchmark-only -q``
+
+Group ``round``: N = 2^20 weights; one round updates 4096 random leaves and draws 4096
+indices. Baselines re-read the changed weights every round: ``torch.multinomial`` and
+cumsum + searchsorted; cpprb's PrioritizedReplayBuffer (C++ segment tree) runs
+``update_priorities`` + ``sample``. On CUDA (when present) the same round at N = 2^24.
+"""
+import numpy as np
+import pytest
+import torch
+
+from is_kernels import SumTree
+
+N = 1 << 20
+K = 4096
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class Round:
+    """Random update batches, pre-drawn so that the timed part is the sampler's work."""
+
+    def __init__(self, n: int, device: str, rounds: int = 64) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.weights = torch.rand(n, generator=g).to(device)
+        self.idx = [torch.randint(0, n, (K,), generator=g).to(device) for _ in range(rounds)]
+        self.val = [torch.rand(K, generator=g).to(device) for _ in range(rounds)]
+        self.i = 0
+
+    def next(self):
+        self.i = (self.i + 1) % len(self.idx)
+        return self.idx[self.i], self.val[self.i]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
+def test_sum_tree(benchmark, device):
+    n = N if device == "cpu" else 1 << 24
+    r = Round(n, device)
+    tree = SumTree(n, device=device)
+    tree.build(r.weights)
+
+    def step():
+        idx, val = r.next()
+        tree.update(idx, val)
+        out = tree.sample(K)
+        _sync(device)
+        return out
+
+    benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
+def test_multinomial(benchmark, device):
+    n = N if device == "cpu" else 1 << 24
+    r = Round(n, device)
+    w = r.weights.clone()
+
+    def step():
+        idx, val = r.next()
+        w[idx] = val
+        out = torch.multinomial(w, K, replacement=True)
+        _sync(device)
+        return out
+
+    benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
+def test_cumsum_searchsorted(benchmark, device):
+    n = N if device == "cpu" else 1 << 24
+    r = Round(n, device)
+    w = r.weights.clone()
+
+    def step():
+        idx, val = r.next()
+        w[idx] = val
+        c = torch.cumsum(w, 0, dtype=torch.float64)
+        u = torch.rand(K, dtype=torch.float64, device=device) * c[-1]
+        out = torch.searchsorted(c, u, right=True).clamp_(max=n - 1)
+        _sync(device)
+        return out
+
+    benchmark(step)
+
+
+@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
+def test_cpprb(benchmark):
+    cpprb = pytest.importorskip("cpprb")
+    r = Round(N, "cpu")
+    rb = cpprb.PrioritizedReplayBuffer(N, {"obs": {"shape": 1}}, alpha=1.0)
+    rb.add(obs=np.zeros((N, 1), dtype=np.float32), priorities=r.weights.numpy())
+    idx_np = [i.numpy().astype(np.uint64) for i in r.idx]
+    val_np = [v.numpy().astype(np.float64) for v in r.val]
+    state = {"i": 0}
+
+    def step():
+        state["i"] = (state["i"] + 1) % len(idx_np)
+        rb.update_priorities(idx_np[state["i"]], val_np[state["i"]])
+        return rb.sample(K, beta=0.4)
+
+    benchmark(step)

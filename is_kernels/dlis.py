@@ -218,8 +218,8 @@ class PresampleImportanceSampler(Sampler):
                   tau_threshold=self.tau_threshold, drew_uniform=self._drew_uniform)
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        super()._load_state(state_dict)
         self.tau = float(state_dict["tau"])
         self.steps, self.steps_on = int(state_dict["steps"]), int(state_dict["steps_on"])
         self.tau_threshold = float(state_dict["tau_threshold"])

@@ -136,15 +136,19 @@ class OnlineImportanceSampler(Sampler):
                   warmup=self._warmup.state_dict(), step_in_epoch=self._step_in_epoch)
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        seen = state_dict.get("seen")
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)
+        seen = state_dict["seen"]
         if not isinstance(seen, torch.Tensor) or seen.shape != (self.num_samples,):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state_dict['seen'] must "
-                             f"be a bool tensor of shape ({self.num_samples},)")
-        super().load_state_dict(state_dict)
+            raise ValueError(f"{op}: state_dict['seen'] must be a bool tensor of shape "
+                             f"({self.num_samples},)")
+        self._warmup._check_state_dict(op, state_dict["warmup"])
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        super()._load_state(state_dict)
         self.tree.load_state_dict(state_dict["tree"])
         self._warmup.load_state_dict(state_dict["warmup"])
-        self._seen.copy_(seen)
+        self._seen.copy_(state_dict["seen"])
         self._step_in_epoch = int(state_dict["step_in_epoch"])
 
 

@@ -215,7 +215,12 @@ class Sampler(abc.ABC):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; raises ``ValueError`` (sampler unchanged) on mismatch."""
-        op = f"{type(self).__name__}.load_state_dict"
+        self._check_state_dict(f"{type(self).__name__}.load_state_dict", state_dict)
+        self._load_state(state_dict)
+
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        """Raises ``ValueError`` if ``state_dict`` does not fit this sampler; changes nothing.
+        Subclasses with more state extend it (calling ``super()``)."""
         missing = [k for k in self._state_keys() if k not in state_dict]
         if missing:
             raise ValueError(f"{op}: state_dict lacks {', '.join(map(repr, missing))}")
@@ -225,6 +230,9 @@ class Sampler(abc.ABC):
             if state_dict[key] != value:
                 raise ValueError(f"{op}: state_dict[{key!r}] is {state_dict[key]!r}, "
                                  f"this sampler has {value!r}")
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        """Applies a checked ``state_dict`` (subclasses extend it, calling ``super()``)."""
         self.generator.set_state(state_dict["generator"])
         self.epoch = state_dict["epoch"]
 
@@ -282,8 +290,8 @@ class UniformSampler(Sampler):
                   permutation=None if self._perm is None else self._perm.cpu().clone())
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        op = "UniformSampler.load_state_dict"
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)
         if state_dict.get("replacement") != self.replacement:
             raise ValueError(f"{op}: state_dict['replacement'] is "
                              f"{state_dict.get('replacement')!r}, this sampler has "
@@ -292,6 +300,9 @@ class UniformSampler(Sampler):
         if perm is not None and tuple(perm.shape) != (self.num_samples,):
             raise ValueError(f"{op}: state_dict['permutation'] must have shape "
                              f"({self.num_samples},), got {tuple(perm.shape)}")
-        super().load_state_dict(state_dict)
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        super()._load_state(state_dict)
+        perm = state_dict["permutation"]
         self._perm = None if perm is None else perm.to(self.device, copy=True)
         self._pos = int(state_dict["position"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from is_kernels import LossImportanceSampler, OnlineImportanceSampler
 from is_kernels.samplers import Sampler, UniformSampler
 
 N, B = 50, 8
@@ -17,7 +18,13 @@ N, B = 50, 8
 SAMPLERS = {
     "uniform": lambda n, b, g: UniformSampler(n, b, generator=g),
     "uniform_replacement": lambda n, b, g: UniformSampler(n, b, replacement=True, generator=g),
+    "online": lambda n, b, g: OnlineImportanceSampler(n, b, warmup_epochs=0, generator=g),
+    "online_warmup": lambda n, b, g: OnlineImportanceSampler(n, b, generator=g),
+    "adaptive": lambda n, b, g: OnlineImportanceSampler(n, b, unbiased=False, generator=g),
+    "loss": lambda n, b, g: LossImportanceSampler(n, b, momentum=0.5, generator=g),
 }
+
+BIASED = {"adaptive"}  # no weights: the paper's "adaptive sampling" variant
 
 
 def make(name: str, n: int = N, b: int = B, seed: int = 0) -> Sampler:
@@ -71,6 +78,8 @@ def test_draws_follow_probabilities_chi_square(name):
 
 def test_weighted_batch_mean_is_unbiased(name):
     """mean over many steps of (1/b)·Σ w_i·x_i ≈ mean(x), within 5 standard errors."""
+    if name in BIASED:
+        pytest.skip(f"{name} is biased by design")
     s = make(name)
     x = torch.rand(N, generator=torch.Generator().manual_seed(2)).double() * 10
     estimates = []
@@ -182,13 +191,19 @@ def test_update_rejects_bad_input_and_keeps_state(name, idx, scores, exc, arg):
     with pytest.raises(exc, match=arg):
         s.update(idx, scores)
     assert torch.equal(s.probabilities(), before_p)
-    after_sd = s.state_dict()
-    assert after_sd.keys() == before_sd.keys()
-    for key, value in before_sd.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(after_sd[key], value), key
-        else:
-            assert after_sd[key] == value, key
+    assert_same_state(s.state_dict(), before_sd)
+
+
+def assert_same_state(actual, expected, where="state_dict"):
+    """Equality of (nested) state dicts holding tensors."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_same_state(actual[key], expected[key], f"{where}[{key!r}]")
+    elif isinstance(expected, torch.Tensor):
+        assert torch.equal(actual, expected), where
+    else:
+        assert actual == expected, where
 
 
 # ---- UniformSampler -----------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Usage: ``python bench/run_all.py [--out bench/results/summary-<device>.md] [pytest args...]``.
 In each benchmark group the entry whose name contains ``is_kernels`` is ours; every other
 entry of the group is an alternative, reported with its median and the ratio
-``alternative median / our median`` (> 1: ours is faster). Groups whose benchmarks record
+``alternative median / our median`` (> 1: ours is faster). Groups that compare our samplers
+with each other have no ``is_kernels`` entry: there each entry is reported against the one
+named ``uniform``, as an overhead in percent. Groups whose benchmarks record
 ``extra_info["bytes"]`` also get our achieved GB/s.
 """
 from __future__ import annotations
@@ -38,7 +40,8 @@ def summarize(report: dict) -> str:
     for group in sorted(groups):
         entries = groups[group]
         ours = [b for b in entries if "is_kernels" in b["name"]]
-        if len(ours) != 1:
+        if not ours:
+            lines += overhead_rows(group, entries)
             continue
         ours = ours[0]
         med = ours["stats"]["median"]
@@ -52,6 +55,23 @@ def summarize(report: dict) -> str:
             lines.append(f"| {group} | {med * 1e3:.3f} ms | {label} | {amed * 1e3:.3f} ms | "
                          f"{amed / med:.2f}x | {gbps} |")
     return "\n".join(lines)
+
+
+def overhead_rows(group: str, entries: list) -> list:
+    """Rows of each entry against the group's ``uniform`` entry: time over it, in percent."""
+    base = [b for b in entries if b["name"].endswith("[uniform]")]
+    if len(base) != 1:
+        return []
+    bmed = base[0]["stats"]["median"]
+    rows = []
+    for b in sorted(entries, key=lambda b: b["name"]):
+        if b is base[0]:
+            continue
+        med = b["stats"]["median"]
+        label = b["name"].split("[")[-1].rstrip("]")
+        rows.append(f"| {group} | {med * 1e3:.3f} ms ({label}) | uniform | {bmed * 1e3:.3f} ms "
+                    f"| overhead {100 * (med - bmed) / bmed:+.1f}% | |")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

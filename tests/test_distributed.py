@@ -82,7 +82,7 @@ def test_ddp_online_sampler_equals_single_process(tmp_path):
     single, model, draws, ranks = run_both(tmp_path, "online")
     check_shards(draws, ranks)
     for r in ranks:
-        assert torch.allclose(r["state"]["tree"]["values"], single.importance, rtol=1e-5)
+        assert torch.allclose(r["state"]["memory"], single.importance, rtol=1e-5)
         assert torch.allclose(r["weight"], model.weight, atol=1e-5)
 
 

@@ -128,7 +128,7 @@ def test_bad_update_raises_and_leaves_state_unchanged(make_bad, match):
     idx, _ = s.sample()
     with pytest.raises(ValueError, match=match):
         s.update(*make_bad(idx, torch.rand(4)))
-    assert torch.equal(s.importance, before["tree"]["values"])
+    assert torch.equal(s.importance, before["memory"])
     s.update(idx, torch.rand(4))  # the draw is still pending: a correct update goes through
 
 

@@ -101,6 +101,13 @@ class _PrunedEpochs:
         """Samples kept in the current epoch."""
         return self._order.shape[0]
 
+    @property
+    def kept(self) -> torch.Tensor:
+        """bool ``[N]``: the samples of the current epoch (the others are pruned)."""
+        mask = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
+        mask[self._order] = True
+        return mask
+
     def __len__(self) -> int:
         """Steps of the current epoch, ``ceil(kept / b)``; once all its draws are made, the
         next epoch starts here (its kept set is chosen now) and its length is returned."""
@@ -160,9 +167,7 @@ class _PrunedEpochs:
 
     def _kept_probabilities(self) -> torch.Tensor:
         """``1/kept`` on the kept samples, 0 elsewhere (a draw's marginal distribution)."""
-        p = torch.zeros(self.num_samples, dtype=torch.float32, device=self.device)
-        p[self._order] = 1.0 / self.num_kept
-        return p
+        return self.kept.float() / self.num_kept
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         self._t_last = time.perf_counter()

@@ -263,7 +263,7 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
 
     Example (OneCycleLR needs the total number of steps in advance)::
 
-        s = ImportancePruningSampler(len(X), 128, epochs=10, prune_fraction=0.3)
+        s = ImportancePruningSampler(len(X), 128, epochs=10, prune_fraction=0.4)
         sched = OneCycleLR(opt, 0.1, total_steps=sum(s.steps_in_epoch(e) for e in range(10)))
         for epoch in range(10):
             s.set_epoch(epoch)
@@ -278,7 +278,7 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
     score_type = "output_grad"
 
     def __init__(self, num_samples: int, batch_size: int, *, epochs: int,
-                 prune_fraction: float = 0.3, dynamic_threshold: Optional[float] = None,
+                 prune_fraction: float = 0.4, dynamic_threshold: Optional[float] = None,
                  warmup_epochs: int = 1, anneal_epochs: int = 1, max_stale_epochs: int = 3,
                  importance_sampling: bool = False, momentum: float = 0.2,
                  uniform_mix: float = 0.1, device: DeviceLike = None,

@@ -179,14 +179,18 @@ class OnlineImportanceSampler(Sampler):
         return torch.where(self._active, self._mixture(self.importance), 0.0)
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        self._update_memory(idx, scores)
+        # Read back: with a duplicated index the memory and the leaf agree on the value kept.
+        self.tree.update(idx, torch.where(self._active[idx], self._memory[idx], 0.0))
+
+    def _update_memory(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value)."""
         scores = scores.to(torch.float32)
         old = self._memory[idx]
         new = torch.where(self._seen[idx], self.momentum * old + (1.0 - self.momentum) * scores,
                           scores)
         self._memory[idx] = new
         self._seen[idx] = True
-        # Read back: with a duplicated index the memory and the leaf agree on the value kept.
-        self.tree.update(idx, torch.where(self._active[idx], self._memory[idx], 0.0))
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()

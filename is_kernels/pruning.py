@@ -169,9 +169,9 @@ class _PrunedEpochs:
         """``1/kept`` on the kept samples, 0 elsewhere (a draw's marginal distribution)."""
         return self.kept.float() / self.num_kept
 
-    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        super().update(idx, scores)  # type: ignore[misc]
         self._t_last = time.perf_counter()
-        super()._update(idx, scores)  # type: ignore[misc]
 
     def _timing(self) -> Dict[str, Optional[float]]:
         """Measured seconds of the current epoch so far (first draw to latest update) and
@@ -343,6 +343,12 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             self.set_active(kept)
         return kept
 
+    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        if self.importance_sampling:
+            super()._update(idx, scores)
+        else:  # the sum tree serves importance draws only: the memory is all pruning needs
+            self._update_memory(idx, scores)
+
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """The next batch of the epoch (``score_fn`` is ignored)."""
         self._begin_draw()
@@ -447,7 +453,6 @@ class InfoBatchSampler(_PrunedEpochs, Sampler):
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         self._scores[idx] = scores.to(torch.float32)
-        super()._update(idx, scores)
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()

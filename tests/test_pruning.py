@@ -398,3 +398,34 @@ def test_train_methods_prune_and_report_data_fraction(tmp_path):
         assert r["epochs"] == 4.0 and r["steps"] < full["steps"] == 40
         assert 0.5 < r["data_fraction_final"] < 1.0
         assert r["test_accuracy"] > 0.5
+
+
+# ---- CUDA ---------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("importance_sampling", [False, True, None])  # None: InfoBatch
+def test_on_cuda(importance_sampling):
+    """Epochs run on the device and, without importance sampling, no step waits for the
+    host. (Importance draws go through the sum tree, whose CUDA kernels check their input
+    with a host sync outside graph capture, is_kernels.sum_tree: not checked here.)"""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    if importance_sampling is None:
+        s = InfoBatchSampler(60, 8, epochs=4, generator=g)
+    else:
+        s = ImportancePruningSampler(60, 8, epochs=4, importance_sampling=importance_sampling,
+                                     generator=g)
+    x = scores(60).cuda()
+    for epoch in range(4):
+        s.set_epoch(epoch)
+        kept, steps, drawn = s.kept.clone(), len(s), []
+        torch.cuda.set_sync_debug_mode("default" if importance_sampling else "error")
+        try:
+            for _ in range(steps):
+                idx, w = s.sample()
+                s.update(idx, x[idx])
+                drawn.append(idx)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        idx = torch.cat(drawn)
+        assert idx.is_cuda and bool(kept[idx].all())
+    assert s.epoch_report()[1]["kept"] < 60

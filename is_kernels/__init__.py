@@ -9,6 +9,7 @@ from .distributed import ShardedSampler
 from .online_is import LossImportanceSampler, OnlineImportanceSampler
 from .dlis import (PresampleImportanceSampler, equivalent_batch_increment, measure_step_costs,
                    tau_threshold)
+from .pruning import ImportancePruningSampler, InfoBatchSampler
 from .output_grad import cross_entropy_with_score, mse_with_score, output_grad_norm
 from .samplers import Sampler, UniformSampler
 from .sum_tree import SumTree
@@ -17,7 +18,7 @@ __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
     "SumTree", "AliasTable",
     "Sampler", "UniformSampler", "OnlineImportanceSampler", "LossImportanceSampler",
-    "PresampleImportanceSampler",
+    "PresampleImportanceSampler", "ImportancePruningSampler", "InfoBatchSampler",
     "equivalent_batch_increment", "tau_threshold", "measure_step_costs",
     "ImportanceBatchSampler", "IndexedDataset", "ShardedSampler",
 ]

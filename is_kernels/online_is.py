@@ -10,7 +10,11 @@ paper is silent (ALGORITHMS.md §3):
 - update: ``q_i <- m·q_i + (1 - m)·s_i`` for the trained indices (``m = momentum``);
 - draws: b i.i.d. indices from the defensive mixture ``p_i = (1-λ)·q_i/Σq + λ/N``
   (``λ = uniform_mix``), weights ``w_i = 1/(N·p_i) <= 1/λ`` when ``unbiased`` (else 1: the
-  paper's "adaptive sampling" variant).
+  paper's "adaptive sampling" variant);
+- active set (:meth:`OnlineImportanceSampler.set_active`, used by online pruning): draws
+  come from the n active samples only, ``p_i = (1-λ)·q_i/Σ_active q + λ/n``, weights
+  ``1/(n·p_i)`` (unbiased for the mean over the active set); an inactive sample's sum-tree
+  leaf is 0 while its memory value is kept, and restored when it is re-activated.
 
 No step synchronises with the host: the mixture, the weights and the memory update are
 device ops, and the sum tree samples and updates in O(b log N).
@@ -75,6 +79,9 @@ class OnlineImportanceSampler(Sampler):
         self.warmup_epochs = warmup_epochs
         self.tree = SumTree(self.num_samples, device=self.device, dtype=torch.float32)
         self.tree.build(torch.ones(self.num_samples, device=self.device))
+        self._memory = torch.ones(self.num_samples, device=self.device)
+        self._active = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
+        self._active_idx = torch.arange(self.num_samples, device=self.device)
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
         self._warmup = UniformSampler(self.num_samples, self.batch_size, device=self.device,
                                       generator=self.generator)
@@ -88,8 +95,53 @@ class OnlineImportanceSampler(Sampler):
 
     @property
     def importance(self) -> torch.Tensor:
-        """The importance memory ``q`` (float32 ``[N]``, a view of the sum-tree leaves)."""
-        return self.tree.values
+        """The importance memory ``q`` (float32 ``[N]``, inactive samples included; the
+        sum-tree leaves hold ``q`` where active and 0 elsewhere). Read-only: use
+        :meth:`update`."""
+        return self._memory
+
+    @property
+    def active(self) -> torch.Tensor:
+        """bool ``[N]``: the samples importance draws may return (all, unless
+        :meth:`set_active` restricted them)."""
+        return self._active
+
+    @property
+    def num_active(self) -> int:
+        """The number n of active samples."""
+        return self._active_idx.shape[0]
+
+    def set_active(self, mask: Optional[torch.Tensor]) -> None:
+        """Restricts the importance draws to the samples where ``mask`` is True.
+
+        Inactive samples are never drawn: their sum-tree leaves are set to 0, their memory
+        is kept (scores that still arrive for them, e.g. from a prefetched draw, update it)
+        and their leaves get it back when they are re-activated. The uniform part of the
+        mixture covers the active samples only and the weights become ``1/(n·p_i)``.
+        Warm-up draws (uniform permutations of all N) ignore the active set.
+
+        Args:
+            mask: bool ``[N]`` on :attr:`device` with at least one True; ``None`` = all.
+
+        One host sync (the count of active samples), so call it between epochs, not per
+        step. Raises ``TypeError``/``ValueError`` naming ``mask``; the sampler is then
+        unchanged.
+        """
+        op = f"{type(self).__name__}.set_active"
+        if mask is None:
+            mask = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"{op}: mask must be a bool tensor or None, got {got}")
+        if mask.shape != (self.num_samples,) or mask.device != self.device:
+            raise ValueError(f"{op}: mask must have shape ({self.num_samples},) and live on "
+                             f"{self.device}, got {tuple(mask.shape)} on {mask.device}")
+        active_idx = mask.nonzero().squeeze(1)
+        if active_idx.shape[0] == 0:
+            raise ValueError(f"{op}: mask must keep at least one sample active, got all False")
+        self._active = mask.clone()
+        self._active_idx = active_idx
+        self.tree.build(torch.where(self._active, self._memory, 0.0))
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -104,52 +156,71 @@ class OnlineImportanceSampler(Sampler):
         self._step_in_epoch += 1
         if warmup:
             return self._warmup._draw()
-        b, n, dev = self.batch_size, self.num_samples, self.device
+        return self._importance_draw()
+
+    def _importance_draw(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """b i.i.d. indices from the mixture over the active samples, and their weights."""
+        b, n, dev = self.batch_size, self.num_active, self.device
         from_uniform = torch.rand(b, device=dev, generator=self.generator) < self.uniform_mix
-        uniform = torch.randint(n, (b,), device=dev, generator=self.generator)
+        uniform = self._active_idx[torch.randint(n, (b,), device=dev, generator=self.generator)]
         idx = torch.where(from_uniform, uniform, self.tree.sample(b, generator=self.generator))
         if not self.unbiased:
             return idx, torch.ones(b, dtype=torch.float32, device=dev)
         return idx, 1.0 / (n * self._mixture(self.importance[idx]))
 
     def _mixture(self, q: torch.Tensor) -> torch.Tensor:
-        """``p = (1-λ)·q/Σq + λ/N`` for importance values ``q`` (device ops only)."""
+        """``p = (1-λ)·q/Σ_active q + λ/n`` for active samples' ``q`` (device ops only)."""
         return (1.0 - self.uniform_mix) * q / self.tree.total().float() \
-            + self.uniform_mix / self.num_samples
+            + self.uniform_mix / self.num_active
 
     def probabilities(self) -> torch.Tensor:
         if self.in_warmup:
             return self._warmup.probabilities()
-        return self._mixture(self.importance)
+        return torch.where(self._active, self._mixture(self.importance), 0.0)
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        self._update_memory(idx, scores)
+        # Read back: with a duplicated index the memory and the leaf agree on the value kept.
+        self.tree.update(idx, torch.where(self._active[idx], self._memory[idx], 0.0))
+
+    def _update_memory(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value)."""
         scores = scores.to(torch.float32)
-        old = self.importance[idx]
+        old = self._memory[idx]
         new = torch.where(self._seen[idx], self.momentum * old + (1.0 - self.momentum) * scores,
                           scores)
-        self.tree.update(idx, new)
+        self._memory[idx] = new
         self._seen[idx] = True
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
-        sd.update(tree=self.tree.state_dict(), seen=self._seen.cpu().clone(),
-                  warmup=self._warmup.state_dict(), step_in_epoch=self._step_in_epoch)
+        sd.update(memory=self._memory.cpu().clone(), active=self._active.cpu().clone(),
+                  seen=self._seen.cpu().clone(), warmup=self._warmup.state_dict(),
+                  step_in_epoch=self._step_in_epoch)
         return sd
 
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         super()._check_state_dict(op, state_dict)
-        seen = state_dict["seen"]
-        if not isinstance(seen, torch.Tensor) or seen.shape != (self.num_samples,):
-            raise ValueError(f"{op}: state_dict['seen'] must be a bool tensor of shape "
-                             f"({self.num_samples},)")
+        n = self.num_samples
+        for key, dtype in (("memory", torch.float32), ("active", torch.bool),
+                           ("seen", torch.bool)):
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor) or value.shape != (n,) \
+                    or value.dtype != dtype:
+                raise ValueError(f"{op}: state_dict[{key!r}] must be a {dtype} tensor of "
+                                 f"shape ({n},)")
+        if not bool(state_dict["active"].any()):
+            raise ValueError(f"{op}: state_dict['active'] must keep at least one sample active")
         self._warmup._check_state_dict(op, state_dict["warmup"])
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        """Applies a checked state; the sum tree is rebuilt from the memory and active set."""
         super()._load_state(state_dict)
-        self.tree.load_state_dict(state_dict["tree"])
         self._warmup.load_state_dict(state_dict["warmup"])
+        self._memory.copy_(state_dict["memory"])
         self._seen.copy_(state_dict["seen"])
         self._step_in_epoch = int(state_dict["step_in_epoch"])
+        self.set_active(state_dict["active"].to(self.device))
 
 
 class LossImportanceSampler(OnlineImportanceSampler):

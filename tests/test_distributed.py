@@ -15,6 +15,11 @@ def make_sampler(kind: str) -> is_kernels.Sampler:
     if kind == "dlis":
         return is_kernels.PresampleImportanceSampler(N, B, tau_threshold=1.0, tau_smoothing=0.5,
                                                    generator=g)
+    if kind == "pruning_is":  # STEPS = the warm-up epoch (8 steps) and 4 of a pruned epoch
+        return is_kernels.ImportancePruningSampler(N, B, epochs=3, prune_fraction=0.25,
+                                                   importance_sampling=True, generator=g)
+    if kind == "infobatch":
+        return is_kernels.InfoBatchSampler(N, B, epochs=3, generator=g)
     return is_kernels.OnlineImportanceSampler(N, B, warmup_epochs=1, generator=g)
 
 
@@ -82,7 +87,7 @@ def test_ddp_online_sampler_equals_single_process(tmp_path):
     single, model, draws, ranks = run_both(tmp_path, "online")
     check_shards(draws, ranks)
     for r in ranks:
-        assert torch.allclose(r["state"]["tree"]["values"], single.importance, rtol=1e-5)
+        assert torch.allclose(r["state"]["memory"], single.importance, rtol=1e-5)
         assert torch.allclose(r["weight"], model.weight, atol=1e-5)
 
 
@@ -93,3 +98,17 @@ def test_ddp_dlis_equals_single_process(tmp_path):
     for r in ranks:
         assert abs(r["state"]["tau"] - single.tau) < 1e-5
         assert torch.allclose(r["weight"], model.weight, atol=1e-5)
+
+
+def test_ddp_pruning_samplers_equal_single_process(tmp_path):
+    for kind, state_key in (("pruning_is", "memory"), ("infobatch", "scores")):
+        run_dir = tmp_path / kind
+        run_dir.mkdir()
+        single, model, draws, ranks = run_both(run_dir, kind)
+        check_shards(draws, ranks)
+        assert single.epoch == 1 and single.num_kept < N  # the draws reached a pruned epoch
+        for r in ranks:
+            assert torch.equal(r["state"]["kept_order"], single.state_dict()["kept_order"])
+            assert torch.allclose(r["state"][state_key], single.state_dict()[state_key],
+                                  rtol=1e-5)
+            assert torch.allclose(r["weight"], model.weight, atol=1e-5)

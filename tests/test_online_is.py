@@ -128,7 +128,7 @@ def test_bad_update_raises_and_leaves_state_unchanged(make_bad, match):
     idx, _ = s.sample()
     with pytest.raises(ValueError, match=match):
         s.update(*make_bad(idx, torch.rand(4)))
-    assert torch.equal(s.importance, before["tree"]["values"])
+    assert torch.equal(s.importance, before["memory"])
     s.update(idx, torch.rand(4))  # the draw is still pending: a correct update goes through
 
 
@@ -218,3 +218,54 @@ def test_compiled_training_step_with_sampler_under_bf16_autocast():
     for a, c in zip(eager_losses, comp_losses):
         assert torch.allclose(a.float(), c.float(), atol=2e-2)
     assert torch.allclose(eager_q, comp_q, rtol=2e-2, atol=1e-3)
+
+
+def test_set_active_restricts_draws_and_keeps_the_memory_of_inactive_samples():
+    n, b, lam = 24, 16, 0.25
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(5)) + 0.1
+    s = make(n, b, uniform_mix=lam)
+    finish_warmup(s, scores)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[::3] = False
+    s.set_active(mask)
+    assert s.num_active == 16 and torch.equal(s.active, mask)
+    assert torch.equal(s.importance, scores)  # inactive samples keep their memory
+    assert torch.equal(s.tree.values, torch.where(mask, scores, 0.0))
+    q = torch.where(mask, scores, 0.0).double()
+    p = (1 - lam) * q / q.sum() + lam * mask.double() / 16
+    torch.testing.assert_close(s.probabilities().double(), p, rtol=1e-5, atol=1e-7)
+    counts = torch.zeros(n, dtype=torch.float64)
+    for _ in range(1500):
+        idx, w = s.sample()
+        torch.testing.assert_close(w.double(), 1.0 / (16 * p[idx]), rtol=1e-5, atol=0)
+        counts += torch.bincount(idx, minlength=n).double()
+    assert counts[~mask].sum() == 0, "drew an inactive sample"
+    _, pval = stats.chisquare(counts[mask].numpy(), (p[mask] * counts.sum()).numpy())
+    assert pval > 1e-4
+    idx, _ = s.sample()  # a draw in flight (prefetched) while its first sample gets pruned
+    mask[idx[0]] = False
+    s.set_active(mask)
+    s.update(idx, torch.full((b,), 5.0))
+    assert float(s.importance[idx[0]]) > float(scores[idx[0]])  # its memory is updated...
+    assert float(s.tree.values[idx[0]]) == 0.0  # ...and it stays out of the draws
+    s.set_active(None)
+    assert torch.equal(s.tree.values, s.importance) and s.num_active == n
+
+
+@pytest.mark.parametrize("mask,exc,match", [
+    (torch.zeros(10, dtype=torch.bool), ValueError, "at least one sample"),
+    (torch.ones(9, dtype=torch.bool), ValueError, "mask must have shape"),
+    (torch.ones(10), TypeError, "mask must be a bool tensor"),
+    ([True] * 10, TypeError, "mask must be a bool tensor"),
+])
+def test_set_active_rejects_bad_masks_and_keeps_state(mask, exc, match):
+    s = make(10, 2)
+    finish_warmup(s, torch.rand(10) + 0.1)
+    s.set_active(torch.arange(10) < 6)
+    before = s.state_dict()
+    with pytest.raises(exc, match=match):
+        s.set_active(mask)
+    after = s.state_dict()
+    for key in ("memory", "active"):
+        assert torch.equal(after[key], before[key])
+    assert torch.equal(s.tree.values, torch.where(before["active"], before["memory"], 0.0))

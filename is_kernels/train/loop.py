@@ -158,8 +158,7 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     generator = torch.Generator(device=device).manual_seed(seed)
     sampler = make_sampler(method, num_samples=num_samples, batch_size=config.batch_size,
                            device=device, generator=generator, epochs=config.epochs)
-    steps_per_epoch = len(sampler)
-    total_steps = config.epochs * steps_per_epoch
+    max_steps = config.epochs * len(sampler)  # for the progress bar: pruning epochs are shorter
     stats = [name for name in SAMPLER_STATS if hasattr(sampler, name)]
 
     def score_fn(idx: torch.Tensor) -> torch.Tensor:
@@ -175,13 +174,14 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     curve: List[Dict[str, Any]] = []
     clock = _Clock(device)
     step = samples = 0
+    epochs_done = 0.0  # the running epoch counts in proportion of its steps done
 
     def record() -> None:
         nonlocal batch_samples
         train_loss, train_err = evaluate(model, data.x_train, data.y_train,
                                          config.eval_batch_size)
         test_loss, test_err = evaluate(model, data.x_test, data.y_test, config.eval_batch_size)
-        point = {"wall_clock": clock.elapsed, "epoch": step / steps_per_epoch, "step": step,
+        point = {"wall_clock": clock.elapsed, "epoch": epochs_done, "step": step,
                  "samples": samples, "train_loss": float(train_loss),
                  "train_error": float(train_err), "test_loss": float(test_loss),
                  "test_error": float(test_err),
@@ -194,7 +194,7 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
         bar.set_postfix(test_err=f"{point['test_error']:.4f}",
                         train_loss=f"{point['train_loss']:.4f}", refresh=False)
 
-    bar = tqdm(total=total_steps, desc=f"{method} (seed {seed})", disable=not config.progress,
+    bar = tqdm(total=max_steps, desc=f"{method} (seed {seed})", disable=not config.progress,
                unit="step", mininterval=1.0)
     record()
     clock.start()
@@ -202,18 +202,20 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     out_of_time = False
     for epoch in range(config.epochs):
         sampler.set_epoch(epoch)
-        for _ in range(steps_per_epoch):
+        epoch_steps = len(sampler)  # fixed before the epoch's first draw (pruning shortens it)
+        for k in range(epoch_steps):
             for name in stats:  # before the draw: is_on tells whether this draw is IS
                 stat_sums[name] += getattr(sampler, name)
             idx, weights = sampler.sample(score_fn)
             batch_loss_sum += _train_step(model, optimizer, sampler, data, idx, weights)
             step += 1
+            epochs_done = epoch + (k + 1) / epoch_steps
             samples += idx.shape[0]
             batch_samples += idx.shape[0]
             bar.update(1)
             elapsed = clock.now()
             out_of_time = config.time_budget is not None and elapsed >= config.time_budget
-            done = out_of_time or step == total_steps
+            done = out_of_time or (epoch == config.epochs - 1 and k == epoch_steps - 1)
             if done or elapsed >= next_eval:
                 next_eval = (elapsed // config.eval_every + 1) * config.eval_every
                 clock.stop()
@@ -228,7 +230,7 @@ def train_run(method: str, seed: int, data: Dataset, config: TrainConfig) -> Dic
     final = curve[-1]
     result = {
         "method": method, "seed": seed, "steps": step, "samples": samples,
-        "epochs": step / steps_per_epoch, "stopped_by_time_budget": out_of_time,
+        "epochs": epochs_done, "stopped_by_time_budget": out_of_time,
         "wall_clock": clock.elapsed,
         "samples_per_s": samples / clock.elapsed if clock.elapsed > 0 else math.nan,
         "step_time": clock.elapsed / step if step else math.nan,

@@ -13,6 +13,7 @@ import torch
 
 from ..dlis import PresampleImportanceSampler
 from ..online_is import LossImportanceSampler, OnlineImportanceSampler
+from ..pruning import ImportancePruningSampler, InfoBatchSampler
 from ..samplers import Sampler, UniformSampler
 
 __all__ = ["METHODS", "MethodFactory", "make_sampler"]
@@ -55,12 +56,38 @@ def _loss(*, num_samples: int, batch_size: int, device: torch.device,
     return LossImportanceSampler(num_samples, batch_size, device=device, generator=generator)
 
 
+def _pruning(*, num_samples: int, batch_size: int, device: torch.device,
+             generator: torch.Generator, epochs: int) -> Sampler:
+    """Importance pruning (Salaün et al.): the online memory prunes the lowest-importance
+    samples after one warm-up epoch, the kept ones are drawn uniformly (weights 1)."""
+    return ImportancePruningSampler(num_samples, batch_size, epochs=epochs, device=device,
+                                    generator=generator)
+
+
+def _pruning_is(*, num_samples: int, batch_size: int, device: torch.device,
+                generator: torch.Generator, epochs: int) -> Sampler:
+    """Importance pruning, then online importance sampling of the kept samples."""
+    return ImportancePruningSampler(num_samples, batch_size, epochs=epochs,
+                                    importance_sampling=True, device=device,
+                                    generator=generator)
+
+
+def _infobatch(*, num_samples: int, batch_size: int, device: torch.device,
+               generator: torch.Generator, epochs: int) -> Sampler:
+    """InfoBatch (Qin et al.): random pruning of below-mean-loss samples, rescaled."""
+    return InfoBatchSampler(num_samples, batch_size, epochs=epochs, device=device,
+                            generator=generator)
+
+
 METHODS: Dict[str, MethodFactory] = {
     "uniform": _uniform,
     "online": _online,
     "adaptive": _adaptive,
     "dlis": _dlis,
     "loss": _loss,
+    "pruning": _pruning,
+    "pruning_is": _pruning_is,
+    "infobatch": _infobatch,
 }
 
 

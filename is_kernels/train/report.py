@@ -18,7 +18,7 @@ Runs = Dict[str, List[Dict[str, Any]]]  # method -> one result of train_run per 
 
 SUMMARY_METRICS = ("test_accuracy", "test_error", "test_loss", "train_loss", "epochs",
                    "wall_clock", "samples_per_s", "step_time", "tau_final", "is_on_mean",
-                   "data_fraction_mean")
+                   "data_fraction_mean", "data_fraction_final")
 BASELINE = "uniform"
 
 
@@ -31,7 +31,9 @@ def summarize(runs: Runs) -> Dict[str, Dict[str, Any]]:
     """Mean and std over seeds of every metric a method's runs have, per method.
 
     ``step_overhead_pct`` is the per-step training time relative to the uniform baseline,
-    ``100·(t_step / t_step_uniform − 1)``, present when the baseline was run.
+    ``100·(t_step / t_step_uniform − 1)``, and ``time_saved_pct`` the training wall-clock
+    saved against it, ``100·(1 − t / t_uniform)`` (meaningful at matched epochs: pruning),
+    both present when the baseline was run.
     """
     summary: Dict[str, Dict[str, Any]] = {}
     for method, method_runs in runs.items():
@@ -41,8 +43,10 @@ def summarize(runs: Runs) -> Dict[str, Dict[str, Any]]:
                 summary[method][metric] = _mean_std([r[metric] for r in method_runs])
     if BASELINE in summary:
         base = summary[BASELINE]["step_time"]["mean"]
+        base_wall = summary[BASELINE]["wall_clock"]["mean"]
         for entry in summary.values():
             entry["step_overhead_pct"] = 100.0 * (entry["step_time"]["mean"] / base - 1.0)
+            entry["time_saved_pct"] = 100.0 * (1.0 - entry["wall_clock"]["mean"] / base_wall)
     return summary
 
 
@@ -66,10 +70,11 @@ COLUMNS = (  # header, metric, format, scale
     ("epochs", "epochs", ".2f", 1.0),
     ("wall-clock s", "wall_clock", ".1f", 1.0),
     ("samples/s", "samples_per_s", ".0f", 1.0),
+    ("time saved %", "time_saved_pct", ".1f", 1.0),
     ("step overhead %", "step_overhead_pct", "+.1f", 1.0),
     ("tau", "tau_final", ".3f", 1.0),
     ("IS on %", "is_on_mean", ".1f", 100.0),
-    ("data fraction", "data_fraction_mean", ".3f", 1.0),
+    ("data fraction", "data_fraction_final", ".3f", 1.0),
 )
 
 

@@ -1,0 +1,468 @@
+"""Online data pruning: importance pruning (Salaün et al.) and the InfoBatch baseline.
+
+Both samplers are epoch-based (ALGORITHMS.md §4). At the start of each epoch they choose
+the *kept* samples from the scores recorded so far; the epoch is then a random permutation
+of the kept samples cut into batches of b, so its length ``len(sampler) = ceil(kept / b)``
+is fixed before its first draw and LR schedulers stepping per batch keep working:
+
+- :class:`ImportancePruningSampler`: the online importance memory of
+  :class:`~is_kernels.OnlineImportanceSampler` (output-gradient scores, momentum) decides.
+  Warm-up epochs prune nothing (every sample gets scored); then each epoch prunes the
+  ``round(prune_fraction·N)`` lowest-importance samples, except those pruned for
+  ``max_stale_epochs`` consecutive epochs, which are re-admitted for one epoch so that their
+  stale score gets refreshed; the last ``anneal_epochs`` train on everything. With a fixed
+  fraction every epoch's length is known at construction (:meth:`steps_in_epoch`, what
+  ``OneCycleLR(total_steps=...)`` needs). Kept samples are drawn uniformly (weights 1), or
+  importance-sampled from the memory restricted to them (``importance_sampling=True``).
+- :class:`InfoBatchSampler` (Qin et al., ICLR 2024): score = the latest loss; each pruning
+  epoch skips each below-mean sample with probability r and weights the kept below-mean
+  ones by ``1/(1-r)`` (the epoch's weighted loss sum is unbiased); no pruning in the last
+  ``(1-δ)`` of the epochs. An epoch's length is known at its start only.
+
+Each sampler keeps a per-epoch report (:meth:`epoch_report`: samples kept, fraction pruned,
+steps against a full epoch, measured time and the estimated time saved) and the attribute
+:attr:`data_fraction` read by the training harness. An epoch starts at ``set_epoch(e)``, or
+at the first ``len()`` or draw after the previous epoch's last draw; choosing the kept set
+costs a few host syncs then, none per step.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import operator
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from .online_is import OnlineImportanceSampler
+from .samplers import DeviceLike, Sampler, ScoreFn
+
+__all__ = ["ImportancePruningSampler", "InfoBatchSampler"]
+
+
+def _int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _fraction(owner: str, name: str, value: float) -> float:
+    """A float in [0, 1)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}") from None
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}: {name} must be in [0, 1), got {value}")
+    return value
+
+
+class _PrunedEpochs:
+    """Mixin for :class:`~is_kernels.Sampler` subclasses whose epochs cover a kept subset.
+
+    A subclass implements :meth:`_select` (the kept mask and optional loss weights of an
+    epoch) and :meth:`steps_in_epoch`, calls :meth:`_init_epochs` at the end of its
+    ``__init__``, and draws with :meth:`_begin_draw` followed by :meth:`_next_batch` (or its
+    own draw of ``batch_size`` indices from the kept set).
+    """
+
+    num_samples: int
+    batch_size: int
+    device: torch.device
+    generator: torch.Generator
+    epoch: int
+
+    def _select(self, epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(kept, weights)`` of epoch ``epoch``: bool ``[N]`` and float32 ``[N]`` loss
+        weights (``None``: all 1). Called once per epoch start; may update schedule state."""
+        raise NotImplementedError
+
+    def _init_epochs(self) -> None:
+        self._report: List[Dict[str, Any]] = []
+        self._steps = 0  # draws made in the current epoch
+        self._t_first: Optional[float] = None  # wall-clock of the epoch's first draw
+        self._t_last: Optional[float] = None  # wall-clock of its latest update
+        self._start_epoch(self.epoch)
+
+    @property
+    def full_steps(self) -> int:
+        """Steps of an epoch over all N samples, ``ceil(N / b)``."""
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def num_kept(self) -> int:
+        """Samples kept in the current epoch."""
+        return self._order.shape[0]
+
+    @property
+    def kept(self) -> torch.Tensor:
+        """bool ``[N]``: the samples of the current epoch (the others are pruned)."""
+        mask = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
+        mask[self._order] = True
+        return mask
+
+    def __len__(self) -> int:
+        """Steps of the current epoch, ``ceil(kept / b)``; once all its draws are made, the
+        next epoch starts here (its kept set is chosen now) and its length is returned."""
+        self._ensure_epoch()
+        return math.ceil(self.num_kept / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` and chooses its kept set. Calling it again for the current
+        epoch before its first draw keeps the kept set already chosen."""
+        unchanged = epoch == self.epoch and self._steps == 0
+        super().set_epoch(epoch)  # type: ignore[misc]  (validates epoch)
+        if not unchanged:
+            self._start_epoch(self.epoch)
+
+    def _start_epoch(self, epoch: int) -> torch.Tensor:
+        """Chooses the kept set of ``epoch`` and its order; returns the kept mask."""
+        if self._report:
+            if self._steps == 0:
+                self._report.pop()  # an epoch without draws does not count
+            else:
+                self._report[-1].update(self._timing())
+        kept, weights = self._select(epoch)
+        kept_idx = kept.nonzero().squeeze(1)
+        perm = torch.randperm(kept_idx.shape[0], device=self.device, generator=self.generator)
+        self._order = kept_idx[perm]
+        self._order_weights = None if weights is None else weights[self._order]
+        self._pos = self._steps = 0
+        self._t_first = self._t_last = None
+        steps = math.ceil(self.num_kept / self.batch_size)
+        self._report.append({"epoch": epoch, "kept": self.num_kept,
+                             "fraction_pruned": 1.0 - self.num_kept / self.num_samples,
+                             "steps": steps, "full_steps": self.full_steps,
+                             "seconds": None, "seconds_saved": None})
+        return kept
+
+    def _ensure_epoch(self) -> None:
+        if self._steps >= math.ceil(self.num_kept / self.batch_size):
+            self.set_epoch(self.epoch + 1)
+
+    def _begin_draw(self) -> None:
+        """Bookkeeping of a draw: starts the next epoch when this one is done."""
+        self._ensure_epoch()
+        self._steps += 1
+        if self._t_first is None:
+            self._t_first = time.perf_counter()
+
+    def _next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next slice of the epoch's permutation of the kept samples, and its weights."""
+        stop = self._pos + self.batch_size
+        idx = self._order[self._pos:stop].clone()
+        if self._order_weights is None:
+            weights = torch.ones(idx.shape[0], dtype=torch.float32, device=self.device)
+        else:
+            weights = self._order_weights[self._pos:stop].clone()
+        self._pos += idx.shape[0]
+        return idx, weights
+
+    def _kept_probabilities(self) -> torch.Tensor:
+        """``1/kept`` on the kept samples, 0 elsewhere (a draw's marginal distribution)."""
+        return self.kept.float() / self.num_kept
+
+    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        super().update(idx, scores)  # type: ignore[misc]
+        self._t_last = time.perf_counter()
+
+    def _timing(self) -> Dict[str, Optional[float]]:
+        """Measured seconds of the current epoch so far (first draw to latest update) and
+        the estimated time saved: mean step time × (full-epoch steps − this epoch's steps)."""
+        if self._t_first is None or self._t_last is None or self._t_last < self._t_first:
+            return {"seconds": None, "seconds_saved": None}
+        seconds = self._t_last - self._t_first
+        steps = math.ceil(self.num_kept / self.batch_size)
+        return {"seconds": seconds,
+                "seconds_saved": seconds / self._steps * (self.full_steps - steps)}
+
+    def epoch_report(self) -> List[Dict[str, Any]]:
+        """One dict per epoch started: ``epoch``, ``kept`` (samples used), ``fraction_pruned``,
+        ``steps`` and ``full_steps`` (an epoch over all N), ``seconds`` (measured from the
+        epoch's first draw to its latest update; on CUDA the host clock, which may run a
+        few steps ahead of the device) and ``seconds_saved`` (estimated: mean step time ×
+        steps saved); the times are ``None`` until measured. The last entry is the running
+        epoch, timed so far."""
+        report = copy.deepcopy(self._report)
+        report[-1].update(self._timing())
+        return report
+
+    @property
+    def data_fraction(self) -> float:
+        """Fraction of the full data used so far: kept samples summed over the epochs
+        started, divided by N times their number."""
+        return sum(e["kept"] for e in self._report) / (self.num_samples * len(self._report))
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()  # type: ignore[misc]
+        sd.update(kept_order=self._order.cpu().clone(),
+                  kept_weights=None if self._order_weights is None
+                  else self._order_weights.cpu().clone(),
+                  kept_position=self._pos, kept_steps=self._steps,
+                  report=copy.deepcopy(self._report))
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores :meth:`state_dict` (the running epoch's timing restarts)."""
+        op = f"{type(self).__name__}.load_state_dict"
+        order, weights = state_dict.get("kept_order"), state_dict.get("kept_weights")
+        if not isinstance(order, torch.Tensor) or order.dim() != 1 \
+                or order.dtype != torch.int64 or not 0 < order.shape[0] <= self.num_samples:
+            raise ValueError(f"{op}: state_dict['kept_order'] must be a non-empty int64 "
+                             f"tensor of at most {self.num_samples} indices")
+        if weights is not None and (not isinstance(weights, torch.Tensor)
+                                    or weights.shape != order.shape):
+            raise ValueError(f"{op}: state_dict['kept_weights'] must be None or a tensor of "
+                             f"the shape of state_dict['kept_order']")
+        if not state_dict.get("report"):
+            raise ValueError(f"{op}: state_dict['report'] must be a non-empty list")
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        self._order = order.to(self.device, copy=True)
+        self._order_weights = None if weights is None else weights.to(self.device, copy=True)
+        self._pos = int(state_dict["kept_position"])
+        self._steps = int(state_dict["kept_steps"])
+        self._report = copy.deepcopy(state_dict["report"])
+        self._t_first = self._t_last = None
+
+
+class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
+    """Online data pruning driven by the importance memory (Salaün et al.).
+
+    Args:
+        num_samples: dataset size N.
+        batch_size: indices per draw b.
+        epochs: the planned number of epochs E (annealing is its last ``anneal_epochs``;
+            epochs past E train on everything).
+        prune_fraction: in ``[0, 1)``: samples pruned per pruning epoch,
+            ``k = round(prune_fraction·N)`` (must be < N); with ``dynamic_threshold``, the
+            maximum.
+        dynamic_threshold: ``None`` (prune exactly k) or ``c > 0``: prune the samples whose
+            importance is below ``c·mean(q)``, at most k; then an epoch's length is known
+            only at its start.
+        warmup_epochs: >= 1 epochs over all data (every sample is scored) before pruning.
+        anneal_epochs: >= 0 last epochs (of E) over all data.
+        max_stale_epochs: >= 1: a sample pruned this many consecutive epochs is re-admitted
+            for one epoch (its score gets refreshed). Samples are ranked by (stale, q), so
+            exactly k are pruned even if some stale ones must stay out (when
+            ``prune_fraction > max_stale_epochs / (max_stale_epochs + 1)``).
+        importance_sampling: ``False``: each epoch is a permutation of the kept samples,
+            weights 1. ``True``: after warm-up, each step draws b indices i.i.d. from the
+            memory's mixture restricted to the kept samples,
+            ``p_i = (1-λ)·q_i/Σ_kept q + λ/kept``, weights ``1/(kept·p_i)`` (unbiased for the
+            kept samples' mean; a re-admitted sample is then drawn with probability, not
+            surely).
+        momentum, uniform_mix: of the memory, see :class:`~is_kernels.OnlineImportanceSampler`.
+        device, generator: see :class:`~is_kernels.Sampler`.
+
+    Example (OneCycleLR needs the total number of steps in advance)::
+
+        s = ImportancePruningSampler(len(X), 128, epochs=10, prune_fraction=0.4)
+        sched = OneCycleLR(opt, 0.1, total_steps=sum(s.steps_in_epoch(e) for e in range(10)))
+        for epoch in range(10):
+            s.set_epoch(epoch)
+            for _ in range(len(s)):
+                idx, w = s.sample()
+                loss, score = is_kernels.cross_entropy_with_score(model(X[idx]), Y[idx],
+                                                                  reduction="none")
+                (w * loss).mean().backward(); opt.step(); opt.zero_grad(); sched.step()
+                s.update(idx, score)
+    """
+
+    score_type = "output_grad"
+
+    def __init__(self, num_samples: int, batch_size: int, *, epochs: int,
+                 prune_fraction: float = 0.4, dynamic_threshold: Optional[float] = None,
+                 warmup_epochs: int = 1, anneal_epochs: int = 1, max_stale_epochs: int = 3,
+                 importance_sampling: bool = False, momentum: float = 0.2,
+                 uniform_mix: float = 0.1, device: DeviceLike = None,
+                 generator: Optional[torch.Generator] = None) -> None:
+        name = type(self).__name__
+        self.epochs = _int_at_least(name, "epochs", epochs, 1)
+        self.prune_fraction = _fraction(name, "prune_fraction", prune_fraction)
+        if dynamic_threshold is not None and not 0.0 < float(dynamic_threshold) < math.inf:
+            raise ValueError(f"{name}: dynamic_threshold must be None or a finite number > 0, "
+                             f"got {dynamic_threshold}")
+        self.dynamic_threshold = None if dynamic_threshold is None else float(dynamic_threshold)
+        warmup_epochs = _int_at_least(name, "warmup_epochs", warmup_epochs, 1)
+        self.anneal_epochs = _int_at_least(name, "anneal_epochs", anneal_epochs, 0)
+        self.max_stale_epochs = _int_at_least(name, "max_stale_epochs", max_stale_epochs, 1)
+        self.importance_sampling = bool(importance_sampling)
+        super().__init__(num_samples, batch_size, momentum=momentum, uniform_mix=uniform_mix,
+                         warmup_epochs=warmup_epochs, device=device, generator=generator)
+        self.max_pruned = round(self.prune_fraction * self.num_samples)
+        if self.max_pruned >= self.num_samples:
+            raise ValueError(f"{name}: prune_fraction {self.prune_fraction} would prune all "
+                             f"{self.num_samples} samples (round(prune_fraction·N) must be < N)")
+        self._stale = torch.zeros(self.num_samples, dtype=torch.int64, device=self.device)
+        self._init_epochs()
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` prunes (it is neither warm-up nor annealing)."""
+        return self.warmup_epochs <= epoch < self.epochs - self.anneal_epochs
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Steps of epoch ``epoch``: known for every epoch with a fixed ``prune_fraction``
+        (the pruned count is exactly k), for the current epoch and the epochs that do not
+        prune with ``dynamic_threshold``; raises ``ValueError`` otherwise."""
+        if epoch == self.epoch:
+            return math.ceil(self.num_kept / self.batch_size)
+        if not self.is_pruning_epoch(epoch):
+            return self.full_steps
+        if self.dynamic_threshold is None:
+            return math.ceil((self.num_samples - self.max_pruned) / self.batch_size)
+        raise ValueError(f"{type(self).__name__}.steps_in_epoch: epoch {epoch}'s length depends "
+                         f"on the scores (dynamic_threshold); it is known when it starts")
+
+    def _select(self, epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        kept = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
+        if not self.is_pruning_epoch(epoch):
+            self._stale.zero_()
+            return kept, None
+        q = self.importance
+        prunable = (self._stale < self.max_stale_epochs) & self._seen
+        count = self.max_pruned
+        if self.dynamic_threshold is not None:
+            prunable &= q < self.dynamic_threshold * q.mean()
+            count = min(count, int(prunable.sum()))
+        by_q = torch.argsort(q, stable=True)
+        ranked = by_q[torch.argsort((~prunable[by_q]).to(torch.uint8), stable=True)]
+        kept[ranked[:count]] = False
+        self._stale = torch.where(kept, 0, self._stale + 1)
+        return kept, None
+
+    def _start_epoch(self, epoch: int) -> torch.Tensor:
+        kept = super()._start_epoch(epoch)
+        if self.importance_sampling:
+            self.set_active(kept)
+        return kept
+
+    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        if self.importance_sampling:
+            super()._update(idx, scores)
+        else:  # the sum tree serves importance draws only: the memory is all pruning needs
+            self._update_memory(idx, scores)
+
+    def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of the epoch (``score_fn`` is ignored)."""
+        self._begin_draw()
+        if self.importance_sampling and self.epoch >= self.warmup_epochs:
+            return self._importance_draw()
+        return self._next_batch()
+
+    def probabilities(self) -> torch.Tensor:
+        if self.importance_sampling:
+            return super().probabilities()
+        return self._kept_probabilities()
+
+    @property
+    def stale_epochs(self) -> torch.Tensor:
+        """int64 ``[N]``: consecutive epochs each sample has been pruned (0 if kept)."""
+        return self._stale
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(stale=self._stale.cpu().clone())
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        stale = state_dict.get("stale")
+        if not isinstance(stale, torch.Tensor) or stale.shape != (self.num_samples,):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state_dict['stale'] must "
+                             f"be a tensor of shape ({self.num_samples},)")
+        super().load_state_dict(state_dict)
+        self._stale = stale.to(self.device, torch.int64, copy=True)
+
+
+class InfoBatchSampler(_PrunedEpochs, Sampler):
+    """InfoBatch (Qin et al., ICLR 2024): unbiased random pruning of below-mean samples.
+
+    The score of a sample is its latest loss (``score_type == "loss"``); all start equal, so
+    the first epoch prunes nothing. In each epoch ``e < delta·epochs``, every sample whose
+    score is below the mean score is skipped with probability ``prune_ratio`` = r,
+    independently (the generator's draws), and the kept ones of them get loss weight
+    ``1/(1-r)``, the others 1: over the random pruning, ``E[Σ_kept w_i·x_i] = Σ_i x_i``.
+    The last ``(1-delta)`` of the epochs train on everything. Each epoch is a permutation of
+    its kept samples; its length is known when it starts (not before: it depends on the
+    scores).
+
+    Args:
+        num_samples, batch_size: N and b.
+        epochs: the planned number of epochs E.
+        prune_ratio: r in ``[0, 1)`` (InfoBatch's default 0.5).
+        delta: δ in ``(0, 1]`` (default 0.875).
+        device, generator: see :class:`~is_kernels.Sampler`.
+    """
+
+    score_type = "loss"
+
+    def __init__(self, num_samples: int, batch_size: int, *, epochs: int,
+                 prune_ratio: float = 0.5, delta: float = 0.875, device: DeviceLike = None,
+                 generator: Optional[torch.Generator] = None) -> None:
+        name = type(self).__name__
+        self.epochs = _int_at_least(name, "epochs", epochs, 1)
+        self.prune_ratio = _fraction(name, "prune_ratio", prune_ratio)
+        if not 0.0 < float(delta) <= 1.0:
+            raise ValueError(f"{name}: delta must be in (0, 1], got {delta}")
+        self.delta = float(delta)
+        super().__init__(num_samples, batch_size, device=device, generator=generator)
+        self._scores = torch.ones(self.num_samples, dtype=torch.float32, device=self.device)
+        self._init_epochs()
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """float32 ``[N]``: the latest loss of each sample (1 before its first update)."""
+        return self._scores
+
+    def is_pruning_epoch(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` may prune (``epoch < delta·epochs``)."""
+        return epoch < self.delta * self.epochs
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Steps of epoch ``epoch``: known for the current epoch and the epochs that do not
+        prune; raises ``ValueError`` for a future pruning epoch (it depends on the scores)."""
+        if epoch == self.epoch:
+            return math.ceil(self.num_kept / self.batch_size)
+        if not self.is_pruning_epoch(epoch):
+            return self.full_steps
+        raise ValueError(f"{type(self).__name__}.steps_in_epoch: epoch {epoch}'s length depends "
+                         f"on the scores; it is known when it starts")
+
+    def _select(self, epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.is_pruning_epoch(epoch):
+            return torch.ones(self.num_samples, dtype=torch.bool, device=self.device), None
+        below = self._scores < self._scores.mean()
+        skipped = below & (torch.rand(self.num_samples, device=self.device,
+                                      generator=self.generator) < self.prune_ratio)
+        weights = torch.where(below, 1.0 / (1.0 - self.prune_ratio), 1.0).to(torch.float32)
+        return ~skipped, weights
+
+    def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of the epoch's permutation (``score_fn`` is ignored)."""
+        self._begin_draw()
+        return self._next_batch()
+
+    def probabilities(self) -> torch.Tensor:
+        return self._kept_probabilities()
+
+    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        self._scores[idx] = scores.to(torch.float32)
+
+    def state_dict(self) -> Dict[str, Any]:
+        sd = super().state_dict()
+        sd.update(scores=self._scores.cpu().clone())
+        return sd
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        scores = state_dict.get("scores")
+        if not isinstance(scores, torch.Tensor) or scores.shape != (self.num_samples,):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state_dict['scores'] "
+                             f"must be a tensor of shape ({self.num_samples},)")
+        super().load_state_dict(state_dict)
+        self._scores = scores.to(self.device, torch.float32, copy=True)

@@ -29,28 +29,15 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .online_is import OnlineImportanceSampler
-from .samplers import DeviceLike, Sampler, ScoreFn
+from .samplers import DeviceLike, Sampler, ScoreFn, int_at_least
 
 __all__ = ["ImportancePruningSampler", "InfoBatchSampler"]
-
-
-def _int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _fraction(owner: str, name: str, value: float) -> float:
@@ -284,15 +271,15 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
                  uniform_mix: float = 0.1, device: DeviceLike = None,
                  generator: Optional[torch.Generator] = None) -> None:
         name = type(self).__name__
-        self.epochs = _int_at_least(name, "epochs", epochs, 1)
+        self.epochs = int_at_least(name, "epochs", epochs, 1)
         self.prune_fraction = _fraction(name, "prune_fraction", prune_fraction)
         if dynamic_threshold is not None and not 0.0 < float(dynamic_threshold) < math.inf:
             raise ValueError(f"{name}: dynamic_threshold must be None or a finite number > 0, "
                              f"got {dynamic_threshold}")
         self.dynamic_threshold = None if dynamic_threshold is None else float(dynamic_threshold)
-        warmup_epochs = _int_at_least(name, "warmup_epochs", warmup_epochs, 1)
-        self.anneal_epochs = _int_at_least(name, "anneal_epochs", anneal_epochs, 0)
-        self.max_stale_epochs = _int_at_least(name, "max_stale_epochs", max_stale_epochs, 1)
+        warmup_epochs = int_at_least(name, "warmup_epochs", warmup_epochs, 1)
+        self.anneal_epochs = int_at_least(name, "anneal_epochs", anneal_epochs, 0)
+        self.max_stale_epochs = int_at_least(name, "max_stale_epochs", max_stale_epochs, 1)
         self.importance_sampling = bool(importance_sampling)
         super().__init__(num_samples, batch_size, momentum=momentum, uniform_mix=uniform_mix,
                          warmup_epochs=warmup_epochs, device=device, generator=generator)
@@ -406,7 +393,7 @@ class InfoBatchSampler(_PrunedEpochs, Sampler):
                  prune_ratio: float = 0.5, delta: float = 0.875, device: DeviceLike = None,
                  generator: Optional[torch.Generator] = None) -> None:
         name = type(self).__name__
-        self.epochs = _int_at_least(name, "epochs", epochs, 1)
+        self.epochs = int_at_least(name, "epochs", epochs, 1)
         self.prune_ratio = _fraction(name, "prune_ratio", prune_ratio)
         if not 0.0 < float(delta) <= 1.0:
             raise ValueError(f"{name}: delta must be in (0, 1], got {delta}")

@@ -37,15 +37,16 @@ SCORE_TYPES = ("output_grad", "loss")
 DeviceLike = Union[torch.device, str, None]
 
 
-def _positive_int(owner: str, name: str, value: Any) -> int:
+def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a TypeError / ValueError naming ``name``."""
     if isinstance(value, bool):
         raise TypeError(f"{owner}: {name} must be an int, got bool")
     try:
         value = operator.index(value)
     except TypeError:
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}") from None
-    if value <= 0:
-        raise ValueError(f"{owner}: {name} must be positive, got {value}")
+    if value < minimum:
+        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return value
 
 
@@ -85,8 +86,8 @@ class Sampler(abc.ABC):
     def __init__(self, num_samples: int, batch_size: int, *, device: DeviceLike = None,
                  generator: Optional[torch.Generator] = None) -> None:
         name = type(self).__name__
-        self.num_samples = _positive_int(name, "num_samples", num_samples)
-        self.batch_size = _positive_int(name, "batch_size", batch_size)
+        self.num_samples = int_at_least(name, "num_samples", num_samples, 1)
+        self.batch_size = int_at_least(name, "batch_size", batch_size, 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"{name}: generator must be a torch.Generator or None, "
                             f"got {type(generator).__name__}")

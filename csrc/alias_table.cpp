@@ -89,7 +89,7 @@ ChunkSums sweep_chunk(const T* w, int64_t begin, int64_t end, double scale, cons
 // order of Vose's sweep, light a comes before heavy b iff E(b) > D(a - 1) = dl[a]. A light
 // gets prob p and the heavy current in the sweep as alias; a heavy the light l = a - 1
 // during which it ran out of excess, prob 1 - (D(l) - E(b)), and the next heavy as alias
-// (prob 1 and itself if it never ran out, or is the last heavy). Branch-free.
+// (prob 1 and itself if it never ran out, or is the last heavy). Selects, no data-dependent if.
 template <typename T>
 void merge(const T* w, double scale, const Lists& L, int64_t n_light, int64_t n_heavy,
            int64_t a, int64_t a_end, int64_t b, int64_t b_end, double* prob, int32_t* alias) {

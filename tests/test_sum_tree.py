@@ -91,7 +91,8 @@ def boundary_uniforms(w: torch.Tensor) -> torch.Tensor:
     total = w.double().sum()
     c = torch.cumsum(w.double(), 0) / total
     c = c[(c > 0) & (c < 1)]
-    u = torch.cat([c, torch.nextafter(c, torch.zeros_like(c)), torch.nextafter(c, torch.ones_like(c)),
+    u = torch.cat([c, torch.nextafter(c, torch.zeros_like(c)),
+                   torch.nextafter(c, torch.ones_like(c)),
                    torch.tensor([0.0, 1 - 2**-53, 0.5])])
     return u[(u >= 0) & (u < 1)].contiguous()
 

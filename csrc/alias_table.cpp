@@ -10,10 +10,12 @@
 //   heavy h: alias = the next heavy; prob = 1 - (D(l) - E(h)), with l the first light with
 //     D(l) >= E(h) (the light during which h ran out of excess and became light itself);
 //     the last heavy (or one with no such l) has prob 1.
-// Parallel build (Hübschle-Schneider & Sanders 2019, "sweeping" in chunks): the items are
-// cut into chunks; the prefix sums are chunk offset + local sum; every chunk then sweeps its
-// items with two cursors (for its lights, the current heavy; for its heavies, the current
-// light), each positioned once by a binary search and then only moving forward.
+// CPU build: the closed form is a merge of the lights (by D(i - 1)) with the heavies (by
+// E(h)) in index order, which is how it runs: (1) the total; (2) every chunk's counts and
+// sums (the chunks' offsets); (3) every chunk writes its lights and heavies, with their
+// prefix sums, to two lists (parallel over chunks); (4) a branch-free merge of the two
+// lists writes every entry, cut into parts at chosen lights whose starting heavy a binary
+// search finds (parallel over parts; the result is that of one sequential merge).
 // Zero weights: p = 0 gives prob exactly 0, and aliases are always heavies (p > 1), so an
 // item of weight 0 can never be drawn.
 #include <ATen/ATen.h>
@@ -26,135 +28,161 @@
 #include <limits>
 #include <vector>
 
+#include "memory.h"
 #include "weights.h"
 
 namespace is_kernels {
 namespace {
 
-template <typename T>
-struct Prefix {
-  const T* w;
-  int64_t n;
-  double scale;     // N / W
-  const double* d;  // d[i] = D(i), inclusive prefix sum of the light deficits
-  const double* e;  // e[i] = E(i), inclusive prefix sum of the heavy excesses
+// Items per chunk of the parallel passes (fixed: the table does not depend on the threads).
+constexpr int64_t kChunk = 1 << 15;
 
-  double p(int64_t i) const { return static_cast<double>(w[i]) * scale; }
-  bool heavy(int64_t i) const { return p(i) > 1.0; }
-  double D(int64_t i) const { return i < 0 ? 0.0 : d[i]; }
-  // First m with e[m] > x, or n.
-  int64_t first_e_above(double x) const { return std::upper_bound(e, e + n, x) - e; }
-  // First m with d[m] >= x, or n.
-  int64_t first_d_at_least(double x) const { return std::lower_bound(d, d + n, x) - d; }
+// Prefix sums and lists of one chunk. Lights and heavies are listed in index order, with
+// the inclusive prefix sums D (lights) and E (heavies) of the whole table.
+struct Lists {
+  int32_t* light;  // light[k]: index of the k-th light
+  double* dl;      // dl[k + 1] = D(light[k]); dl[0] = 0
+  int32_t* heavy;  // heavy[k]: index of the k-th heavy
+  double* eh;      // eh[k] = E(heavy[k])
 };
+
+struct ChunkSums {
+  int64_t lights = 0, heavies = 0;
+  double d = 0.0, e = 0.0;  // this chunk's sums of deficits and excesses
+};
+
+// Sweeps the items [begin, end): classifies them and accumulates the chunk's deficits and
+// excesses in index order. With `out`, also writes the chunk's list entries at the positions
+// `start` (lights, heavies) with prefix sums offset by `start` (D, E of the earlier chunks).
+// Both passes run this same code, so the sums they see are bit for bit the same.
+template <typename T>
+ChunkSums sweep_chunk(const T* w, int64_t begin, int64_t end, double scale, const Lists* out,
+                      const ChunkSums& start) {
+  ChunkSums s;
+  int32_t dummy_index;
+  double dummy_sum;
+  for (int64_t i = begin; i < end; ++i) {
+    const double p = static_cast<double>(w[i]) * scale;
+    const bool heavy = p > 1.0;
+    // Branch-free (the classes are random): a product with 0 or 1 is exact.
+    const double h = static_cast<double>(heavy);
+    s.d += (1.0 - h) * (1.0 - p);
+    s.e += h * (p - 1.0);
+    if (out != nullptr) {
+      // Each item is written to its list and to this call's dummies (for the other list).
+      int32_t* const li = heavy ? &dummy_index : out->light + start.lights + s.lights;
+      double* const ld = heavy ? &dummy_sum : out->dl + start.lights + s.lights + 1;
+      int32_t* const hi = heavy ? out->heavy + start.heavies + s.heavies : &dummy_index;
+      double* const hd = heavy ? out->eh + start.heavies + s.heavies : &dummy_sum;
+      *li = static_cast<int32_t>(i);
+      *ld = start.d + s.d;
+      *hi = static_cast<int32_t>(i);
+      *hd = start.e + s.e;
+    }
+    s.heavies += heavy;
+    s.lights += !heavy;
+  }
+  return s;
+}
+
+// Merges the lights [a, a_end) with the heavies [b, b_end) (see the file comment): in the
+// order of Vose's sweep, light a comes before heavy b iff E(b) > D(a - 1) = dl[a]. A light
+// gets prob p and the heavy current in the sweep as alias; a heavy the light l = a - 1
+// during which it ran out of excess, prob 1 - (D(l) - E(b)), and the next heavy as alias
+// (prob 1 and itself if it never ran out, or is the last heavy). Selects, no data-dependent if.
+template <typename T>
+void merge(const T* w, double scale, const Lists& L, int64_t n_light, int64_t n_heavy,
+           int64_t a, int64_t a_end, int64_t b, int64_t b_end, double* prob, int32_t* alias) {
+  for (int64_t steps = (a_end - a) + (b_end - b); steps > 0; --steps) {
+    const double before = L.dl[a], e = L.eh[b];  // eh[n_heavy] = +inf
+    const bool light = (a < a_end) & (e > before);
+    const int32_t li = L.light[a], hi = L.heavy[b];  // light[n_light]: a valid index
+    // Light: past the last heavy only by rounding (the p sum to N up to rounding).
+    const int32_t light_alias = hi >= 0 ? hi : li;
+    const bool ran_out = (e <= before) & (b + 1 < n_heavy);
+    const double heavy_prob =
+        ran_out ? std::min(1.0, std::max(0.0, 1.0 - (before - e))) : 1.0;
+    const int32_t heavy_alias = ran_out ? L.heavy[b + 1] : hi;
+    const int32_t item = light ? li : hi;
+    prob[item] = light ? static_cast<double>(w[li]) * scale : heavy_prob;
+    alias[item] = light ? light_alias : heavy_alias;
+    a += light;
+    b += !light;
+  }
+}
 
 template <typename T>
 void build_cpu(const T* w, int64_t n, double* prob, int32_t* alias) {
   const char* op = "alias_table_build";
-  const int64_t nchunks =
-      std::max<int64_t>(1, std::min<int64_t>(4 * at::get_num_threads(), n / 16384));
-  const int64_t chunk = (n + nchunks - 1) / nchunks;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  const auto chunk_end = [&](int64_t c) { return std::min(n, (c + 1) * kChunk); };
   // Pass 1: the total weight (chunk sums added in chunk order: deterministic).
   std::vector<double> wsum(nchunks, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      double s = 0.0;
-      for (int64_t i = c * chunk, end = std::min(n, (c + 1) * chunk); i < end; ++i) s += w[i];
-      wsum[c] = s;
+      double s[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the adds overlap
+      int64_t i = c * kChunk;
+      for (; i + 4 <= chunk_end(c); i += 4) {
+        for (int k = 0; k < 4; ++k) s[k] += static_cast<double>(w[i + k]);
+      }
+      for (; i < chunk_end(c); ++i) s[0] += static_cast<double>(w[i]);
+      wsum[c] = (s[0] + s[1]) + (s[2] + s[3]);
     }
   });
   double total = 0.0;
   for (double s : wsum) total += s;
   TORCH_CHECK(total > 0.0, op, ": all weights are zero, there is nothing to sample");
+  const double scale = static_cast<double>(n) / total;
 
-  // Pass 2: prefix sums within every chunk; the first heavy of every chunk.
-  const at::Tensor prefix = at::empty({2 * n}, at::TensorOptions().dtype(at::kDouble));
-  double* const d = prefix.data_ptr<double>();
-  double* const e = d + n;
-  const Prefix<T> pre{w, n, static_cast<double>(n) / total, d, e};
-  std::vector<int64_t> first_heavy(nchunks + 1, n);
+  // Pass 2: every chunk's counts and sums; their running totals are the chunks' offsets.
+  std::vector<ChunkSums> sums(nchunks + 1);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      double dl = 0.0, el = 0.0;
-      for (int64_t i = c * chunk, end = std::min(n, (c + 1) * chunk); i < end; ++i) {
-        const double p = pre.p(i);
-        if (p > 1.0) {
-          el += p - 1.0;
-          if (first_heavy[c] == n) first_heavy[c] = i;
-        } else {
-          dl += 1.0 - p;
-        }
-        d[i] = dl;
-        e[i] = el;
-      }
+      sums[c + 1] = sweep_chunk(w, c * kChunk, chunk_end(c), scale, nullptr, ChunkSums{});
     }
   });
-  // Chunk offsets, then D(i) = d0[c] + local D(i): monotone, as every offset is its
-  // predecessor plus that chunk's last local sum, added the same way.
-  std::vector<double> d0(nchunks, 0.0), e0(nchunks, 0.0);
-  for (int64_t c = 1; c < nchunks; ++c) {
-    const int64_t last = std::min(n, c * chunk) - 1;
-    d0[c] = d0[c - 1] + d[last];
-    e0[c] = e0[c - 1] + e[last];
+  for (int64_t c = 0; c < nchunks; ++c) {  // sums[c]: totals of the chunks before c
+    sums[c + 1].lights += sums[c].lights;
+    sums[c + 1].heavies += sums[c].heavies;
+    sums[c + 1].d += sums[c].d;
+    sums[c + 1].e += sums[c].e;
   }
-  at::parallel_for(1, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      for (int64_t i = c * chunk, end = std::min(n, (c + 1) * chunk); i < end; ++i) {
-        d[i] += d0[c];
-        e[i] += e0[c];
-      }
-    }
-  });
-  // first_heavy[c]: the first heavy at or after the start of chunk c (n if none).
-  for (int64_t c = nchunks - 1; c >= 0; --c) {
-    if (first_heavy[c] == n) first_heavy[c] = first_heavy[c + 1];
-  }
-  int64_t last_heavy = -1;
-  for (int64_t i = n - 1; i >= 0 && last_heavy < 0; --i) {
-    if (pre.heavy(i)) last_heavy = i;
-  }
+  // D(i) = offset + local sum: monotone, as every offset is its predecessor plus that
+  // chunk's local sum, added the same way.
+  const int64_t n_light = sums[nchunks].lights, n_heavy = sums[nchunks].heavies;
+  // The lists live in this thread's scratch buffer.
+  const size_t entry = sizeof(int32_t) + sizeof(double);
+  const size_t light_bytes = (n_light + 1) * entry + 4;  // + 4: eh stays 8-byte aligned
+  char* scratch = thread_scratch(light_bytes + (n_heavy + 1) * entry);
+  double* const dl = reinterpret_cast<double*>(scratch);
+  int32_t* const light = reinterpret_cast<int32_t*>(dl + n_light + 1);
+  double* const eh = reinterpret_cast<double*>(scratch + light_bytes / 8 * 8);
+  int32_t* const heavy = reinterpret_cast<int32_t*>(eh + n_heavy + 1);
+  const Lists lists{light, dl, heavy, eh};
+  dl[0] = 0.0;
+  light[n_light] = 0;
+  eh[n_heavy] = std::numeric_limits<double>::infinity();
 
-  // Pass 3: every chunk sweeps its items.
+  // Pass 3: the lists.
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      const int64_t begin = c * chunk, end = std::min(n, (c + 1) * chunk);
-      int64_t cur_heavy = -1;  // for lights: first m with E(m) > D(i - 1)
-      int64_t cur_light = -1;  // for heavies: first m with D(m) >= E(h)
-      int64_t next = begin;    // a heavy's next heavy
-      for (int64_t i = begin; i < end; ++i) {
-        const double p = pre.p(i);
-        if (p <= 1.0) {
-          const double before = pre.D(i - 1);
-          if (cur_heavy < 0) {
-            cur_heavy = pre.first_e_above(before);
-          } else {
-            while (cur_heavy < n && e[cur_heavy] <= before) ++cur_heavy;
-          }
-          prob[i] = p;
-          // Past the last heavy only by rounding (sum of p is N up to rounding).
-          alias[i] = static_cast<int32_t>(cur_heavy < n ? cur_heavy
-                                                        : (last_heavy >= 0 ? last_heavy : i));
-        } else {
-          const double eh = e[i];
-          if (cur_light < 0) {
-            cur_light = pre.first_d_at_least(eh);
-          } else {
-            while (cur_light < n && d[cur_light] < eh) ++cur_light;
-          }
-          if (next <= i) {
-            next = i + 1;
-            while (next < end && !pre.heavy(next)) ++next;
-            if (next == end) next = first_heavy[c + 1];
-          }
-          if (next >= n || cur_light >= n) {
-            prob[i] = 1.0;
-            alias[i] = static_cast<int32_t>(i);
-          } else {
-            prob[i] = std::min(1.0, std::max(0.0, 1.0 - (d[cur_light] - eh)));
-            alias[i] = static_cast<int32_t>(next);
-          }
-        }
-      }
+      sweep_chunk(w, c * kChunk, chunk_end(c), scale, &lists, sums[c]);
+    }
+  });
+  heavy[n_heavy] = n_heavy > 0 ? heavy[n_heavy - 1] : -1;  // a light's alias past the end
+
+  // Pass 4: the merge, cut at the lights a0 < a1 < ...; the merge reaches light a0 with
+  // every heavy of E <= D(a0 - 1) done and no other, which a binary search finds.
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(8, n_light / 4096));
+  at::parallel_for(0, parts, 1, [&](int64_t pb, int64_t pe) {
+    for (int64_t k = pb; k < pe; ++k) {
+      const int64_t a0 = n_light * k / parts, a1 = n_light * (k + 1) / parts;
+      const auto heavies_before = [&](int64_t a) {
+        return std::upper_bound(eh, eh + n_heavy, dl[a]) - eh;
+      };
+      const int64_t b0 = heavies_before(a0);
+      const int64_t b1 = k + 1 == parts ? n_heavy : heavies_before(a1);
+      merge(w, scale, lists, n_light, n_heavy, a0, a1, b0, b1, prob, alias);
     }
   });
 }
@@ -185,6 +213,8 @@ std::tuple<at::Tensor, at::Tensor> alias_table_build_cpu(const at::Tensor& weigh
   const at::Tensor weights = weights_in.contiguous();
   at::Tensor prob = at::empty({n}, weights.options().dtype(at::kDouble));
   at::Tensor alias = at::empty({n}, weights.options().dtype(at::kInt));
+  advise_huge_pages(prob.data_ptr(), n * sizeof(double));
+  advise_huge_pages(alias.data_ptr(), n * sizeof(int32_t));
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_build", [&] {
     check_weights(op, "weights", weights.data_ptr<scalar_t>(), n);
     build_cpu(weights.data_ptr<scalar_t>(), n, prob.data_ptr<double>(),

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "weights.h"
 
@@ -142,38 +144,102 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
   });
 }
 
-// Draws per group: their descents are interleaved level by level so that their (independent)
-// cache misses overlap.
+// Draws per group: their descents are interleaved so that their (independent) cache misses
+// overlap; each draw prefetches the nodes it reads next while the others compute.
 constexpr int kGroup = 16;
+// Levels descended per step: the 2^kStride descendants of node x at depth d + kStride sit at
+// heap positions (x << kStride) + [0, 2^kStride), contiguous (two cache lines of float64).
+constexpr int kStride = 3;
 
+// One step of the descents of a group of n <= kGroup draws: each goes down S <= kStride
+// levels, from its node x[g] (depth d) to a node at depth d + S, by the binary rule (go right
+// iff the right child has weight and r >= left; a child of sum 0 is never entered). Only the
+// 2^S nodes at depth d + S are read (inner nodes, or the leaves when d + S == h); the sums of
+// the levels in between are recomputed from them with the additions that built them (every
+// inner node is fl64(left + right) of its children), so they equal the stored nodes bit for
+// bit and the walk is exactly the level-by-level descent, with one memory access instead of
+// S. The draws advance one level at a time together, so their dependency chains overlap.
+template <int S, typename T>
+void descend_step(const double* inner, const T* leaves, int64_t p, int64_t capacity,
+                  bool to_leaves, int64_t* x, double* r, int n) {
+  constexpr int width = 1 << S;
+  double m[kGroup][2 * width];  // implicit heap of the subtree of x[g]: m[g][width + t]
+  for (int g = 0; g < n; ++g) {
+    const int64_t first = x[g] << S;  // heap position of the first node at depth d + S
+    if (!to_leaves) {
+      for (int t = 0; t < width; ++t) m[g][width + t] = inner[first + t];
+    } else {
+      const int64_t j = first - p;  // leaves of the padding (j >= capacity) weigh 0
+      for (int t = 0; t < width; ++t) {
+        m[g][width + t] = j + t < capacity ? static_cast<double>(leaves[j + t]) : 0.0;
+      }
+    }
+    for (int y = width - 1; y >= 2; --y) m[g][y] = m[g][2 * y] + m[g][2 * y + 1];
+  }
+  int y[kGroup];
+  for (int g = 0; g < n; ++g) y[g] = 1;
+  for (int k = 0; k < S; ++k) {
+    for (int g = 0; g < n; ++g) {
+      const double left = m[g][2 * y[g]], right = m[g][2 * y[g] + 1];
+      const bool go_right = (right > 0.0) & (r[g] >= left);  // branch-free
+      r[g] -= go_right ? left : 0.0;
+      y[g] = 2 * y[g] + static_cast<int>(go_right);
+    }
+  }
+  for (int g = 0; g < n; ++g) x[g] = (x[g] << S) + (y[g] - width);
+}
+
+// Descends the draws at positions pos[0..n) (n <= kGroup) of u into out. After every step,
+// each draw prefetches the nodes of its next step, which arrive while the others compute.
 template <typename T>
 void descend(const double* inner, const T* leaves, int64_t p, int64_t capacity, int h,
-             double total, const double* u, int64_t* out, int64_t n) {
+             double total, const double* u, const int32_t* pos, int64_t* out, int n) {
   int64_t x[kGroup];
   double r[kGroup];
   for (int g = 0; g < n; ++g) {
     x[g] = 1;
-    r[g] = u[g] * total;
+    r[g] = u[pos[g]] * total;
   }
-  // Go right iff the right child has weight and u falls past the left child; a child of
-  // sum 0 is never entered, so the walk ends on a leaf of weight > 0.
-  for (int d = 0; d < h - 1; ++d) {
-    for (int g = 0; g < n; ++g) {
-      const double left = inner[2 * x[g]], right = inner[2 * x[g] + 1];
-      const bool go_right = (right > 0.0) & (r[g] >= left);  // branch-free
-      r[g] -= go_right ? left : 0.0;
-      x[g] = 2 * x[g] + static_cast<int64_t>(go_right);
+  for (int d = 0; d < h; d += kStride) {
+    const int s = std::min(kStride, h - d);
+    const bool to_leaves = d + s == h;
+    switch (s) {
+      case 1: descend_step<1>(inner, leaves, p, capacity, to_leaves, x, r, n); break;
+      case 2: descend_step<2>(inner, leaves, p, capacity, to_leaves, x, r, n); break;
+      default: descend_step<kStride>(inner, leaves, p, capacity, to_leaves, x, r, n);
+    }
+    const int next = std::min(kStride, h - d - s);
+    for (int g = 0; g < n && next > 0; ++g) {
+      if (d + s + next < h) {
+        __builtin_prefetch(inner + (x[g] << next));
+      } else {
+        __builtin_prefetch(leaves + ((x[g] << next) - p));
+      }
     }
   }
-  for (int g = 0; g < n; ++g) {
-    // x[g] has a positive sum, so its left leaf j is not padding (j < capacity).
-    const int64_t j = 2 * x[g] - p;
-    const double left = static_cast<double>(leaves[j]);
-    const double right = j + 1 < capacity ? static_cast<double>(leaves[j + 1]) : 0.0;
-    out[g] = j + static_cast<int64_t>((right > 0.0) & (r[g] >= left));
-  }
+  for (int g = 0; g < n; ++g) out[pos[g]] = x[g] - p;
 }
 
+// The positions [begin, end) of u, ordered by their top bits (a counting sort): consecutive
+// descents then share their upper paths and walk the deep levels in address order (fewer
+// cache and TLB misses). Each draw still uses its own u and writes its own output slot, so
+// the result is the same as in the original order.
+std::vector<int32_t> order_by_value(const double* u, int64_t begin, int64_t end) {
+  const int64_t n = end - begin;
+  int bits = 1;
+  while (bits < 16 && (int64_t{1} << bits) < n) ++bits;
+  const int64_t buckets = int64_t{1} << bits;
+  std::vector<int32_t> start(buckets + 1, 0), order(n);
+  const auto bucket = [&](int64_t i) {
+    return std::min(static_cast<int64_t>(u[i] * static_cast<double>(buckets)), buckets - 1);
+  };
+  for (int64_t i = begin; i < end; ++i) ++start[bucket(i) + 1];
+  for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
+  for (int64_t i = begin; i < end; ++i) order[start[bucket(i)]++] = static_cast<int32_t>(i);
+  return order;
+}
+
+// Returns the leaf of every u (-1 for all when the total is 0: nothing can be drawn).
 at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner,
                                const at::Tensor& u) {
   const char* op = "sum_tree_sample";
@@ -182,6 +248,8 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
   TORCH_CHECK(u.dim() == 1, op, ": u must be 1-D, got shape ", u.sizes());
   TORCH_CHECK(u.device() == leaves.device(), op, ": u must be on the tree's device ",
               leaves.device(), ", got ", u.device());
+  TORCH_CHECK(u.numel() <= std::numeric_limits<int32_t>::max(), op,
+              ": at most 2^31 - 1 draws per call, got ", u.numel());
   const at::Tensor uc = u.contiguous();
   const int64_t n = uc.numel(), capacity = leaves.numel(), p = heap_size(capacity);
   const double* up = uc.data_ptr<double>();
@@ -191,8 +259,7 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
   }
   const double* in = inner.data_ptr<double>();
   const double total = in[1];
-  TORCH_CHECK(total > 0.0, op, ": all weights are zero (total = ", total,
-              "), there is nothing to sample");
+  if (!(total > 0.0)) return at::full({n}, -1, leaves.options().dtype(at::kLong));
   at::Tensor out = at::empty({n}, leaves.options().dtype(at::kLong));
   int64_t* op_out = out.data_ptr<int64_t>();
   const int h = log2_exact(p);
@@ -200,9 +267,10 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
     const scalar_t* lv = leaves.data_ptr<scalar_t>();
     // One thread below 16384 draws: a fork-join costs more than it saves on a busy machine.
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; i += kGroup) {
-        descend(in, lv, p, capacity, h, total, up + i, op_out + i,
-                std::min<int64_t>(kGroup, end - i));
+      const std::vector<int32_t> order = order_by_value(up, begin, end);
+      for (int64_t i = 0; i < end - begin; i += kGroup) {
+        descend(in, lv, p, capacity, h, total, up, order.data() + i, op_out,
+                static_cast<int>(std::min<int64_t>(kGroup, end - begin - i)));
       }
     });
   });

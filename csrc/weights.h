@@ -15,12 +15,20 @@ template <typename T>
 void check_weights(const char* op, const char* name, const T* w, int64_t n) {
   int64_t bad = n;
   at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (!(w[i] >= T(0) && w[i] <= std::numeric_limits<T>::max())) {
-#pragma omp critical(is_kernels_check_weights)
-        bad = std::min(bad, i);
-        break;
+    // A vectorisable pass over blocks; only a block that fails is scanned for its offender.
+    constexpr int64_t kBlock = 1024;
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t e = std::min(end, b + kBlock);
+      bool ok = true;
+      for (int64_t i = b; i < e; ++i) {
+        ok &= (w[i] >= T(0)) & (w[i] <= std::numeric_limits<T>::max());
       }
+      if (ok) continue;
+      int64_t i = b;
+      while (w[i] >= T(0) && w[i] <= std::numeric_limits<T>::max()) ++i;
+#pragma omp critical(is_kernels_check_weights)
+      bad = std::min(bad, i);
+      break;
     }
   });
   TORCH_CHECK(bad == n, op, ": ", name, "[", bad, "] = ", w[bad],

@@ -6,6 +6,8 @@ is computed without a host sync and read back only to raise.
 """
 from __future__ import annotations
 
+from typing import Dict
+
 import torch
 
 WEIGHT_DTYPES = (torch.float32, torch.float64)
@@ -49,3 +51,32 @@ def check_num_draws(op: str, n: int) -> int:
     if n < 0:
         raise ValueError(f"{op}: n must be >= 0, got {n}")
     return n
+
+
+class ErrorFlag:
+    """A sticky error code on a device (int32 0-dim, 0: no error) for checks that would
+    otherwise need a host sync: :meth:`record` keeps the first nonzero code without syncing;
+    :meth:`raise_errors` reads it back (a sync on CUDA), clears it and raises its message.
+
+    Args:
+        owner: the name the errors start with (e.g. ``"SumTree"``).
+        messages: the message of every nonzero code.
+        device: where the code lives.
+    """
+
+    def __init__(self, owner: str, messages: Dict[int, str], device: torch.device) -> None:
+        self.owner = owner
+        self.messages = messages
+        self.code = torch.zeros((), dtype=torch.int32, device=device)
+
+    def record(self, code: torch.Tensor) -> None:
+        """Records ``code`` (an int 0-dim tensor on the device, 0 for no error) unless an
+        error is already recorded. No host sync; allowed during CUDA graph capture."""
+        self.code.copy_(torch.where(self.code == 0, code.to(torch.int32), self.code))
+
+    def raise_errors(self) -> None:
+        """Raises (and clears) the recorded error, if any. A host sync on CUDA."""
+        code = int(self.code)
+        if code != 0:
+            self.code.zero_()
+            raise RuntimeError(f"{self.owner}: {self.messages[code]}")

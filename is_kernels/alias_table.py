@@ -9,15 +9,18 @@ CPU (``csrc/alias_table.cpp``, where the method is described) and Triton on CUDA
 - ``alias_table_sample(prob, alias, u) -> indices``: ``u`` is float64 ``[2, n]`` (row 0
   picks the bucket, row 1 decides between the bucket's item and its alias).
 
-On CUDA the build checks the weights with a host sync (the build is not meant for graph
-capture); sampling never syncs.
+The CUDA ops never sync (the CUDA build does not check its weights); the C++ CPU build
+checks and raises. :class:`AliasTable` decides with ``check_values`` whether invalid
+weights raise at once (a host sync on CUDA) or are recorded on the device.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from ._weights import (MAX_SIZE, can_sync, check_num_draws, check_weight_dtype,
+from ._weights import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
                        raise_invalid_weights, uniforms, weights_valid)
 
 __all__ = ["AliasTable"]
@@ -66,13 +69,7 @@ def _sample_fake(prob, alias, u):
 def _build_cuda(weights):
     from . import alias_table_triton
 
-    op = "alias_table_build"
-    _check_weights(op, weights)
-    if can_sync(weights):
-        if not bool(weights_valid(weights)):
-            raise_invalid_weights(op, "weights", weights)
-        if not bool(weights.sum() > 0):
-            raise RuntimeError(f"{op}: all weights are zero, there is nothing to sample")
+    _check_weights("alias_table_build", weights)
     return alias_table_triton.build(weights)
 
 
@@ -84,21 +81,60 @@ def _sample_cuda(prob, alias, u):
     return alias_table_triton.sample(prob, alias, u)
 
 
+# Error codes of AliasTable's ErrorFlag.
+_BAD_WEIGHT, _ALL_ZERO = 1, 2
+_MESSAGES = {
+    _BAD_WEIGHT: "the weights had an entry that is not finite and >= 0; every draw is -1",
+    _ALL_ZERO: "all weights are zero, there is nothing to sample; every draw is -1",
+}
+
+
 class AliasTable:
     """Walker/Vose alias table of fixed weights: i.i.d. draws with ``P(i) = w_i / sum(w)``.
 
-    Built in O(N) (parallel on the GPU, see ``csrc/alias_table.cpp``); every draw costs two
-    uniforms and one table lookup. An item of weight 0 is never drawn.
+    Built in O(N) (parallel, see ``csrc/alias_table.cpp``); every draw costs two uniforms
+    and one table lookup. An item of weight 0 is never drawn.
 
     Args:
         weights: 1-D float32/float64 tensor of finite weights >= 0, not all 0, at most
             2**31 - 1 entries. The table lives on its device.
+        check_values: invalid weights (not finite and >= 0, or all 0) raise at once with
+            ``True`` (a host sync on CUDA; during CUDA graph capture it falls back to
+            ``False``). With ``False`` nothing syncs: every draw of such a table is -1 and
+            the error is recorded on the device until :meth:`raise_errors` (a sync).
+            ``None`` (default): ``True`` on CPU, ``False`` on CUDA.
     """
 
-    def __init__(self, weights: torch.Tensor) -> None:
-        _check_weights("AliasTable", weights)
+    def __init__(self, weights: torch.Tensor, *, check_values: Optional[bool] = None) -> None:
+        op = "AliasTable"
+        _check_weights(op, weights)
+        if check_values is not None and not isinstance(check_values, bool):
+            raise TypeError(f"{op}: check_values must be None or a bool, "
+                            f"got {type(check_values).__name__}")
+        self.check_values = weights.device.type != "cuda" if check_values is None \
+            else check_values
+        self._errors = ErrorFlag(op, _MESSAGES, weights.device)
         self._weights = weights.detach().clone()
-        self._prob, self._alias = torch.ops.is_kernels.alias_table_build(self._weights)
+        # Without immediate checks, whether the weights are valid (a device bool: the draws
+        # are masked to -1 by it, without a sync).
+        self._valid: Optional[torch.Tensor] = None
+        build_from = self._weights
+        if self.check_values and can_sync(weights):
+            if weights.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+                if not bool(weights_valid(weights)):
+                    raise_invalid_weights(op, "weights", weights)
+                if not bool(weights.sum() > 0):
+                    raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
+                                       "sample")
+        else:
+            valid = weights_valid(self._weights)
+            code = torch.where(valid, torch.where(self._weights.sum() > 0, 0, _ALL_ZERO),
+                               _BAD_WEIGHT)
+            self._errors.record(code)
+            self._valid = code == 0
+            # An invalid table is built from ones (its draws are all masked to -1).
+            build_from = torch.where(self._valid, self._weights, 1.0)
+        self._prob, self._alias = torch.ops.is_kernels.alias_table_build(build_from)
 
     @property
     def device(self) -> torch.device:
@@ -114,11 +150,18 @@ class AliasTable:
         return w / w.sum()
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` i.i.d. indices (int64 ``[n]``). Uniforms come from ``generator`` (default:
-        the device's default generator): the same seed gives the same draws on a device."""
+        """``n`` i.i.d. indices (int64 ``[n]``; all -1 for a table of invalid weights, see
+        ``check_values``). Uniforms come from ``generator`` (default: the device's default
+        generator): the same seed gives the same draws on a device."""
         check_num_draws("AliasTable.sample", n)
         u = uniforms((2, n), generator, self.device)
-        return torch.ops.is_kernels.alias_table_sample(self._prob, self._alias, u)
+        draws = torch.ops.is_kernels.alias_table_sample(self._prob, self._alias, u)
+        return draws if self._valid is None else torch.where(self._valid, draws, -1)
+
+    def raise_errors(self) -> None:
+        """Raises the error recorded at construction (with ``check_values=False``) and clears
+        it (the draws stay -1). A host sync on CUDA."""
+        self._errors.raise_errors()
 
     def __repr__(self) -> str:
         return f"AliasTable(n={len(self)}, device={self.device})"

@@ -163,15 +163,19 @@ class OnlineImportanceSampler(Sampler):
         b, n, dev = self.batch_size, self.num_active, self.device
         from_uniform = torch.rand(b, device=dev, generator=self.generator) < self.uniform_mix
         uniform = self._active_idx[torch.randint(n, (b,), device=dev, generator=self.generator)]
-        idx = torch.where(from_uniform, uniform, self.tree.sample(b, generator=self.generator))
+        # An all-zero memory draws -1 (no error, no sync): those draws fall back to uniform.
+        drawn = self.tree.sample(b, generator=self.generator, empty="minus_one")
+        idx = torch.where(from_uniform | (drawn < 0), uniform, drawn)
         if not self.unbiased:
             return idx, torch.ones(b, dtype=torch.float32, device=dev)
         return idx, 1.0 / (n * self._mixture(self.importance[idx]))
 
     def _mixture(self, q: torch.Tensor) -> torch.Tensor:
-        """``p = (1-λ)·q/Σ_active q + λ/n`` for active samples' ``q`` (device ops only)."""
-        return (1.0 - self.uniform_mix) * q / self.tree.total().float() \
-            + self.uniform_mix / self.num_active
+        """``p = (1-λ)·q/Σ_active q + λ/n`` for active samples' ``q`` (device ops only);
+        ``q/Σq`` reads ``1/n`` when ``Σq = 0`` (the draws are then uniform, see :meth:`_draw`)."""
+        total = self.tree.total().float()
+        q_part = torch.where(total > 0, q / total, 1.0 / self.num_active)
+        return (1.0 - self.uniform_mix) * q_part + self.uniform_mix / self.num_active
 
     def probabilities(self) -> torch.Tensor:
         if self.in_warmup:

@@ -8,12 +8,12 @@ Public API: :class:`SumTree`. It wraps three ``torch.ops.is_kernels`` custom ops
 - ``sum_tree_update(leaves!, inner!, indices, values)``: batched update in place;
 - ``sum_tree_sample(leaves, inner, u) -> indices``: one descent per float64 uniform ``u``.
 
-Where values are checked: on CPU the C++ kernels check everything before mutating. On CUDA,
-shapes/dtypes/devices are checked on the host; the weight values and index ranges are
-reduced to a device flag that the update kernel reads (an invalid batch writes nothing), and
-the flag is read back to raise, which is a host sync, except during CUDA graph capture,
-where an invalid batch is dropped without an error. Likewise ``sample`` checks that the
-total is > 0 with a host sync outside capture; inside capture an all-zero tree yields -1.
+The ops never synchronise with the host on CUDA: the CUDA update kernel drops a batch with an
+index out of range or an invalid value (it writes nothing), the CUDA build does not check
+its values, and ``sum_tree_sample`` returns -1 for every draw of an all-zero tree (on every
+device). The C++ CPU kernels check everything and raise before mutating. When a check costs
+a sync, :class:`SumTree` decides (``check_values``) whether to raise at once or to record
+the error on the device for :meth:`SumTree.raise_errors`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from ._weights import (MAX_SIZE, WEIGHT_DTYPES, can_sync, check_num_draws,
+from ._weights import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
                        check_weight_dtype, raise_invalid_weights, uniforms, weights_valid)
 
 __all__ = ["SumTree"]
@@ -107,29 +107,36 @@ def _sample_fake(leaves, inner, u):
 def _build_cuda(leaves):
     from . import sum_tree_triton
 
-    op = "sum_tree_build"
-    _check_leaves(op, leaves)
-    if can_sync(leaves) and not bool(weights_valid(leaves)):
-        raise_invalid_weights(op, "leaves", leaves)
+    _check_leaves("sum_tree_build", leaves)
     return sum_tree_triton.build(leaves)
+
+
+def _update_error(indices: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
+    """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
+    ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
+    in_range = ((indices >= 0) & (indices < capacity)).all()
+    code = torch.where(weights_valid(values), 0, _BAD_VALUE)
+    return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
+
+
+def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
+                         capacity: int) -> None:
+    """Raises the error naming the first invalid entry of an update batch, if any (a sync)."""
+    out = ~((indices >= 0) & (indices < capacity))
+    if bool(out.any()):
+        bad = int(out.nonzero()[0, 0])
+        raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
+                           f"for a tree of capacity {capacity}")
+    if not bool(weights_valid(values)):
+        raise_invalid_weights(op, "values", values)
 
 
 @torch.library.register_kernel("is_kernels::sum_tree_update", "cuda")
 def _update_cuda(leaves, inner, indices, values):
     from . import sum_tree_triton
 
-    op = "sum_tree_update"
-    _check_update(op, leaves, inner, indices, values)
-    in_range = ((indices >= 0) & (indices < leaves.shape[0])).all()
-    values_ok = weights_valid(values)
-    if can_sync(leaves):
-        if not bool(in_range):
-            bad = int((~((indices >= 0) & (indices < leaves.shape[0]))).nonzero()[0, 0])
-            raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
-                               f"for a tree of capacity {leaves.shape[0]}")
-        if not bool(values_ok):
-            raise_invalid_weights(op, "values", values)
-    ok = (in_range & values_ok).to(torch.int32)
+    _check_update("sum_tree_update", leaves, inner, indices, values)
+    ok = (_update_error(indices, values, leaves.shape[0]) == 0).to(torch.int32)
     sum_tree_triton.update(leaves, inner, indices, values, ok)
 
 
@@ -137,15 +144,24 @@ def _update_cuda(leaves, inner, indices, values):
 def _sample_cuda(leaves, inner, u):
     from . import sum_tree_triton
 
-    op = "sum_tree_sample"
-    _check_sample(op, leaves, inner, u)
-    if can_sync(leaves) and not bool(inner[1] > 0):
-        raise RuntimeError(f"{op}: all weights are zero (total = {float(inner[1])}), "
-                           "there is nothing to sample")
+    _check_sample("sum_tree_sample", leaves, inner, u)
     return sum_tree_triton.sample(leaves, inner, u)
 
 
 # ---- public API ---------------------------------------------------------------------------
+
+# Error codes of SumTree's ErrorFlag.
+_BAD_INDEX, _BAD_VALUE, _BAD_BUILD, _EMPTY = 1, 2, 3, 4
+_MESSAGES = {
+    _BAD_INDEX: "an update batch had an index out of range; that batch was dropped "
+                "(the tree is unchanged by it)",
+    _BAD_VALUE: "an update batch had a weight that is not finite and >= 0; that batch was "
+                "dropped (the tree is unchanged by it)",
+    _BAD_BUILD: "build() got a weight that is not finite and >= 0; the build was dropped "
+                "(the tree is unchanged by it)",
+    _EMPTY: "sample() was called on a tree whose weights are all zero; those draws are -1",
+}
+
 
 class SumTree:
     """A sum tree over ``capacity`` non-negative leaf weights (all 0 at construction).
@@ -155,22 +171,45 @@ class SumTree:
     deltas), so they equal a fresh rebuild bit for bit and cannot drift. Leaves are stored
     in ``dtype`` (float32 or float64).
 
+    Invalid input (an index out of range, a weight that is not finite and >= 0, sampling an
+    all-zero tree with ``empty="raise"``) is handled per ``check_values``:
+
+    - ``True`` (the CPU default): it raises at once, naming the offending entry, and the
+      tree is unchanged. On CUDA this check is a host sync per call (except during CUDA
+      graph capture, where it falls back to the ``False`` behaviour).
+    - ``False`` (the CUDA default): nothing syncs. An invalid update or build writes
+      nothing (the tree is unchanged), an all-zero tree draws -1, and the error is
+      recorded on the device (the first one is kept) until :meth:`raise_errors` (a sync)
+      raises and clears it; :meth:`state_dict` calls it too.
+
     Args:
         capacity: number of leaves, 1 <= capacity <= 2**31 - 1.
         device: where the tree lives (CPU: C++ kernels; CUDA: Triton kernels).
         dtype: dtype of the leaf weights, float32 or float64.
+        check_values: see above; ``None`` means ``True`` on CPU and ``False`` on CUDA.
     """
 
     def __init__(self, capacity: int, *, device: Optional[torch.device | str] = None,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32,
+                 check_values: Optional[bool] = None) -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int):
             raise TypeError(f"SumTree: capacity must be an int, got {type(capacity).__name__}")
         if not 1 <= capacity <= MAX_SIZE:
             raise ValueError(f"SumTree: capacity must be in [1, 2**31 - 1], got {capacity}")
         if dtype not in WEIGHT_DTYPES:
             raise TypeError(f"SumTree: dtype must be float32 or float64, got {dtype}")
+        if check_values is not None and not isinstance(check_values, bool):
+            raise TypeError(f"SumTree: check_values must be None or a bool, "
+                            f"got {type(check_values).__name__}")
         self._leaves = torch.zeros(capacity, dtype=dtype, device=device)
         self._inner = torch.zeros(heap_size(capacity), dtype=torch.float64, device=device)
+        self.check_values = (self.device.type != "cuda" if check_values is None
+                             else check_values)
+        self._errors = ErrorFlag("SumTree", _MESSAGES, self.device)
+
+    def _raise_now(self) -> bool:
+        """Whether invalid input raises at once (else it is recorded on the device)."""
+        return self.check_values and can_sync(self._leaves)
 
     @property
     def capacity(self) -> int:
@@ -198,7 +237,7 @@ class SumTree:
                 device (int32 is widened to int64).
             values: weights (finite, >= 0) of the tree's dtype, shape of ``indices``.
 
-        On invalid input nothing is changed (see the module docstring for CUDA).
+        Invalid input changes nothing; it raises or is recorded per ``check_values``.
         """
         op = "SumTree.update"
         if not isinstance(indices, torch.Tensor) or not isinstance(values, torch.Tensor):
@@ -207,10 +246,19 @@ class SumTree:
             raise TypeError(f"{op}: indices must be int64 or int32, got {indices.dtype}")
         indices = indices.long()
         _check_update(op, self._leaves, self._inner, indices, values)
+        if self._raise_now():
+            if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+                _raise_update_errors(op, indices, values, self.capacity)
+        else:
+            code = _update_error(indices, values, self.capacity)
+            self._errors.record(code)
+            if self.device.type == "cpu" and int(code) != 0:
+                return  # (reading a CPU tensor is no sync) the CUDA kernel drops it itself
         torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
 
     def build(self, values: torch.Tensor) -> None:
-        """Replaces all leaves at once (``values``: ``[capacity]``, tree's dtype and device)."""
+        """Replaces all leaves at once (``values``: ``[capacity]``, tree's dtype and device).
+        Invalid weights are handled per ``check_values`` (see the class docstring)."""
         op = "SumTree.build"
         check_weight_dtype(op, "values", values)
         if values.shape != self._leaves.shape:
@@ -222,26 +270,66 @@ class SumTree:
         if values.device != self.device:
             raise ValueError(f"{op}: values must be on the tree's device {self.device}, "
                              f"got {values.device}")
-        inner = torch.ops.is_kernels.sum_tree_build(values.contiguous())  # checks values
-        self._leaves.copy_(values)
-        self._inner.copy_(inner)
+        values = values.contiguous()
+        guard = None  # on CUDA without immediate checks: whether the build may land
+        if self._raise_now():
+            if self.device.type != "cpu" and not bool(weights_valid(values)):
+                raise_invalid_weights(op, "values", values)
+        else:
+            ok = weights_valid(values)
+            self._errors.record(torch.where(ok, 0, _BAD_BUILD))
+            if self.device.type == "cpu":
+                if not bool(ok):  # reading a CPU tensor is no sync
+                    return
+            else:
+                guard = ok
+        inner = torch.ops.is_kernels.sum_tree_build(values)  # the C++ kernel checks values
+        if guard is None:
+            self._leaves.copy_(values)
+            self._inner.copy_(inner)
+        else:
+            self._leaves.copy_(torch.where(guard, values, self._leaves))
+            self._inner.copy_(torch.where(guard, inner, self._inner))
 
     def total(self) -> torch.Tensor:
         """Sum of all weights: a float64 0-dim tensor on the tree's device (no host sync)."""
         return self._inner[1].clone()
 
-    def sample(self, n: int, *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample(self, n: int, *, generator: Optional[torch.Generator] = None,
+               empty: str = "raise") -> torch.Tensor:
         """``n`` i.i.d. leaf indices (int64 ``[n]``) with ``P(i) = values[i] / total``.
 
         Uniforms come from ``generator`` (default: the device's default generator), so the
-        same seed gives the same draws on the same device. Raises if all weights are 0.
+        same seed gives the same draws on the same device.
+
+        Args:
+            empty: what an all-zero tree gives. ``"raise"``: an error, per ``check_values``
+                (at once, a sync on CUDA; or -1 draws and a recorded error).
+                ``"minus_one"``: every draw is -1, with no error and no sync on any device.
         """
-        check_num_draws("SumTree.sample", n)
+        op = "SumTree.sample"
+        check_num_draws(op, n)
+        if empty not in ("raise", "minus_one"):
+            raise ValueError(f"{op}: empty must be 'raise' or 'minus_one', got {empty!r}")
+        if empty == "raise":
+            if self._raise_now():
+                if not bool(self._inner[1] > 0):
+                    raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
+                                       "sample (pass empty='minus_one' to get -1 draws)")
+            else:
+                self._errors.record(torch.where(self._inner[1] > 0, 0, _EMPTY))
         u = uniforms((n,), generator, self.device)
         return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
 
+    def raise_errors(self) -> None:
+        """Raises the first error recorded on the device since the last call (only with
+        ``check_values=False``, see the class docstring) and clears it. A host sync on CUDA."""
+        self._errors.raise_errors()
+
     def state_dict(self) -> Dict[str, Any]:
-        """``{"capacity": int, "values": leaf weights (a copy)}``."""
+        """``{"capacity": int, "values": leaf weights (a copy)}``. Calls :meth:`raise_errors`
+        first."""
+        self.raise_errors()
         return {"capacity": self.capacity, "values": self._leaves.clone()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -257,4 +345,5 @@ class SumTree:
         self.build(state_dict["values"].to(self.device))
 
     def __repr__(self) -> str:
-        return f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype})"
+        return (f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype}, "
+                f"check_values={self.check_values})")

@@ -95,7 +95,29 @@ def test_invalid_weights(bad):
         AliasTable(torch.tensor([1.0, 1.0, bad]))
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deferred_errors(device):
+    ok = AliasTable(torch.tensor([0.0, 1.0, 3.0], device=device), check_values=False)
+    assert ok.check_values is False
+    assert set(ok.sample(1000).tolist()) == {1, 2}
+    ok.raise_errors()  # nothing recorded
+    for w, msg in ((torch.tensor([1.0, float("nan")]), "not finite and >= 0"),
+                   (torch.zeros(3), "all weights are zero")):
+        table = AliasTable(w.to(device), check_values=False)  # no error yet
+        assert (table.sample(50) == -1).all()
+        with pytest.raises(RuntimeError, match=f"AliasTable: .*{msg}"):
+            table.raise_errors()
+        table.raise_errors()  # cleared; the draws stay -1
+        assert (table.sample(5) == -1).all()
+    with pytest.raises(TypeError, match="check_values must be None or a bool"):
+        AliasTable(torch.ones(3), check_values="yes")
+
+
 def test_bad_arguments():
+    assert AliasTable(torch.ones(2)).check_values is True
     with pytest.raises(RuntimeError, match="all weights are zero"):
         AliasTable(torch.zeros(4))
     with pytest.raises(TypeError, match="weights must be float32 or float64"):
@@ -156,4 +178,11 @@ def test_cuda():
     small = AliasTable(w[:1000].cuda())
     assert gof_pvalue(small.sample(200_000), small.probs) > 1e-3
     with pytest.raises(RuntimeError, match="not a valid weight"):
-        AliasTable(torch.tensor([1.0, float("nan")], device="cuda"))
+        AliasTable(torch.tensor([1.0, float("nan")], device="cuda"), check_values=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # the default (check_values=False) never syncs
+    try:
+        table = AliasTable(w.cuda())
+        table.sample(1000)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -57,6 +57,21 @@ def test_momentum_update_and_weights():
 
 
 @pytest.mark.parametrize("unbiased", [True, False])
+def test_all_zero_memory_draws_uniformly(unbiased):
+    n, b = 12, 6
+    s = make(n, b, unbiased=unbiased)
+    finish_warmup(s, torch.zeros(n))  # every score 0: the sum tree is all zero
+    assert torch.equal(s.probabilities(), torch.full((n,), 1.0 / n))
+    counts = torch.zeros(n)
+    for _ in range(400):
+        idx, w = s.sample()
+        assert torch.allclose(w, torch.ones(b))
+        counts += torch.bincount(idx, minlength=n)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    s.tree.raise_errors()  # the fallback records no error
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
 def test_draws_follow_probabilities_chi_square(unbiased):
     n, b = 30, 16
     scores = torch.rand(n, generator=torch.Generator().manual_seed(2)) ** 3

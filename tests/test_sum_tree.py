@@ -91,7 +91,8 @@ def boundary_uniforms(w: torch.Tensor) -> torch.Tensor:
     total = w.double().sum()
     c = torch.cumsum(w.double(), 0) / total
     c = c[(c > 0) & (c < 1)]
-    u = torch.cat([c, torch.nextafter(c, torch.zeros_like(c)), torch.nextafter(c, torch.ones_like(c)),
+    u = torch.cat([c, torch.nextafter(c, torch.zeros_like(c)),
+                   torch.nextafter(c, torch.ones_like(c)),
                    torch.tensor([0.0, 1 - 2**-53, 0.5])])
     return u[(u >= 0) & (u < 1)].contiguous()
 
@@ -104,6 +105,33 @@ def test_zero_weight_never_returned_adversarial():
         out = ops.sum_tree_sample(tree.values, tree._inner, u)
         assert (out >= 0).all() and (out < w.numel()).all()
         assert (w[out] > 0).all()
+
+
+def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The level-by-level binary descent over a heap of fl64 child sums (the definition)."""
+    p = heap_size(w.numel())
+    heap = torch.zeros(2 * p, dtype=torch.float64)
+    heap[p:p + w.numel()] = w.double()
+    for x in range(p - 1, 0, -1):
+        heap[x] = heap[2 * x] + heap[2 * x + 1]
+    x = torch.ones_like(u, dtype=torch.int64)
+    r = u * heap[1]
+    while bool((x < p).any()):
+        left, right = heap[2 * x], heap[2 * x + 1]
+        go_right = (right > 0) & (r >= left)
+        r = torch.where(go_right, r - left, r)
+        x = 2 * x + go_right.long()
+    return x - p
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 5, 8, 9, 17, 100, 1000, 5000])
+def test_descent_equals_reference(cap):
+    # The CPU kernel skips levels (reading every 3rd) and reorders the draws: same result.
+    g = torch.Generator().manual_seed(cap)
+    w = sparse(cap, g) + (torch.rand(cap, generator=g) < 0.05) * 1e30 if cap > 1 else torch.ones(1)
+    w[torch.randint(0, cap, (1,), generator=g)] = 0.5  # not all zero
+    u = torch.cat([torch.rand(3000, dtype=torch.float64, generator=g), boundary_uniforms(w)])
+    assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
 
 
 def test_zero_weight_after_zeroing_updates():
@@ -259,9 +287,63 @@ def test_bad_arguments():
     assert torch.equal(tree.values, before)
 
 
-def test_all_zero_sample_raises():
+def test_all_zero_sample_policy():
+    tree = SumTree(5)
     with pytest.raises(RuntimeError, match="all weights are zero"):
-        SumTree(5).sample(3)
+        tree.sample(3)
+    assert torch.equal(tree.sample(3, empty="minus_one"), torch.full((3,), -1))
+    with pytest.raises(ValueError, match="empty must be 'raise' or 'minus_one'"):
+        tree.sample(3, empty="uniform")
+    # The op itself returns -1 for every draw of an all-zero tree.
+    u = torch.rand(4, dtype=torch.float64)
+    assert torch.equal(ops.sum_tree_sample(tree.values, tree._inner, u), torch.full((4,), -1))
+    tree.update(torch.tensor([2]), torch.tensor([1.0]))
+    assert torch.equal(tree.sample(3, empty="minus_one"), torch.full((3,), 2))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deferred_errors(device):
+    tree = SumTree(3, device=device, check_values=False)
+    assert repr(tree).endswith("check_values=False)")
+    tree.build(torch.tensor([1.0, 2.0, 3.0], device=device))
+    before = (tree.values.clone(), tree._inner.clone())
+
+    def unchanged():
+        return torch.equal(tree.values, before[0]) and torch.equal(tree._inner, before[1])
+
+    tree.update(torch.tensor([0, 1], device=device),
+                torch.tensor([5.0, float("nan")], device=device))
+    tree.update(torch.tensor([7], device=device), torch.tensor([1.0], device=device))
+    assert unchanged()
+    with pytest.raises(RuntimeError, match="SumTree: an update batch had a weight"):
+        tree.raise_errors()  # the first error is kept
+    tree.raise_errors()  # cleared
+    tree.update(torch.tensor([-1], device=device), torch.tensor([1.0], device=device))
+    with pytest.raises(RuntimeError, match="index out of range"):
+        tree.state_dict()
+    tree.build(torch.tensor([1.0, float("inf"), 0.0], device=device))
+    assert unchanged()
+    with pytest.raises(RuntimeError, match="build.. got a weight"):
+        tree.raise_errors()
+    tree.update(torch.tensor([0, 2], device=device), torch.tensor([0.0, 0.5], device=device))
+    assert tree.values.tolist() == [0.0, 2.0, 0.5]
+    tree.build(torch.zeros(3, device=device))
+    assert (tree.sample(4, empty="minus_one") == -1).all()
+    tree.raise_errors()  # minus_one records nothing
+    assert (tree.sample(4) == -1).all()
+    with pytest.raises(RuntimeError, match="weights are all zero; those draws are -1"):
+        tree.raise_errors()
+    assert tree.state_dict()["capacity"] == 3
+
+
+def test_check_values_default_and_type():
+    assert SumTree(3).check_values is True
+    assert SumTree(3, check_values=False).check_values is False
+    with pytest.raises(TypeError, match="check_values must be None or a bool"):
+        SumTree(3, check_values=1)
 
 
 def test_sample_op_rejects_u_outside_unit_interval():
@@ -360,8 +442,9 @@ def test_cuda_matches_cpu():
 
 
 @cuda
-def test_cuda_errors_leave_state_unchanged():
-    tree = tree_of(torch.tensor([1.0, 2.0, 3.0], device="cuda"))
+def test_cuda_check_values_raises_at_once():
+    tree = SumTree(3, device="cuda", check_values=True)
+    tree.build(torch.tensor([1.0, 2.0, 3.0], device="cuda"))
     before = tree._inner.clone()
     with pytest.raises(RuntimeError, match="not a valid weight"):
         tree.update(torch.tensor([0, 1], device="cuda"),
@@ -370,7 +453,27 @@ def test_cuda_errors_leave_state_unchanged():
         tree.update(torch.tensor([5], device="cuda"), torch.tensor([1.0], device="cuda"))
     assert torch.equal(tree._inner, before)
     with pytest.raises(RuntimeError, match="all weights are zero"):
-        SumTree(4, device="cuda").sample(2)
+        SumTree(4, device="cuda", check_values=True).sample(2)
+
+
+@cuda
+def test_cuda_default_never_syncs():
+    tree = SumTree(4096, device="cuda")
+    assert tree.check_values is False
+    tree.build(torch.rand(4096, device="cuda"))
+    idx = torch.randint(0, 4096, (256,), device="cuda")
+    val = torch.rand(256, device="cuda")
+    tree.update(idx, val)
+    tree.sample(256)  # warm up (Triton compilation)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        tree.update(idx, val)
+        out = tree.sample(256)
+        tree.sample(256, empty="minus_one")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (tree.values[out] > 0).all()
+    tree.raise_errors()
 
 
 @cuda

@@ -16,7 +16,7 @@ from ..online_is import LossImportanceSampler, OnlineImportanceSampler
 from ..pruning import ImportancePruningSampler, InfoBatchSampler
 from ..samplers import Sampler, UniformSampler
 
-__all__ = ["METHODS", "MethodFactory", "make_sampler"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "MethodFactory", "make_sampler"]
 
 
 class MethodFactory(Protocol):
@@ -89,6 +89,9 @@ METHODS: Dict[str, MethodFactory] = {
     "pruning_is": _pruning_is,
     "infobatch": _infobatch,
 }
+
+DEFAULT_METHODS = ("uniform", "online", "adaptive", "dlis", "loss", "pruning", "infobatch")
+"""Run when ``--methods`` is not given: one of each kind (``pruning_is`` is a variant)."""
 
 
 def make_sampler(name: str, *, num_samples: int, batch_size: int, device: torch.device,

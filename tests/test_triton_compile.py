@@ -24,7 +24,9 @@ def ce_signature(logits: str, acc: str, rows: bool) -> dict:
 
 
 def cases():
+    from is_kernels import alias_table_triton as at
     from is_kernels import output_grad_triton as og
+    from is_kernels import sum_tree_triton as st
 
     for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")]:
         f64 = acc == "fp64"
@@ -41,6 +43,26 @@ def cases():
                                              "F64")})
         yield (og._mse_kernel, sig, {"ROWS": 4, "BLOCK_D": 512, "WRITE_GRAD": True,
                                      "MEAN": True, "SUM": False, "F64": acc == "fp64"})
+    for leaf in ("fp32", "fp64"):
+        tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
+        yield (st._level_kernel, {**tree, "width": "i64", "P": "i64", "capacity": "i64",
+                                  "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+        ints = ("k", "capacity", "P", "H", "d_first", "n_levels", "d_dense", "per_prog")
+        for write in (True, False):
+            yield (st._update_kernel,
+                   {**tree, "IDX": "*i64", "VAL": f"*{leaf}", "KEEP": "*i8", "OK": "*i32",
+                    **{name: "i64" for name in ints}, "WRITE_LEAVES": "constexpr",
+                    "BLOCK": "constexpr"}, {"WRITE_LEAVES": write, "BLOCK": st.BLOCK})
+        yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "n": "i64",
+                                   "capacity": "i64", "P": "i64", "H": "i64",
+                                   "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+    yield (at._build_kernel, {"PR": "*fp64", "CUM_D": "*fp64", "CUM_E": "*fp64",
+                              "CUM_H": "*i64", "LAST_H": "*i64", "PROB": "*fp64",
+                              "ALIAS": "*i32", "n": "i64", "STEPS": "constexpr",
+                              "BLOCK": "constexpr"}, {"STEPS": 21, "BLOCK": at.BLOCK})
+    yield (at._sample_kernel, {"PROB": "*fp64", "ALIAS": "*i32", "U": "*fp64", "OUT": "*i64",
+                               "n": "i64", "size": "i64", "BLOCK": "constexpr"},
+           {"BLOCK": at.BLOCK})
 
 
 def compile_all() -> int:
@@ -50,7 +72,7 @@ def compile_all() -> int:
 
     failures = 0
     for kernel, signature, constexprs in cases():
-        name = f"{kernel.fn.__name__} {signature} {constexprs}"
+        name = f"{kernel.fn.__module__}.{kernel.fn.__name__} {signature} {constexprs}"
         try:
             compiled = triton.compile(ASTSource(fn=kernel, signature=signature,
                                                 constexprs=constexprs),

@@ -26,7 +26,7 @@ def _sync(device: str) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.benchmark(group="alias: build + draw 4096")
-def test_alias_build_and_draw(benchmark, device):
+def test_is_kernels_alias_build_and_draw(benchmark, device):
     w = _weights(device)
 
     def step():
@@ -52,7 +52,7 @@ def test_multinomial(benchmark, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.benchmark(group="alias: draw 4096 from a built table")
-def test_alias_draw(benchmark, device):
+def test_is_kernels_alias_draw(benchmark, device):
     table = AliasTable(_weights(device))
 
     def step():

@@ -40,7 +40,7 @@ class Round:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.benchmark(group="round: update 4096 + draw 4096")
-def test_sum_tree(benchmark, device):
+def test_is_kernels_sum_tree(benchmark, device):
     n = N if device == "cpu" else 1 << 24
     r = Round(n, device)
     tree = SumTree(n, device=device)

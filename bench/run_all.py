@@ -1,6 +1,7 @@
 """Runs every kernel benchmark in bench/ and writes a summary table: ours vs each alternative.
 
-Usage: ``python bench/run_all.py [--out bench/results/summary-<device>.md] [pytest args...]``.
+Usage: ``python bench/run_all.py [--out bench/results/summary-<device>.md] [pytest args...]``
+(benchmark files among the pytest args restrict the run to them).
 In each benchmark group the entry whose name contains ``is_kernels`` is ours; every other
 entry of the group is an alternative, reported with its median and the ratio
 ``alternative median / our median`` (> 1: ours is faster). Groups that compare our samplers
@@ -51,7 +52,7 @@ def summarize(report: dict) -> str:
             if alt is ours:
                 continue
             amed = alt["stats"]["median"]
-            label = alt["name"].split("[")[-1].rstrip("]")
+            label = alt["name"].removeprefix("test_")
             lines.append(f"| {group} | {med * 1e3:.3f} ms | {label} | {amed * 1e3:.3f} ms | "
                          f"{amed / med:.2f}x | {gbps} |")
     return "\n".join(lines)
@@ -68,7 +69,7 @@ def overhead_rows(group: str, entries: list) -> list:
         if b is base[0]:
             continue
         med = b["stats"]["median"]
-        label = b["name"].split("[")[-1].rstrip("]")
+        label = b["name"].removeprefix("test_")
         rows.append(f"| {group} | {med * 1e3:.3f} ms ({label}) | uniform | {bmed * 1e3:.3f} ms "
                     f"| overhead {100 * (med - bmed) / bmed:+.1f}% | |")
     return rows
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args, pytest_args = parser.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "bench.json")
-        cmd = [sys.executable, "-m", "pytest", HERE, "-q", "--benchmark-only",
+        files = [] if any(a.endswith(".py") for a in pytest_args) else [HERE]
+        cmd = [sys.executable, "-m", "pytest", *files, "-q", "--benchmark-only",
                f"--benchmark-json={raw}", *pytest_args]
         rc = subprocess.call(cmd, cwd=os.path.dirname(HERE))
         if not os.path.exists(raw):

@@ -162,7 +162,9 @@ class OnlineImportanceSampler(Sampler):
         """b i.i.d. indices from the mixture over the active samples, and their weights."""
         b, n, dev = self.batch_size, self.num_active, self.device
         from_uniform = torch.rand(b, device=dev, generator=self.generator) < self.uniform_mix
-        uniform = self._active_idx[torch.randint(n, (b,), device=dev, generator=self.generator)]
+        uniform = torch.randint(n, (b,), device=dev, generator=self.generator)
+        if n < self.num_samples:
+            uniform = self._active_idx[uniform]
         # An all-zero memory draws -1 (no error, no sync): those draws fall back to uniform.
         drawn = self.tree.sample(b, generator=self.generator, empty="minus_one")
         idx = torch.where(from_uniform | (drawn < 0), uniform, drawn)
@@ -185,11 +187,14 @@ class OnlineImportanceSampler(Sampler):
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         self._update_memory(idx, scores)
         # Read back: with a duplicated index the memory and the leaf agree on the value kept.
-        self.tree.update(idx, torch.where(self._active[idx], self._memory[idx], 0.0))
+        values = self._memory[idx]
+        if self.num_active < self.num_samples:
+            values = torch.where(self._active[idx], values, 0.0)
+        self.tree.update(idx, values)
 
     def _update_memory(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value)."""
-        scores = scores.to(torch.float32)
+        scores = scores.to(torch.float32)  # a no-op for float32 scores
         old = self._memory[idx]
         new = torch.where(self._seen[idx], self.momentum * old + (1.0 - self.momentum) * scores,
                           scores)

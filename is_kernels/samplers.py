@@ -191,13 +191,13 @@ class Sampler(abc.ABC):
                              f"got {scores.shape[0]}")
         if not self.check_values or idx.numel() == 0:
             return
-        lo, hi = int(idx.min()), int(idx.max())
+        lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= self.num_samples:
             raise ValueError(f"{op}: idx must lie in [0, {self.num_samples}), "
                              f"got values in [{lo}, {hi}]")
-        if not bool(torch.isfinite(scores).all()):
-            raise ValueError(f"{op}: scores must be finite, got NaN or inf")
-        if bool((scores < 0).any()):
+        if not bool(((scores >= 0) & (scores < math.inf)).all()):  # one pass in the common case
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f"{op}: scores must be finite, got NaN or inf")
             raise ValueError(f"{op}: scores must be non-negative, got min {float(scores.min())}")
 
     def state_dict(self) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from sampler_helpers import drive
 from scipy import stats
 
 import is_kernels
@@ -108,22 +109,13 @@ def test_unbiased_weighted_mean():
 
 
 def test_resume_is_bit_identical():
-    def run(s, steps, seed):
-        g = torch.Generator().manual_seed(seed)
-        out = []
-        for _ in range(steps):
-            idx, w = s.sample()
-            s.update(idx, torch.rand(idx.shape[0], generator=g))
-            out.append((idx, w))
-        return out
-
     a = make(17, 3)
-    run(a, 9, 0)  # inside the warm-up epoch (6 steps) and past it
+    drive(a, 9, 0)  # inside the warm-up epoch (6 steps) and past it
     sd = a.state_dict()
-    tail_a = run(a, 10, 1)
+    tail_a = drive(a, 10, 1)
     b = OnlineImportanceSampler(17, 3)
     b.load_state_dict(sd)
-    tail_b = run(b, 10, 1)
+    tail_b = drive(b, 10, 1)
     for (i1, w1), (i2, w2) in zip(tail_a, tail_b):
         assert torch.equal(i1, i2) and torch.equal(w1, w2)
     assert torch.equal(a.importance, b.importance)

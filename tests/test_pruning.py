@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from idx_files import write_fashion_mnist
+from sampler_helpers import drive
 from scipy import stats
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -309,15 +310,6 @@ SAMPLERS = {
     "infobatch": lambda seed: infobatch(seed=seed),
 }
 
-
-def drive(s, steps, seed):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(steps):
-        idx, w = s.sample()
-        s.update(idx, torch.rand(idx.shape[0], generator=g))
-        out.append((idx, w))
-    return out
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

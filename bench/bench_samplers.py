@@ -2,9 +2,15 @@
 
 The step: draw b indices, forward the Fashion-MNIST MLP (784-512-512-10) on them, fused
 loss + score, weighted backward, SGD step, sampler update. Data: 60000 random 784-d inputs
-already on the device. ``bench/run_all.py`` reports each sampler against ``uniform``.
+already on the device. ``bench/run_all.py`` reports each sampler against ``uniform``: the
+medians of separate runs, and a paired overhead measured against a uniform twin step run
+alternately (more robust to the drift of a shared machine than two medians taken minutes
+apart).
 Run: ``python -m pytest bench/bench_samplers.py``.
 """
+import statistics
+import time
+
 import pytest
 import torch
 
@@ -12,6 +18,8 @@ import is_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N, B = 60000, 128
+X = torch.randn(N, 784, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+Y = torch.randint(0, 10, (N,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
 
 def make_sampler(name, g):
@@ -35,17 +43,15 @@ def _sync():
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
-def test_mlp_step(benchmark, sampler):
+def make_step(name):
+    """One training step of the MLP with sampler ``name`` (own model, optimizer, sampler)."""
     torch.manual_seed(0)
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    X = torch.randn(N, 784, device=DEVICE)
-    Y = torch.randint(0, 10, (N,), device=DEVICE)
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
                                 torch.nn.Linear(512, 512), torch.nn.ReLU(),
                                 torch.nn.Linear(512, 10)).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    s = make_sampler(sampler, g)
+    s = make_sampler(name, g)
     if isinstance(s, is_kernels.PresampleImportanceSampler):
         s.tau = 2.0
 
@@ -65,7 +71,31 @@ def test_mlp_step(benchmark, sampler):
 
     for _ in range(3):
         step()
+    return step
+
+
+def paired_overhead(step, base, rounds=300):
+    """Overhead of ``step`` over ``base`` in percent: the median over rounds of their time
+    difference, over the median ``base`` time. The two run alternately (the order flips
+    every round), so the drift of a shared machine hits both alike."""
+    diffs, base_times = [], []
+    for r in range(rounds):
+        times = {}
+        for name, fn in (("step", step), ("base", base))[::1 if r % 2 else -1]:
+            t0 = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - t0
+        diffs.append(times["step"] - times["base"])
+        base_times.append(times["base"])
+    return 100.0 * statistics.median(diffs) / statistics.median(base_times)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_mlp_step(benchmark, sampler):
+    step = make_step(sampler)
     benchmark.group = f"MLP training step b={B} ({DEVICE})"
+    if sampler != "uniform":
+        benchmark.extra_info["paired_overhead_pct"] = paired_overhead(step, make_step("uniform"))
     benchmark.pedantic(step, rounds=200, warmup_rounds=5)
 
 

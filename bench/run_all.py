@@ -6,7 +6,8 @@ In each benchmark group the entry whose name contains ``is_kernels`` is ours; ev
 entry of the group is an alternative, reported with its median and the ratio
 ``alternative median / our median`` (> 1: ours is faster). Groups that compare our samplers
 with each other have no ``is_kernels`` entry: there each entry is reported against the one
-named ``uniform``, as an overhead in percent. Groups whose benchmarks record
+named ``uniform``, as an overhead in percent (and the paired overhead the benchmark measured
+against a uniform twin, when it records ``extra_info["paired_overhead_pct"]``). Groups whose benchmarks record
 ``extra_info["bytes"]`` also get our achieved GB/s.
 """
 from __future__ import annotations
@@ -70,8 +71,10 @@ def overhead_rows(group: str, entries: list) -> list:
             continue
         med = b["stats"]["median"]
         label = b["name"].removeprefix("test_")
+        paired = b.get("extra_info", {}).get("paired_overhead_pct")
+        paired = "" if paired is None else f" (paired: {paired:+.1f}%)"
         rows.append(f"| {group} | {med * 1e3:.3f} ms ({label}) | uniform | {bmed * 1e3:.3f} ms "
-                    f"| overhead {100 * (med - bmed) / bmed:+.1f}% | |")
+                    f"| overhead {100 * (med - bmed) / bmed:+.1f}%{paired} | |")
     return rows
 
 

@@ -26,10 +26,59 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .samplers import DeviceLike, Sampler, ScoreFn, UniformSampler
 from .sum_tree import SumTree
 
 __all__ = ["OnlineImportanceSampler", "LossImportanceSampler"]
+
+# ---- the sampler's two ops: C++ on CPU (csrc/online_is.cpp), tensor ops on CUDA ----------
+# ``online_is_draw(leaves, inner, memory, active_idx, u, uniform_mix, unbiased) -> (idx, w)``
+# ``online_is_update(memory!, seen!, active, leaves!, inner!, idx, scores, momentum)``
+
+
+def mixture(q: torch.Tensor, total: torch.Tensor, n: int, uniform_mix: float) -> torch.Tensor:
+    """``p = (1-λ)·q/total + λ/n`` (float32; ``q/total`` reads ``1/n`` when ``total = 0``)."""
+    total = total.float()
+    share = torch.where(total > 0, q / total, 1.0 / n)
+    return (1.0 - uniform_mix) * share + uniform_mix / n
+
+
+def _draw_composite(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
+    """``online_is_draw`` from tensor ops: the CUDA kernel, and the CPU kernel's reference."""
+    n = active_idx.shape[0]
+    drawn = torch.ops.is_kernels.sum_tree_sample(leaves, inner, u[0])
+    uniform = active_idx[(u[2] * n).long().clamp_(max=n - 1)]
+    # An all-zero tree draws -1 (no error, no sync): those draws fall back to uniform.
+    idx = torch.where((u[1] < uniform_mix) | (drawn < 0), uniform, drawn)
+    if not unbiased:
+        return idx, torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
+    return idx, 1.0 / (n * mixture(memory[idx], inner[1], n, uniform_mix))
+
+
+def _update_composite(memory, seen, active, leaves, inner, idx, scores, momentum):
+    """``online_is_update`` from tensor ops (no value checks: on CUDA they would sync)."""
+    new = torch.where(seen[idx], momentum * memory[idx] + (1.0 - momentum) * scores, scores)
+    memory[idx] = new
+    seen[idx] = True
+    # Read back: with a duplicated index the memory and the leaf agree on the value kept.
+    values = torch.where(active[idx], memory[idx], 0.0)
+    torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
+
+
+@torch.library.register_fake("is_kernels::online_is_draw")
+def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
+    b = u.shape[1]
+    return u.new_empty((b,), dtype=torch.int64), u.new_empty((b,), dtype=torch.float32)
+
+
+@torch.library.register_fake("is_kernels::online_is_update")
+def _update_fake(memory, seen, active, leaves, inner, idx, scores, momentum):
+    return None
+
+
+torch.library.register_kernel("is_kernels::online_is_draw", "cuda", _draw_composite)
+torch.library.register_kernel("is_kernels::online_is_update", "cuda", _update_composite)
 
 
 class OnlineImportanceSampler(Sampler):
@@ -159,47 +208,31 @@ class OnlineImportanceSampler(Sampler):
         return self._importance_draw()
 
     def _importance_draw(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """b i.i.d. indices from the mixture over the active samples, and their weights."""
-        b, n, dev = self.batch_size, self.num_active, self.device
-        from_uniform = torch.rand(b, device=dev, generator=self.generator) < self.uniform_mix
-        uniform = torch.randint(n, (b,), device=dev, generator=self.generator)
-        if n < self.num_samples:
-            uniform = self._active_idx[uniform]
-        # An all-zero memory draws -1 (no error, no sync): those draws fall back to uniform.
-        drawn = self.tree.sample(b, generator=self.generator, empty="minus_one")
-        idx = torch.where(from_uniform | (drawn < 0), uniform, drawn)
-        if not self.unbiased:
-            return idx, torch.ones(b, dtype=torch.float32, device=dev)
-        return idx, 1.0 / (n * self._mixture(self.importance[idx]))
-
-    def _mixture(self, q: torch.Tensor) -> torch.Tensor:
-        """``p = (1-λ)·q/Σ_active q + λ/n`` for active samples' ``q`` (device ops only);
-        ``q/Σq`` reads ``1/n`` when ``Σq = 0`` (the draws are then uniform, see :meth:`_draw`)."""
-        total = self.tree.total().float()
-        q_part = torch.where(total > 0, q / total, 1.0 / self.num_active)
-        return (1.0 - self.uniform_mix) * q_part + self.uniform_mix / self.num_active
+        """b i.i.d. indices from the mixture over the active samples, and their weights: one
+        ``online_is_draw`` op on three rows of uniforms (tree descent, mixture coin, uniform
+        pick). An all-zero memory makes every draw uniform (no error, no sync)."""
+        u = torch.rand((3, self.batch_size), dtype=torch.float64, device=self.device,
+                       generator=self.generator)
+        return torch.ops.is_kernels.online_is_draw(
+            self.tree._leaves, self.tree._inner, self._memory, self._active_idx, u,
+            self.uniform_mix, self.unbiased)
 
     def probabilities(self) -> torch.Tensor:
         if self.in_warmup:
             return self._warmup.probabilities()
-        return torch.where(self._active, self._mixture(self.importance), 0.0)
+        p = mixture(self.importance, self.tree.total(), self.num_active, self.uniform_mix)
+        return torch.where(self._active, p, 0.0)
+
+    @property
+    def _update_checks_values(self) -> bool:
+        return self.device.type == "cpu"  # the C++ op checks before it writes
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        self._update_memory(idx, scores)
-        # Read back: with a duplicated index the memory and the leaf agree on the value kept.
-        values = self._memory[idx]
-        if self.num_active < self.num_samples:
-            values = torch.where(self._active[idx], values, 0.0)
-        self.tree.update(idx, values)
-
-    def _update_memory(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value)."""
-        scores = scores.to(torch.float32)  # a no-op for float32 scores
-        old = self._memory[idx]
-        new = torch.where(self._seen[idx], self.momentum * old + (1.0 - self.momentum) * scores,
-                          scores)
-        self._memory[idx] = new
-        self._seen[idx] = True
+        """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value) and
+        the sum-tree leaves of the active ones: one ``online_is_update`` op."""
+        torch.ops.is_kernels.online_is_update(
+            self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner, idx,
+            scores.to(torch.float32), self.momentum)
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()

@@ -330,12 +330,6 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             self.set_active(kept)
         return kept
 
-    def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        if self.importance_sampling:
-            super()._update(idx, scores)
-        else:  # the sum tree serves importance draws only: the memory is all pruning needs
-            self._update_memory(idx, scores)
-
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """The next batch of the epoch (``score_fn`` is ignored)."""
         self._begin_draw()

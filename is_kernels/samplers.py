@@ -156,18 +156,28 @@ class Sampler(abc.ABC):
             TypeError / ValueError naming the bad argument; the sampler is then unchanged.
         """
         self._check_update(idx, scores)
-        self._take_pending(idx)
+        pending = self._pending_position(idx)
+        if self.check_values and (pending is None or not self._update_checks_values):
+            self._check_update_values(idx, scores)
+        if pending is None:
+            raise ValueError(f"{type(self).__name__}.update: idx must be the indices of a "
+                             f"draw not updated yet, as returned by sample(); got other indices")
         self._update(idx, scores)
+        for _ in range(pending + 1):  # this draw and the older ones
+            self._pending.popleft()
 
-    def _take_pending(self, idx: torch.Tensor) -> None:
-        """Removes the draw ``idx`` (and older ones) from the outstanding draws, or raises."""
+    def _pending_position(self, idx: torch.Tensor) -> Optional[int]:
+        """The position of the draw ``idx`` among the outstanding draws (None: not there)."""
         for k, draw in enumerate(self._pending):
             if draw is idx or (draw.shape == idx.shape and torch.equal(draw, idx)):
-                for _ in range(k + 1):
-                    self._pending.popleft()
-                return
-        raise ValueError(f"{type(self).__name__}.update: idx must be the indices of a draw "
-                         f"not updated yet, as returned by sample(); got other indices")
+                return k
+        return None
+
+    @property
+    def _update_checks_values(self) -> bool:
+        """Whether :meth:`_update` checks index ranges and score values itself, before it
+        changes anything (then :meth:`update` skips its own check of a pending draw)."""
+        return False
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """Applies checked scores; samplers without per-sample state keep this no-op."""
@@ -189,7 +199,10 @@ class Sampler(abc.ABC):
         if scores.shape != idx.shape:
             raise ValueError(f"{op}: scores must have the length of idx ({idx.shape[0]}), "
                              f"got {scores.shape[0]}")
-        if not self.check_values or idx.numel() == 0:
+
+    def _check_update_values(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        op = f"{type(self).__name__}.update"
+        if idx.numel() == 0:
             return
         lo, hi = (int(v) for v in torch.aminmax(idx))
         if lo < 0 or hi >= self.num_samples:

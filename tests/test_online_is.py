@@ -276,3 +276,84 @@ def test_set_active_rejects_bad_masks_and_keeps_state(mask, exc, match):
     for key in ("memory", "active"):
         assert torch.equal(after[key], before[key])
     assert torch.equal(s.tree.values, torch.where(before["active"], before["memory"], 0.0))
+
+
+# ---- the sampler's ops: C++ on CPU against their tensor-op composition (the CUDA kernels) --
+
+def _op_state(n=50, seed=0, active_fraction=1.0):
+    """(memory, seen, active, leaves, inner): a memory with scores, some samples unseen and
+    (for active_fraction < 1) inactive samples with leaf 0."""
+    g = torch.Generator().manual_seed(seed)
+    memory = torch.rand(n, generator=g) + 0.05
+    seen = torch.rand(n, generator=g) < 0.7
+    active = torch.rand(n, generator=g) < active_fraction
+    active[0] = True
+    leaves = torch.where(active, memory, 0.0)
+    return memory, seen, active, leaves, torch.ops.is_kernels.sum_tree_build(leaves)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("active_fraction", [1.0, 0.4])
+def test_draw_op_equals_composite(unbiased, active_fraction):
+    from is_kernels.online_is import _draw_composite
+
+    memory, _, active, leaves, inner = _op_state(active_fraction=active_fraction)
+    active_idx = active.nonzero().squeeze(1)
+    u = torch.rand((3, 500), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    args = (leaves, inner, memory, active_idx, u, 0.3, unbiased)
+    idx, w = torch.ops.is_kernels.online_is_draw(*args)
+    ref_idx, ref_w = _draw_composite(*args)
+    assert torch.equal(idx, ref_idx) and bool(active[idx].all())
+    torch.testing.assert_close(w, ref_w, rtol=1e-6, atol=0)
+    # An all-zero tree: every draw is uniform over the active samples, weights 1/(n p) = 1.
+    zero = torch.zeros_like(leaves)
+    args = (zero, torch.ops.is_kernels.sum_tree_build(zero), memory, active_idx, u, 0.3, True)
+    idx, w = torch.ops.is_kernels.online_is_draw(*args)
+    assert torch.equal(idx, _draw_composite(*args)[0]) and bool(active[idx].all())
+    torch.testing.assert_close(w, torch.ones(500))
+
+
+@pytest.mark.parametrize("active_fraction", [1.0, 0.4])
+def test_update_op_equals_composite(active_fraction):
+    from is_kernels.online_is import _update_composite
+
+    state = _op_state(active_fraction=active_fraction)
+    ref = [t.clone() for t in state]
+    idx = torch.tensor([3, 17, 3, 49, 0, 17, 17])  # duplicates: the last one is kept
+    scores = torch.rand(7, generator=torch.Generator().manual_seed(4)) * 3
+    torch.ops.is_kernels.online_is_update(*state, idx, scores, 0.25)
+    _update_composite(*ref, idx, scores, 0.25)
+    for got, want in zip(state, ref):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    memory, seen, active, leaves, inner = state
+    assert bool(seen[idx].all())
+    assert torch.equal(leaves, torch.where(active, memory, 0.0))
+    assert torch.equal(inner, torch.ops.is_kernels.sum_tree_build(leaves))
+
+
+@pytest.mark.parametrize("idx,scores,match", [
+    ([1, 50], [1.0, 2.0], r"idx must lie in \[0, 50\), got idx\[1\] = 50"),
+    ([-1, 2], [1.0, 2.0], r"idx must lie in"),
+    ([1, 2], [1.0, float("nan")], r"scores must be finite, got scores\[1\]"),
+    ([1, 2], [float("inf"), 1.0], r"scores must be finite, got scores\[0\]"),
+    ([1, 2], [1.0, -0.5], r"scores must be non-negative"),
+])
+def test_update_op_checks_before_writing(idx, scores, match):
+    state = _op_state()
+    before = [t.clone() for t in state]
+    with pytest.raises(ValueError, match=match):
+        torch.ops.is_kernels.online_is_update(*state, torch.tensor(idx), torch.tensor(scores),
+                                              0.2)
+    for got, want in zip(state, before):
+        assert torch.equal(got, want)
+
+
+def test_ops_opcheck():
+    memory, seen, active, leaves, inner = _op_state(active_fraction=0.5)
+    active_idx = active.nonzero().squeeze(1)
+    u = torch.rand((3, 40), dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.library.opcheck(torch.ops.is_kernels.online_is_draw,
+                          (leaves, inner, memory, active_idx, u, 0.1, True))
+    torch.library.opcheck(torch.ops.is_kernels.online_is_update,
+                          (memory, seen, active, leaves, inner, torch.tensor([4, 9, 4]),
+                           torch.tensor([0.5, 2.0, 1.5]), 0.2))

@@ -8,7 +8,7 @@ gradient the forward kernel already wrote.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -132,9 +132,14 @@ def _norm_cuda(logits, target, ignore_index, label_smoothing):
 def _setup_context(ctx, inputs, output):
     ctx.reduction, ctx.compute_grad = inputs[-2], inputs[-1]
     ctx.save_for_backward(output[2])
+    # Only the loss carries a gradient: without this, autograd would fill a zero tensor the
+    # size of the logits for the (unused) gradient output on every backward.
+    ctx.set_materialize_grads(False)
 
 
-def _scaled_grad(ctx, grad_loss: torch.Tensor) -> torch.Tensor:
+def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if grad_loss is None:  # the loss took no part in what was differentiated
+        return None
     (grad,) = ctx.saved_tensors
     if not ctx.compute_grad:
         raise RuntimeError("is_kernels: backward through an op called with compute_grad=False; "
@@ -151,7 +156,7 @@ def _ce_backward(ctx, grad_loss, grad_score, grad_grad):
 
 def _mse_backward(ctx, grad_loss, grad_score, grad_grad):
     grad_pred = _scaled_grad(ctx, grad_loss)
-    grad_target = -grad_pred if ctx.needs_input_grad[1] else None
+    grad_target = -grad_pred if ctx.needs_input_grad[1] and grad_pred is not None else None
     return grad_pred, grad_target, None, None
 
 

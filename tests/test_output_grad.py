@@ -444,3 +444,16 @@ def test_backward_twice_with_retain_graph_accumulates():
     loss.backward(retain_graph=True)
     loss.backward()
     assert torch.allclose(logits.grad, 3 * once)
+
+
+def test_only_the_loss_carries_a_gradient():
+    """Backward through the raw op's gradient output alone gives the logits no gradient
+    (the op is not twice differentiable); with the loss in the graph it is the loss's."""
+    logits, target = random_case(6, 5, torch.float32)
+    logits.requires_grad_()
+    loss, _, grad = torch.ops.is_kernels.cross_entropy_with_score(logits, target, -100, 0.0,
+                                                                  "sum", True)
+    grad.sum().backward(retain_graph=True)
+    assert logits.grad is None
+    (loss + grad.sum()).backward()
+    torch.testing.assert_close(logits.grad, grad.detach())

@@ -16,8 +16,11 @@ paper is silent (ALGORITHMS.md §3):
   ``1/(n·p_i)`` (unbiased for the mean over the active set); an inactive sample's sum-tree
   leaf is 0 while its memory value is kept, and restored when it is re-activated.
 
-No step synchronises with the host: the mixture, the weights and the memory update are
-device ops, and the sum tree samples and updates in O(b log N).
+A step costs two ops, ``torch.ops.is_kernels.online_is_draw`` (sum-tree descent, mixture,
+weights) and ``online_is_update`` (checks, memory update, sum-tree leaves and ancestors):
+C++ on CPU (``csrc/online_is.cpp``); on CUDA a Triton kernel
+(``is_kernels/online_is_triton.py``) and tensor ops around the Triton sum tree update. No
+step synchronises with the host on CUDA; draws and updates cost O(b log N).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from .sum_tree import SumTree
 
 __all__ = ["OnlineImportanceSampler", "LossImportanceSampler"]
 
-# ---- the sampler's two ops: C++ on CPU (csrc/online_is.cpp), tensor ops on CUDA ----------
+# ---- the sampler's two ops: C++ on CPU (csrc/online_is.cpp), Triton / tensor ops on CUDA --
 # ``online_is_draw(leaves, inner, memory, active_idx, u, uniform_mix, unbiased) -> (idx, w)``
 # ``online_is_update(memory!, seen!, active, leaves!, inner!, idx, scores, momentum)``
 
@@ -44,41 +47,73 @@ def mixture(q: torch.Tensor, total: torch.Tensor, n: int, uniform_mix: float) ->
     return (1.0 - uniform_mix) * share + uniform_mix / n
 
 
-def _draw_composite(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
-    """``online_is_draw`` from tensor ops: the CUDA kernel, and the CPU kernel's reference."""
-    n = active_idx.shape[0]
-    drawn = torch.ops.is_kernels.sum_tree_sample(leaves, inner, u[0])
-    uniform = active_idx[(u[2] * n).long().clamp_(max=n - 1)]
-    # An all-zero tree draws -1 (no error, no sync): those draws fall back to uniform.
-    idx = torch.where((u[1] < uniform_mix) | (drawn < 0), uniform, drawn)
-    if not unbiased:
-        return idx, torch.ones(idx.shape, dtype=torch.float32, device=idx.device)
-    return idx, 1.0 / (n * mixture(memory[idx], inner[1], n, uniform_mix))
+def _check_vector(op: str, name: str, t: torch.Tensor, dtype: torch.dtype,
+                  size: Optional[int], like: torch.Tensor) -> None:
+    if t.dim() != 1 or t.dtype != dtype or not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be a contiguous 1-D {dtype} tensor, got "
+                         f"{t.dtype} of shape {tuple(t.shape)}")
+    if size is not None and t.shape[0] != size:
+        raise ValueError(f"{op}: {name} must have {size} entries, got {t.shape[0]}")
+    if t.device != like.device:
+        raise ValueError(f"{op}: {name} must be on {like.device}, got {t.device}")
 
 
-def _update_composite(memory, seen, active, leaves, inner, idx, scores, momentum):
-    """``online_is_update`` from tensor ops (no value checks: on CUDA they would sync)."""
-    new = torch.where(seen[idx], momentum * memory[idx] + (1.0 - momentum) * scores, scores)
-    memory[idx] = new
-    seen[idx] = True
-    # Read back: with a duplicated index the memory and the leaf agree on the value kept.
-    values = torch.where(active[idx], memory[idx], 0.0)
-    torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
+def _check_draw(leaves, inner, memory, active_idx, u) -> None:
+    op = "online_is_draw"
+    _check_vector(op, "memory", memory, torch.float32, leaves.shape[0], leaves)
+    _check_vector(op, "active_idx", active_idx, torch.int64, None, leaves)
+    if active_idx.shape[0] == 0:
+        raise ValueError(f"{op}: active_idx must not be empty")
+    if u.dim() != 2 or u.shape[0] != 3 or u.dtype != torch.float64 or u.device != leaves.device:
+        raise ValueError(f"{op}: u must be a float64 [3, b] tensor on {leaves.device}, got "
+                         f"{u.dtype} of shape {tuple(u.shape)} on {u.device}")
+
+
+def _check_update(memory, seen, active, leaves, idx, scores) -> None:
+    op = "online_is_update"
+    n = leaves.shape[0]
+    _check_vector(op, "leaves", leaves, torch.float32, None, leaves)
+    for name, t, dtype in (("memory", memory, torch.float32), ("seen", seen, torch.bool),
+                           ("active", active, torch.bool)):
+        _check_vector(op, name, t, dtype, n, leaves)
+    _check_vector(op, "idx", idx, torch.int64, None, leaves)
+    _check_vector(op, "scores", scores, torch.float32, idx.shape[0], leaves)
 
 
 @torch.library.register_fake("is_kernels::online_is_draw")
 def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
+    _check_draw(leaves, inner, memory, active_idx, u)
     b = u.shape[1]
     return u.new_empty((b,), dtype=torch.int64), u.new_empty((b,), dtype=torch.float32)
 
 
+@torch.library.register_kernel("is_kernels::online_is_draw", "cuda")
+def _draw_cuda(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
+    from . import online_is_triton
+
+    _check_draw(leaves, inner, memory, active_idx, u)
+    return online_is_triton.draw(leaves, inner, memory, active_idx, u.contiguous(),
+                                 uniform_mix, unbiased)
+
+
 @torch.library.register_fake("is_kernels::online_is_update")
 def _update_fake(memory, seen, active, leaves, inner, idx, scores, momentum):
-    return None
+    _check_update(memory, seen, active, leaves, idx, scores)
 
 
-torch.library.register_kernel("is_kernels::online_is_draw", "cuda", _draw_composite)
-torch.library.register_kernel("is_kernels::online_is_update", "cuda", _update_composite)
+def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, momentum):
+    """``online_is_update`` from tensor ops: the CUDA kernel (no value checks: on CUDA they
+    would sync; the sum tree update drops an invalid batch itself). Duplicates: every entry is computed from the memory before the
+    batch, and index_put keeps one of them, which the leaf then reads back."""
+    _check_update(memory, seen, active, leaves, idx, scores)
+    new = torch.where(seen[idx], momentum * memory[idx] + (1.0 - momentum) * scores, scores)
+    memory[idx] = new
+    seen[idx] = True
+    values = torch.where(active[idx], memory[idx], 0.0)
+    torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
+
+
+torch.library.register_kernel("is_kernels::online_is_update", "cuda", update_with_tensor_ops)
 
 
 class OnlineImportanceSampler(Sampler):

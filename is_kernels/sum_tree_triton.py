@@ -88,21 +88,27 @@ def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first
 
 
 @triton.jit
-def _sample_kernel(LEAVES, INNER, U, OUT, n, capacity, P, H, BLOCK: tl.constexpr):
-    """Descends from the root for every u: never enters a child of sum 0. -1 if total is 0."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
+def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
+    """The leaf of every uniform u (float64 [BLOCK]), descending from the root: never enters
+    a child of sum 0. -1 for every u if the total is 0."""
     P64 = P.to(tl.int64)
     total = tl.load(INNER + 1)
-    r = tl.load(U + offs, mask=mask, other=0.0) * total
+    r = u * total
     x = tl.full([BLOCK], 1, tl.int64)
     for _ in range(H):
         left, right = _child_sums(LEAVES, INNER, x, mask, P64, capacity)
         go_right = (right > 0.0) & (r >= left)
         r = tl.where(go_right, r - left, r)
         x = 2 * x + go_right.to(tl.int64)
-    out = tl.where(total > 0.0, x - P64, -1)
-    tl.store(OUT + offs, out, mask=mask)
+    return tl.where(total > 0.0, x - P64, -1)
+
+
+@triton.jit
+def _sample_kernel(LEAVES, INNER, U, OUT, n, capacity, P, H, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    u = tl.load(U + offs, mask=mask, other=0.0)
+    tl.store(OUT + offs, descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK), mask=mask)
 
 
 def _rebuild_levels(leaves: torch.Tensor, inner: torch.Tensor) -> None:

@@ -1,6 +1,7 @@
 """Online importance sampling: warm-up, memory update, distribution, unbiasedness, resume,
 bad input, and a gradient-variance check on a real model."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from sampler_helpers import drive
 from scipy import stats
 
 import is_kernels
-from is_kernels import LossImportanceSampler, OnlineImportanceSampler
+from is_kernels import LossImportanceSampler, OnlineImportanceSampler, online_is
+from is_kernels.online_is import mixture
 
 
 def make(n=20, b=4, seed=0, **kw):
@@ -292,37 +294,61 @@ def _op_state(n=50, seed=0, active_fraction=1.0):
     return memory, seen, active, leaves, torch.ops.is_kernels.sum_tree_build(leaves)
 
 
+def reference_draw(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
+    """``online_is_draw`` from tensor ops and the sum tree op."""
+    n = active_idx.shape[0]
+    drawn = torch.ops.is_kernels.sum_tree_sample(leaves, inner, u[0])
+    uniform = active_idx[(u[2] * n).long().clamp_(max=n - 1)]
+    idx = torch.where((u[1] < uniform_mix) | (drawn < 0), uniform, drawn)
+    if not unbiased:
+        return idx, torch.ones(idx.shape)
+    return idx, 1.0 / (n * mixture(memory[idx], inner[1], n, uniform_mix))
+
+
+def triton_interpreter_on():
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def draw_implementations():
+    """The CPU op, and the Triton kernel on CPU tensors when the interpreter is on."""
+    impls = [torch.ops.is_kernels.online_is_draw]
+    if triton_interpreter_on():
+        from is_kernels import online_is_triton
+
+        impls.append(online_is_triton.draw)
+    return impls
+
+
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("active_fraction", [1.0, 0.4])
-def test_draw_op_equals_composite(unbiased, active_fraction):
-    from is_kernels.online_is import _draw_composite
-
+def test_draw_op_equals_reference(unbiased, active_fraction):
     memory, _, active, leaves, inner = _op_state(active_fraction=active_fraction)
     active_idx = active.nonzero().squeeze(1)
-    u = torch.rand((3, 500), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    args = (leaves, inner, memory, active_idx, u, 0.3, unbiased)
-    idx, w = torch.ops.is_kernels.online_is_draw(*args)
-    ref_idx, ref_w = _draw_composite(*args)
-    assert torch.equal(idx, ref_idx) and bool(active[idx].all())
-    torch.testing.assert_close(w, ref_w, rtol=1e-6, atol=0)
-    # An all-zero tree: every draw is uniform over the active samples, weights 1/(n p) = 1.
+    u = torch.rand((3, 300), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     zero = torch.zeros_like(leaves)
-    args = (zero, torch.ops.is_kernels.sum_tree_build(zero), memory, active_idx, u, 0.3, True)
-    idx, w = torch.ops.is_kernels.online_is_draw(*args)
-    assert torch.equal(idx, _draw_composite(*args)[0]) and bool(active[idx].all())
-    torch.testing.assert_close(w, torch.ones(500))
+    for draw in draw_implementations():
+        args = (leaves, inner, memory, active_idx, u, 0.3, unbiased)
+        idx, w = draw(*args)
+        ref_idx, ref_w = reference_draw(*args)
+        assert torch.equal(idx, ref_idx) and bool(active[idx].all())
+        torch.testing.assert_close(w, ref_w, rtol=1e-6, atol=0)
+        # An all-zero tree: every draw is uniform over the active samples, weights 1.
+        args = (zero, torch.ops.is_kernels.sum_tree_build(zero), memory, active_idx, u, 0.3,
+                True)
+        idx, w = draw(*args)
+        assert torch.equal(idx, reference_draw(*args)[0]) and bool(active[idx].all())
+        torch.testing.assert_close(w, torch.ones(300))
 
 
 @pytest.mark.parametrize("active_fraction", [1.0, 0.4])
-def test_update_op_equals_composite(active_fraction):
-    from is_kernels.online_is import _update_composite
-
+def test_update_op_equals_the_cuda_composition(active_fraction):
+    """The C++ op against the tensor-op composition registered for CUDA, run on CPU."""
     state = _op_state(active_fraction=active_fraction)
     ref = [t.clone() for t in state]
     idx = torch.tensor([3, 17, 3, 49, 0, 17, 17])  # duplicates: the last one is kept
     scores = torch.rand(7, generator=torch.Generator().manual_seed(4)) * 3
     torch.ops.is_kernels.online_is_update(*state, idx, scores, 0.25)
-    _update_composite(*ref, idx, scores, 0.25)
+    online_is.update_with_tensor_ops(*ref, idx, scores, 0.25)
     for got, want in zip(state, ref):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
     memory, seen, active, leaves, inner = state

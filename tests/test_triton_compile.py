@@ -25,6 +25,7 @@ def ce_signature(logits: str, acc: str, rows: bool) -> dict:
 
 def cases():
     from is_kernels import alias_table_triton as at
+    from is_kernels import online_is_triton as oi
     from is_kernels import output_grad_triton as og
     from is_kernels import sum_tree_triton as st
 
@@ -56,6 +57,15 @@ def cases():
         yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "n": "i64",
                                    "capacity": "i64", "P": "i64", "H": "i64",
                                    "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+    for unbiased in (True, False):
+        yield (oi._draw_kernel,
+               {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",
+                "U": "*fp64", "IDX": "*i64", "W": "*fp32",
+                **{name: "i64" for name in ("b", "n_active", "capacity", "P", "H")},
+                **{name: "fp32" for name in ("uniform_mix", "keep", "floor_p", "empty_share",
+                                             "n_float")},
+                "UNBIASED": "constexpr", "BLOCK": "constexpr"},
+               {"UNBIASED": unbiased, "BLOCK": oi.BLOCK})
     yield (at._build_kernel, {"PR": "*fp64", "CUM_D": "*fp64", "CUM_E": "*fp64",
                               "CUM_H": "*i64", "LAST_H": "*i64", "PROB": "*fp64",
                               "ALIAS": "*i32", "n": "i64", "STEPS": "constexpr",

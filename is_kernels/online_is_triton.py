@@ -1,0 +1,57 @@
+"""Triton kernel of ``online_is_draw`` (the CUDA implementation; CPU: csrc/online_is.cpp).
+
+One program per ``BLOCK`` draws does all of a draw: the sum-tree descent
+(:func:`is_kernels.sum_tree_triton.descend`), the mixture coin, the uniform pick among the
+active samples and the weight ``1/(n p)``, in the float32 steps of the CPU kernel. Like the
+sum tree kernels it runs on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check it)
+and never synchronises with the host.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .sum_tree_triton import descend, heap_depth
+
+BLOCK = 256
+
+
+@triton.jit
+def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity, P, H,
+                 uniform_mix, keep, floor_p, empty_share, n_float, UNBIASED: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < b
+    u = tl.load(U + offs, mask=mask, other=0.0)
+    coin = tl.load(U + b + offs, mask=mask, other=0.0)
+    pick = tl.load(U + 2 * b + offs, mask=mask, other=0.0)
+    leaf = descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK)
+    k = tl.minimum((pick * n_active).to(tl.int64), n_active - 1)
+    uniform = tl.load(ACTIVE + k, mask=mask, other=0)
+    idx = tl.where((coin < uniform_mix) | (leaf < 0), uniform, leaf)
+    tl.store(IDX + offs, idx, mask=mask)
+    if UNBIASED:
+        total = tl.load(INNER + 1).to(tl.float32)
+        q = tl.load(MEMORY + idx, mask=mask, other=0.0)
+        share = tl.where(total > 0.0, q / total, empty_share)
+        w = 1.0 / (n_float * (keep * share + floor_p))
+    else:
+        w = tl.full([BLOCK], 1.0, tl.float32)
+    tl.store(W + offs, w, mask=mask)
+
+
+def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
+         active_idx: torch.Tensor, u: torch.Tensor, uniform_mix: float,
+         unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``online_is_draw`` (see csrc/online_is.cpp); inputs already checked."""
+    b, n = u.shape[1], active_idx.numel()
+    idx = torch.empty(b, dtype=torch.int64, device=u.device)
+    w = torch.empty(b, dtype=torch.float32, device=u.device)
+    if b > 0:
+        p = inner.numel()
+        _draw_kernel[(triton.cdiv(b, BLOCK),)](
+            leaves, inner, memory, active_idx, u, idx, w, b, n, leaves.numel(), p,
+            heap_depth(p), uniform_mix, 1.0 - uniform_mix, uniform_mix / n, 1.0 / n, float(n),
+            UNBIASED=bool(unbiased), BLOCK=BLOCK, num_warps=4)
+    return idx, w

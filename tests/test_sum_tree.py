@@ -112,8 +112,10 @@ def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     p = heap_size(w.numel())
     heap = torch.zeros(2 * p, dtype=torch.float64)
     heap[p:p + w.numel()] = w.double()
-    for x in range(p - 1, 0, -1):
-        heap[x] = heap[2 * x] + heap[2 * x + 1]
+    width = p // 2
+    while width >= 1:  # level by level: heap[x] = heap[2x] + heap[2x + 1]
+        heap[width:2 * width] = heap[2 * width:4 * width:2] + heap[2 * width + 1:4 * width:2]
+        width //= 2
     x = torch.ones_like(u, dtype=torch.int64)
     r = u * heap[1]
     while bool((x < p).any()):
@@ -126,11 +128,43 @@ def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("cap", [1, 2, 3, 5, 8, 9, 17, 100, 1000, 5000])
 def test_descent_equals_reference(cap):
-    # The CPU kernel skips levels (reading every 3rd) and reorders the draws: same result.
+    # The CPU kernel reorders the draws (and reads whole vectors of them): same result.
     g = torch.Generator().manual_seed(cap)
     w = sparse(cap, g) + (torch.rand(cap, generator=g) < 0.05) * 1e30 if cap > 1 else torch.ones(1)
     w[torch.randint(0, cap, (1,), generator=g)] = 0.5  # not all zero
     u = torch.cat([torch.rand(3000, dtype=torch.float64, generator=g), boundary_uniforms(w)])
+    assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
+
+
+# Heights 15 to 21: below depth 13 the CPU kernel reads one cache line per 3 levels (the 8
+# nodes 3 levels down) and recomputes the 2 levels in between; these heights leave each
+# remainder of (height - 1 - 13) mod 3 to one-level steps near the root.
+@pytest.mark.parametrize("cap, dtype", [(2**14 + 1, torch.float32), (2**16 - 3, torch.float64),
+                                        (2**16 + 3, torch.float32), (2**17 + 5, torch.float64),
+                                        (2**20, torch.float32)])
+def test_deep_descent_equals_reference(cap, dtype):
+    g = torch.Generator().manual_seed(cap)
+    w = (sparse(cap, g) + (torch.rand(cap, generator=g) < 0.01) * 1e30).to(dtype)
+    edges = boundary_uniforms(w)
+    u = torch.cat([torch.rand(20_000, dtype=torch.float64, generator=g),
+                   edges[torch.randint(0, edges.numel(), (3001,), generator=g)]])
+    inner = ops.sum_tree_build(w)
+    out = ops.sum_tree_sample(w, inner, u)  # 23001 draws: two threads
+    assert torch.equal(out, reference_descent(w, u))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(ops.sum_tree_sample(w, inner, u), out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 511, 512, 513, 1027])
+def test_descent_any_number_of_draws(n):
+    # The CPU kernel descends 4 draws per vector and 512 per pass; the rest is padding.
+    g = torch.Generator().manual_seed(n)
+    w = sparse(2**16 + 3, g)
+    u = torch.rand(n, dtype=torch.float64, generator=g)
     assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
 
 

@@ -179,12 +179,22 @@ struct TreeView {
   const T* leaves;
   int64_t p, capacity;
 
-  // Weight of the node at heap position y: inner node or leaf (0 for the padding).
-  template <bool kLeaf>
-  double node(int64_t y) const {
-    if (!kLeaf) return inner[y];
+  // Lane l of m[0..width): the weights of the width nodes from heap position y on, inner
+  // nodes or leaves (0 for the padding).
+  template <bool kLeaf, int width>
+  void load(int64_t y, Doubles* m, int l) const {
+    if (!kLeaf) {
+      for (int t = 0; t < width; ++t) m[t][l] = inner[y + t];
+      return;
+    }
     const int64_t j = y - p;
-    return j < capacity ? static_cast<double>(leaves[j]) : 0.0;
+    if (j + width <= capacity) {
+      for (int t = 0; t < width; ++t) m[t][l] = static_cast<double>(leaves[j + t]);
+    } else {  // the group that straddles the last leaf (the rest is padding, weight 0)
+      for (int t = 0; t < width; ++t) {
+        m[t][l] = j + t < capacity ? static_cast<double>(leaves[j + t]) : 0.0;
+      }
+    }
   }
 
   template <bool kLeaf>
@@ -197,29 +207,28 @@ struct TreeView {
   }
 };
 
-// Moves kLanes draws (node x at depth d, remainder r) down S levels by the binary rule: go
-// right iff the right child's sum is > 0 and r >= the left sum, and then r -= left sum. It
-// reads only the 2^S nodes at depth d + S below x (leaves if kLeaf); the sums in between
-// are recomputed from them with the additions that built them (every inner node is
-// fl64(left + right) of its children), so they equal the stored nodes bit for bit and the
-// walk is exactly the level-by-level descent over the stored nodes.
+// Moves the kLanes draws at x[0..kLanes), r[0..kLanes) (node at depth d, remainder) down S
+// levels by the binary rule: go right iff the right child's sum is > 0 and r >= the left
+// sum, and then r -= left sum. It reads only the 2^S nodes at depth d + S below each node
+// (leaves if kLeaf); the sums in between are recomputed from them with the additions that
+// built them (every inner node is fl64(left + right) of its children), so they equal the
+// stored nodes bit for bit and the walk is exactly the level-by-level descent.
 template <int S, bool kLeaf, typename T>
-inline void descend_lanes(const TreeView<T>& tree, Longs& x, Doubles& r) {
+inline void descend_lanes(const TreeView<T>& tree, int64_t* x, double* r) {
   constexpr int width = 1 << S;
-  const Longs first = x << S;  // heap position of the first node at depth d + S
-  Doubles m[2 * width];        // per lane, the implicit heap of x's subtree: m[1] is x
-  for (int t = 0; t < width; ++t) {
-    for (int l = 0; l < kLanes; ++l) m[width + t][l] = tree.template node<kLeaf>(first[l] + t);
-  }
+  Doubles m[2 * width];  // per lane, the implicit heap of the node's subtree: m[1] is the node
+  for (int l = 0; l < kLanes; ++l) tree.template load<kLeaf, width>(x[l] << S, m + width, l);
   for (int y = width - 1; y >= 2; --y) m[y] = m[2 * y] + m[2 * y + 1];
   // The candidates at depth d + k are m[2^k, 2^(k+1)). After each decision, every deeper
   // depth keeps only the half below the chosen child (a per-lane select), so the children
   // to compare next are always m[2^k], m[2^k + 1].
+  Doubles rv;
+  std::memcpy(&rv, r, sizeof rv);
   Longs offset = {};
   for (int k = 1; k <= S; ++k) {
     const Doubles left = m[1 << k], right = m[(1 << k) + 1];
-    const Longs go_right = (right > 0.0) & (r >= left);  // lanes: all ones (-1) or 0
-    r -= (Doubles)((Longs)left & go_right);  // r - left, or r - (+0.0), which is r
+    const Longs go_right = (right > 0.0) & (rv >= left);  // lanes: all ones (-1) or 0
+    rv -= (Doubles)((Longs)left & go_right);  // r - left, or r - (+0.0), which is r
     offset = 2 * offset - go_right;
     for (int depth = k + 1; depth <= S; ++depth) {
       const int half = 1 << (depth - k);
@@ -227,7 +236,11 @@ inline void descend_lanes(const TreeView<T>& tree, Longs& x, Doubles& r) {
       for (int t = 0; t < half; ++t) level[t] = go_right ? level[half + t] : level[t];
     }
   }
-  x = first + offset;
+  std::memcpy(r, &rv, sizeof rv);
+  Longs xv;
+  std::memcpy(&xv, x, sizeof xv);
+  xv = (xv << S) + offset;
+  std::memcpy(x, &xv, sizeof xv);
 }
 
 // The steps of a descent of height h: `plain` one-level steps from the root (their nodes stay
@@ -248,15 +261,9 @@ Plan plan_of(int h) {
 template <int S, bool kLeaf, int kNextS, bool kNextLeaf, typename T>
 void step_chunk(const TreeView<T>& tree, int64_t* x, double* r, int64_t n) {
   for (int64_t i = 0; i < n; i += kLanes) {
-    Longs xv;
-    Doubles rv;
-    std::memcpy(&xv, x + i, sizeof xv);
-    std::memcpy(&rv, r + i, sizeof rv);
-    descend_lanes<S, kLeaf>(tree, xv, rv);
-    std::memcpy(x + i, &xv, sizeof xv);
-    std::memcpy(r + i, &rv, sizeof rv);
+    descend_lanes<S, kLeaf>(tree, x + i, r + i);
     if (kNextS > 0) {
-      for (int l = 0; l < kLanes; ++l) tree.template prefetch<kNextLeaf>(xv[l] << kNextS);
+      for (int l = 0; l < kLanes; ++l) tree.template prefetch<kNextLeaf>(x[i + l] << kNextS);
     }
   }
 }
@@ -281,44 +288,31 @@ void descend_chunk(const TreeView<T>& tree, const Plan& plan, int64_t* x, double
   step_chunk<kBlock, true, 0, false>(tree, x, r, n);
 }
 
-// The positions [begin, end) of u, ordered by their top bits (a counting sort): the draws of
-// a chunk then share their upper paths and walk the deep levels in address order (fewer
-// cache and TLB misses). Each draw still uses its own u and writes its own output slot, so
-// the result is the same as in the original order.
-std::vector<int32_t> order_by_value(const double* u, int64_t begin, int64_t end) {
-  const int64_t n = end - begin;
-  int bits = 1;
-  while (bits < 16 && (int64_t{1} << bits) < n) ++bits;
-  const int64_t buckets = int64_t{1} << bits;
-  std::vector<int32_t> start(buckets + 1, 0), order(n);
-  const auto bucket = [&](int64_t i) {
-    return std::min(static_cast<int64_t>(u[i] * static_cast<double>(buckets)), buckets - 1);
-  };
-  for (int64_t i = begin; i < end; ++i) ++start[bucket(i) + 1];
-  for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
-  for (int64_t i = begin; i < end; ++i) order[start[bucket(i)]++] = static_cast<int32_t>(i);
-  return order;
-}
-
-// Draws the leaves of u[begin, end) into out: chunk by chunk, in the order of their values.
-// A chunk's count is rounded up to whole vectors with padding draws (u = 0, a valid descent)
-// whose leaves are not written out.
+// Draws the leaves of u[begin, end) into out, kChunk draws at a time. A chunk is rounded up
+// to whole vectors with padding draws (r = 0: a valid descent) whose leaves are not written.
 template <typename T>
-void sample_range(const TreeView<T>& tree, int h, double total, const double* u,
+void sample_range(const TreeView<T>& tree, const Plan& plan, double total, const double* u,
                   int64_t begin, int64_t end, int64_t* out) {
-  const std::vector<int32_t> order = order_by_value(u, begin, end);
-  const Plan plan = plan_of(h);
   alignas(64) int64_t x[kChunk];
   alignas(64) double r[kChunk];
-  for (int64_t c = 0; c < end - begin; c += kChunk) {
-    const int64_t n = std::min(kChunk, end - begin - c);
+  for (int64_t c = begin; c < end; c += kChunk) {
+    const int64_t n = std::min(kChunk, end - c);
     const int64_t lanes = (n + kLanes - 1) / kLanes * kLanes;
     for (int64_t i = 0; i < lanes; ++i) {
       x[i] = 1;
-      r[i] = i < n ? u[order[c + i]] * total : 0.0;
+      r[i] = i < n ? u[c + i] * total : 0.0;
     }
     descend_chunk(tree, plan, x, r, lanes);
-    for (int64_t i = 0; i < n; ++i) out[order[c + i]] = x[i] - tree.p;
+    for (int64_t i = 0; i < n; ++i) out[c + i] = x[i] - tree.p;
+  }
+}
+
+// Throws unless every u[i] is in [0, 1); the error names the first offender.
+void check_uniforms(const char* op, const double* u, int64_t n) {
+  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
+  for (int64_t i = 0; i < n; ++i) ok &= (u[i] >= 0.0) & (u[i] < 1.0);
+  for (int64_t i = 0; !ok && i < n; ++i) {
+    TORCH_CHECK(u[i] >= 0.0 && u[i] < 1.0, op, ": u[", i, "] = ", u[i], " is not in [0, 1)");
   }
 }
 
@@ -336,21 +330,18 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
   const at::Tensor uc = u.contiguous();
   const int64_t n = uc.numel(), capacity = leaves.numel(), p = heap_size(capacity);
   const double* up = uc.data_ptr<double>();
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(up[i] >= 0.0 && up[i] < 1.0, op, ": u[", i, "] = ", up[i],
-                " is not in [0, 1)");
-  }
+  check_uniforms(op, up, n);
   const double* in = inner.data_ptr<double>();
   const double total = in[1];
   if (!(total > 0.0)) return at::full({n}, -1, leaves.options().dtype(at::kLong));
   at::Tensor out = at::empty({n}, leaves.options().dtype(at::kLong));
   int64_t* op_out = out.data_ptr<int64_t>();
-  const int h = log2_exact(p);
+  const Plan plan = plan_of(log2_exact(p));
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const TreeView<scalar_t> tree{in, leaves.data_ptr<scalar_t>(), p, capacity};
     // One thread below 16384 draws: a fork-join costs more than it saves on a busy machine.
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-      sample_range(tree, h, total, up, begin, end, op_out);
+      sample_range(tree, plan, total, up, begin, end, op_out);
     });
   });
   return out;

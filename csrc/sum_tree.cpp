@@ -97,6 +97,17 @@ at::Tensor sum_tree_build_cpu(const at::Tensor& leaves) {
 
 // Prefetch distance (in batch entries) of the update's scattered writes.
 constexpr int64_t kUpdatePrefetch = 16;
+// An update of k leaves recomputes the inner levels at most kDenseLevel * k wide whole.
+// Tuned at k = 4096, N = 2^20 (the update took 25% less than with levels up to k wide).
+constexpr int64_t kDenseLevel = 4;
+
+// Recomputes the inner nodes [begin, end) of one level from their children, which are inner
+// nodes (not the last inner level): contiguous and vectorisable.
+inline void sum_inner_children(double* inner, int64_t begin, int64_t end) {
+  double* __restrict__ node = inner + begin;
+  const double* __restrict__ child = inner + 2 * begin;  // [2 begin, 2 end): disjoint
+  for (int64_t i = 0; i < end - begin; ++i) node[i] = child[2 * i] + child[2 * i + 1];
+}
 
 void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor& indices,
                          const at::Tensor& values) {
@@ -124,30 +135,39 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const scalar_t* val = val_t.data_ptr<scalar_t>();
     check_weights(op, "values", val, k);
-    // Everything is valid: mutate. In order, so that the last of duplicated indices wins.
+    // Everything is valid: mutate.
     scalar_t* lv = leaves.data_ptr<scalar_t>();
     double* in = inner.data_ptr<double>();
-    // The scattered writes miss the caches: each one prefetches (for writing) the slot of the
+    // Leaves in batch order, each followed by its parent: the last of duplicated indices wins,
+    // and the last write below a parent recomputes it from both final leaves. The scattered
+    // accesses miss the caches: each entry prefetches (for writing) those of the
     // kUpdatePrefetch-th next one, so that their misses overlap.
+    const auto parent = [&](int64_t t) { return (idx[t] + p) >> 1; };
     for (int64_t t = 0; t < k; ++t) {
-      if (t + kUpdatePrefetch < k) __builtin_prefetch(lv + idx[t + kUpdatePrefetch], 1);
+      if (t + kUpdatePrefetch < k) {
+        __builtin_prefetch(lv + idx[t + kUpdatePrefetch], 1);
+        __builtin_prefetch(in + parent(t + kUpdatePrefetch), 1);
+      }
       lv[idx[t]] = val[t];
+      in[parent(t)] = children_sum(in, lv, p, capacity, parent(t));
     }
-    // Level by level, bottom-up: a level no wider than k is recomputed whole (contiguous,
-    // no duplicates); a wider one only at the k ancestors (a duplicated ancestor is
-    // recomputed twice from the same, already final, children: same value).
-    for (int d = h - 1; d >= 0; --d) {
+    // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
+    // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
+    // ancestors (a duplicated ancestor is recomputed twice from the same, already final,
+    // children: same value).
+    for (int d = h - 2; d >= 0; --d) {
       const int64_t width = int64_t{1} << d;
-      if (width <= k) {
+      if (width <= kDenseLevel * k) {
         at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-          for (int64_t x = begin; x < end; ++x) in[x] = children_sum(in, lv, p, capacity, x);
+          sum_inner_children(in, begin, end);
         });
       } else {
         const int shift = h - d;
         const auto ancestor = [&](int64_t t) { return (idx[t] + p) >> shift; };
         for (int64_t t = 0; t < k; ++t) {
           if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
-          in[ancestor(t)] = children_sum(in, lv, p, capacity, ancestor(t));
+          const int64_t x = ancestor(t);
+          in[x] = in[2 * x] + in[2 * x + 1];
         }
       }
     }
@@ -179,22 +199,16 @@ struct TreeView {
   const T* leaves;
   int64_t p, capacity;
 
-  // Lane l of m[0..width): the weights of the width nodes from heap position y on, inner
-  // nodes or leaves (0 for the padding).
-  template <bool kLeaf, int width>
-  void load(int64_t y, Doubles* m, int l) const {
-    if (!kLeaf) {
-      for (int t = 0; t < width; ++t) m[t][l] = inner[y + t];
-      return;
+  // Lane l: the weight of the node at heap position y[l] + t, an inner node or a leaf (0 for
+  // the padding). Built from a zero vector: no dependency on an earlier vector's register.
+  template <bool kLeaf>
+  Doubles gather(const int64_t* y, int t) const {
+    Doubles v = {};
+    for (int l = 0; l < kLanes; ++l) {
+      const int64_t j = y[l] + t - p;  // leaf index
+      v[l] = !kLeaf ? inner[y[l] + t] : j < capacity ? static_cast<double>(leaves[j]) : 0.0;
     }
-    const int64_t j = y - p;
-    if (j + width <= capacity) {
-      for (int t = 0; t < width; ++t) m[t][l] = static_cast<double>(leaves[j + t]);
-    } else {  // the group that straddles the last leaf (the rest is padding, weight 0)
-      for (int t = 0; t < width; ++t) {
-        m[t][l] = j + t < capacity ? static_cast<double>(leaves[j + t]) : 0.0;
-      }
-    }
+    return v;
   }
 
   template <bool kLeaf>
@@ -216,8 +230,10 @@ struct TreeView {
 template <int S, bool kLeaf, typename T>
 inline void descend_lanes(const TreeView<T>& tree, int64_t* x, double* r) {
   constexpr int width = 1 << S;
+  int64_t first[kLanes];  // heap position of the first node at depth d + S below each node
+  for (int l = 0; l < kLanes; ++l) first[l] = x[l] << S;
   Doubles m[2 * width];  // per lane, the implicit heap of the node's subtree: m[1] is the node
-  for (int l = 0; l < kLanes; ++l) tree.template load<kLeaf, width>(x[l] << S, m + width, l);
+  for (int t = 0; t < width; ++t) m[width + t] = tree.template gather<kLeaf>(first, t);
   for (int y = width - 1; y >= 2; --y) m[y] = m[2 * y] + m[2 * y + 1];
   // The candidates at depth d + k are m[2^k, 2^(k+1)). After each decision, every deeper
   // depth keeps only the half below the chosen child (a per-lane select), so the children

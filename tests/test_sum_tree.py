@@ -212,6 +212,29 @@ def test_no_drift_million_updates():
     assert abs(float(tree.total()) - exact) <= 1e-12 * exact
 
 
+@pytest.mark.parametrize("k, dtype", [(1, torch.float32), (5, torch.float64),
+                                      (300, torch.float32), (4096, torch.float64),
+                                      (70_000, torch.float32)])
+def test_update_equals_rebuild(k, dtype):
+    # The CPU update recomputes a level whole when it is at most 4k wide (on two threads when
+    # wider than 2^14 nodes) and only at the batch's ancestors above that; the leaves' parents
+    # right after each leaf. Batches with duplicated indices: the last value wins.
+    g = torch.Generator().manual_seed(k)
+    cap = 2**17 + 5
+    w = sparse(cap, g).to(dtype)
+    tree = tree_of(w)
+    for _ in range(3):
+        idx = torch.randint(0, cap, (k,), generator=g)
+        idx[k // 2:k // 2 + k // 4] = idx[:k // 4]  # duplicates, with other values
+        val = sparse(k, g).to(dtype)
+        tree.update(idx, val)
+        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
+        final = last[idx] == torch.arange(k)  # the last entry of each index
+        w[idx[final]] = val[final]
+        assert torch.equal(tree.values, w)
+        assert torch.equal(tree._inner, ops.sum_tree_build(w))
+
+
 def test_inner_nodes_are_child_sums():
     g = torch.Generator().manual_seed(6)
     tree = tree_of(torch.rand(37, generator=g))

@@ -136,12 +136,13 @@ def test_descent_equals_reference(cap):
     assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
 
 
-# Heights 15 to 21: below depth 13 the CPU kernel reads one cache line per 3 levels (the 8
-# nodes 3 levels down) and recomputes the 2 levels in between; these heights leave each
-# remainder of (height - 1 - 13) mod 3 to one-level steps near the root.
-@pytest.mark.parametrize("cap, dtype", [(2**14 + 1, torch.float32), (2**16 - 3, torch.float64),
-                                        (2**16 + 3, torch.float32), (2**17 + 5, torch.float64),
-                                        (2**20, torch.float32)])
+# Heights 14 to 22: below depth 14 the CPU kernel steps 3 levels at a time (it reads the 8
+# nodes 3 levels down and recomputes the 2 levels in between), the last step onto the
+# leaves; these heights leave every remainder of (height - 14) mod 3 to the one-level steps.
+@pytest.mark.parametrize("cap, dtype", [(2**13 + 1, torch.float64), (2**14 + 1, torch.float32),
+                                        (2**16 - 3, torch.float64), (2**16 + 3, torch.float32),
+                                        (2**17 + 5, torch.float64), (2**18 + 1, torch.float32),
+                                        (2**20, torch.float32), (2**21 + 3, torch.float32)])
 def test_deep_descent_equals_reference(cap, dtype):
     g = torch.Generator().manual_seed(cap)
     w = (sparse(cap, g) + (torch.rand(cap, generator=g) < 0.01) * 1e30).to(dtype)
@@ -161,7 +162,7 @@ def test_deep_descent_equals_reference(cap, dtype):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 511, 512, 513, 1027])
 def test_descent_any_number_of_draws(n):
-    # The CPU kernel descends 4 draws per vector and 512 per pass; the rest is padding.
+    # The CPU kernel descends 4 draws per vector and 512 per pass (padding the rest).
     g = torch.Generator().manual_seed(n)
     w = sparse(2**16 + 3, g)
     u = torch.rand(n, dtype=torch.float64, generator=g)

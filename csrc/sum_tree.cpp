@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "weights.h"
@@ -199,16 +200,21 @@ struct TreeView {
   const T* leaves;
   int64_t p, capacity;
 
-  // Lane l: the weight of the node at heap position y[l] + t, an inner node or a leaf (0 for
-  // the padding). Built from a zero vector: no dependency on an earlier vector's register.
+  // Weight of the node at heap position y: an inner node or a leaf (0 for the padding).
   template <bool kLeaf>
-  Doubles gather(const int64_t* y, int t) const {
-    Doubles v = {};
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t j = y[l] + t - p;  // leaf index
-      v[l] = !kLeaf ? inner[y[l] + t] : j < capacity ? static_cast<double>(leaves[j]) : 0.0;
-    }
-    return v;
+  double node(int64_t y) const {
+    if (!kLeaf) return inner[y];
+    const int64_t j = y - p;
+    return j < capacity ? static_cast<double>(leaves[j]) : 0.0;
+  }
+
+  // Lane l of v: the weight of the node at heap position y[l] + t. The vector is built whole
+  // from its lanes: filled lane by lane, GCC merged the loads into the register of an earlier
+  // vector, chaining each group of draws to the previous one (a step took twice as long).
+  // v is an output argument: a vector returned by value changes the ABI without AVX.
+  template <bool kLeaf, size_t... lanes>
+  void gather(const int64_t* y, int t, Doubles& v, std::index_sequence<lanes...>) const {
+    v = Doubles{node<kLeaf>(y[lanes] + t)...};
   }
 
   template <bool kLeaf>
@@ -233,7 +239,9 @@ inline void descend_lanes(const TreeView<T>& tree, int64_t* x, double* r) {
   int64_t first[kLanes];  // heap position of the first node at depth d + S below each node
   for (int l = 0; l < kLanes; ++l) first[l] = x[l] << S;
   Doubles m[2 * width];  // per lane, the implicit heap of the node's subtree: m[1] is the node
-  for (int t = 0; t < width; ++t) m[width + t] = tree.template gather<kLeaf>(first, t);
+  for (int t = 0; t < width; ++t) {
+    tree.template gather<kLeaf>(first, t, m[width + t], std::make_index_sequence<kLanes>());
+  }
   for (int y = width - 1; y >= 2; --y) m[y] = m[2 * y] + m[2 * y + 1];
   // The candidates at depth d + k are m[2^k, 2^(k+1)). After each decision, every deeper
   // depth keeps only the half below the chosen child (a per-lane select), so the children

@@ -20,7 +20,6 @@
 #include <cstring>
 #include <limits>
 #include <utility>
-#include <vector>
 
 #include "weights.h"
 
@@ -99,7 +98,7 @@ at::Tensor sum_tree_build_cpu(const at::Tensor& leaves) {
 // Prefetch distance (in batch entries) of the update's scattered writes.
 constexpr int64_t kUpdatePrefetch = 16;
 // An update of k leaves recomputes the inner levels at most kDenseLevel * k wide whole.
-// Tuned at k = 4096, N = 2^20 (the update took 25% less than with levels up to k wide).
+// Tuned at k = 4096, N = 2^20 (of 1, 4 and 8, 4 was the fastest).
 constexpr int64_t kDenseLevel = 4;
 
 // Recomputes the inner nodes [begin, end) of one level from their children, which are inner

@@ -240,6 +240,16 @@ class SumTree:
         Invalid input changes nothing; it raises or is recorded per ``check_values``.
         """
         op = "SumTree.update"
+        if (self.check_values and self._leaves.is_cpu and type(indices) is torch.Tensor
+                and indices.dtype == torch.int64):
+            # CPU fast path: the C++ kernel checks every argument itself before it writes
+            # anything. Only a call that fails goes on to the checks below, which raise the
+            # same error as they would have without this path.
+            try:
+                torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
+                return
+            except (RuntimeError, TypeError, ValueError):
+                pass
         if not isinstance(indices, torch.Tensor) or not isinstance(values, torch.Tensor):
             raise TypeError(f"{op}: indices and values must be tensors")
         if indices.dtype not in (torch.int64, torch.int32):
@@ -313,7 +323,7 @@ class SumTree:
             raise ValueError(f"{op}: empty must be 'raise' or 'minus_one', got {empty!r}")
         if empty == "raise":
             if self._raise_now():
-                if not bool(self._inner[1] > 0):
+                if not self._inner[1].item() > 0:  # (fewer torch ops than bool(inner[1] > 0))
                     raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
                                        "sample (pass empty='minus_one' to get -1 draws)")
             else:

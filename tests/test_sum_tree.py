@@ -112,8 +112,10 @@ def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     p = heap_size(w.numel())
     heap = torch.zeros(2 * p, dtype=torch.float64)
     heap[p:p + w.numel()] = w.double()
-    for x in range(p - 1, 0, -1):
-        heap[x] = heap[2 * x] + heap[2 * x + 1]
+    width = p // 2
+    while width >= 1:  # level by level: heap[x] = heap[2x] + heap[2x + 1]
+        heap[width:2 * width] = heap[2 * width:4 * width:2] + heap[2 * width + 1:4 * width:2]
+        width //= 2
     x = torch.ones_like(u, dtype=torch.int64)
     r = u * heap[1]
     while bool((x < p).any()):
@@ -126,11 +128,44 @@ def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("cap", [1, 2, 3, 5, 8, 9, 17, 100, 1000, 5000])
 def test_descent_equals_reference(cap):
-    # The CPU kernel skips levels (reading every 3rd) and reorders the draws: same result.
+    # The CPU kernel reorders the draws (and reads whole vectors of them): same result.
     g = torch.Generator().manual_seed(cap)
     w = sparse(cap, g) + (torch.rand(cap, generator=g) < 0.05) * 1e30 if cap > 1 else torch.ones(1)
     w[torch.randint(0, cap, (1,), generator=g)] = 0.5  # not all zero
     u = torch.cat([torch.rand(3000, dtype=torch.float64, generator=g), boundary_uniforms(w)])
+    assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
+
+
+# Heights 14 to 22: below depth 14 the CPU kernel steps 3 levels at a time (it reads the 8
+# nodes 3 levels down and recomputes the 2 levels in between), the last step onto the
+# leaves; these heights leave every remainder of (height - 14) mod 3 to the one-level steps.
+@pytest.mark.parametrize("cap, dtype", [(2**13 + 1, torch.float64), (2**14 + 1, torch.float32),
+                                        (2**16 - 3, torch.float64), (2**16 + 3, torch.float32),
+                                        (2**17 + 5, torch.float64), (2**18 + 1, torch.float32),
+                                        (2**20, torch.float32), (2**21 + 3, torch.float32)])
+def test_deep_descent_equals_reference(cap, dtype):
+    g = torch.Generator().manual_seed(cap)
+    w = (sparse(cap, g) + (torch.rand(cap, generator=g) < 0.01) * 1e30).to(dtype)
+    edges = boundary_uniforms(w)
+    u = torch.cat([torch.rand(20_000, dtype=torch.float64, generator=g),
+                   edges[torch.randint(0, edges.numel(), (3001,), generator=g)]])
+    inner = ops.sum_tree_build(w)
+    out = ops.sum_tree_sample(w, inner, u)  # 23001 draws: two threads
+    assert torch.equal(out, reference_descent(w, u))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(ops.sum_tree_sample(w, inner, u), out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 511, 512, 513, 1027])
+def test_descent_any_number_of_draws(n):
+    # The CPU kernel descends 4 draws per vector and 512 per pass (padding the rest).
+    g = torch.Generator().manual_seed(n)
+    w = sparse(2**16 + 3, g)
+    u = torch.rand(n, dtype=torch.float64, generator=g)
     assert torch.equal(ops.sum_tree_sample(w, ops.sum_tree_build(w), u), reference_descent(w, u))
 
 
@@ -176,6 +211,29 @@ def test_no_drift_million_updates():
     # ... and the total is the exact sum of the float32 leaves to float64 rounding.
     exact = math.fsum(tree.values.double().tolist())
     assert abs(float(tree.total()) - exact) <= 1e-12 * exact
+
+
+@pytest.mark.parametrize("k, dtype", [(1, torch.float32), (5, torch.float64),
+                                      (300, torch.float32), (4096, torch.float64),
+                                      (70_000, torch.float32)])
+def test_update_equals_rebuild(k, dtype):
+    # The CPU update recomputes a level whole when it is at most 4k wide (on two threads when
+    # wider than 2^14 nodes) and only at the batch's ancestors above that; the leaves' parents
+    # right after each leaf. Batches with duplicated indices: the last value wins.
+    g = torch.Generator().manual_seed(k)
+    cap = 2**17 + 5
+    w = sparse(cap, g).to(dtype)
+    tree = tree_of(w)
+    for _ in range(3):
+        idx = torch.randint(0, cap, (k,), generator=g)
+        idx[k // 2:k // 2 + k // 4] = idx[:k // 4]  # duplicates, with other values
+        val = sparse(k, g).to(dtype)
+        tree.update(idx, val)
+        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
+        final = last[idx] == torch.arange(k)  # the last entry of each index
+        w[idx[final]] = val[final]
+        assert torch.equal(tree.values, w)
+        assert torch.equal(tree._inner, ops.sum_tree_build(w))
 
 
 def test_inner_nodes_are_child_sums():

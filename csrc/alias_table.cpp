@@ -228,22 +228,26 @@ struct BlockSums {
 };
 
 // The number of heavies among the items [begin, end) and their sums of deficits and of
-// excesses (in any order: the keys are kept below the next block's offset).
+// excesses (in any order: the keys are kept below the next block's offset), given the sum of
+// their weights. The excesses follow from the deficits: the difference is the sum of p - 1,
+// scale * weights - items; they are 0 without heavies, so that a block whose excess offset
+// increases holds a heavy.
 template <typename T>
-BlockSums block_sums(const T* w, int64_t begin, int64_t end, double scale) {
+BlockSums block_sums(const T* w, int64_t begin, int64_t end, double scale, double weights) {
   const Quad s = quad(scale), one = quad(1.0);
-  Quad deficit = quad(0.0), excess = deficit;
+  Quad deficit = quad(0.0);
   int64_t heavies = 0;
   for (int64_t i = begin; i < end; i += 4) {
     const Quad p = load_p(w, i, end, s);
     deficit = deficit + max0(one - p);
-    excess = excess + max0(p - one);
     heavies += __builtin_popcount(above_one(p));
   }
-  double d[4], e[4];
+  double d[4];
   store(d, deficit);
-  store(e, excess);
-  return {heavies, (d[0] + d[1]) + (d[2] + d[3]), (e[0] + e[1]) + (e[2] + e[3])};
+  const double deficits = (d[0] + d[1]) + (d[2] + d[3]);
+  // fma: rounded once, whether or not the compiler would contract a * b - c.
+  const double excesses = deficits + std::fma(scale, weights, -static_cast<double>(end - begin));
+  return {heavies, deficits, heavies > 0 ? std::max(0.0, excesses) : 0.0};
 }
 
 // Indices and keys of lights or heavies, in index order (so in key order).
@@ -518,7 +522,7 @@ void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* ali
   std::vector<BlockSums> offsets(blocks + 1);
   at::parallel_for(0, blocks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      offsets[c + 1] = block_sums(w, c * kBlock, block_end(c), scale);
+      offsets[c + 1] = block_sums(w, c * kBlock, block_end(c), scale, weights[c].sum);
     }
   });
   long double deficit = 0.0L, excess = 0.0L;

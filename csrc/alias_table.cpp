@@ -1,32 +1,57 @@
 // Alias table ops (schemas + CPU kernels): O(N) build and O(1) draws (ALGORITHMS.md section 5).
 // The CUDA kernels of the same ops are Triton: is_kernels/alias_table_triton.py.
 //
-// Build, with p_i = w_i * N / W (mean 1): item i is light if p_i <= 1, heavy otherwise.
-// D(i) = sum of the deficits 1 - p_l of the lights l <= i, E(i) = sum of the excesses
-// p_h - 1 of the heavies h <= i (prefix sums in index order). The sequential sweep of Vose's
-// method has a closed form in these prefix sums, which makes every item independent:
-//   light i: prob = p_i, alias = the first heavy h with E(h) > D(i-1) (the heavy that is
-//     current in the sweep when i is reached);
-//   heavy h: alias = the next heavy; prob = 1 - (D(l) - E(h)), with l the first light with
-//     D(l) >= E(h) (the light during which h ran out of excess and became light itself);
-//     the last heavy (or one with no such l) has prob 1.
-// CPU build: the closed form is a merge of the lights (by D(i - 1)) with the heavies (by
-// E(h)) in index order, which is how it runs: (1) the total; (2) every chunk's counts and
-// sums (the chunks' offsets); (3) every chunk writes its lights and heavies, with their
-// prefix sums, to two lists (parallel over chunks); (4) a branch-free merge of the two
-// lists writes every entry, cut into parts at chosen lights whose starting heavy a binary
-// search finds (parallel over parts; the result is that of one sequential merge).
-// Zero weights: p = 0 gives prob exactly 0, and aliases are always heavies (p > 1), so an
-// item of weight 0 can never be drawn.
+// The table. With p_i = w_i * N / W (mean 1), item i is light if p_i <= 1, heavy otherwise.
+// Vose's sweep over the lights and the heavies in index order has a closed form in two
+// non-decreasing sequences of keys (Hübschle-Schneider & Sanders 2019; the Triton build uses
+// the same form): X_a, the sum of the deficits 1 - p of the lights before light a, and E_b,
+// the sum of the excesses p - 1 of the heavies up to heavy b. The sweep is the merge of the
+// two sequences, light a coming before heavy b iff E_b > X_a, and then
+//   light a: prob = p_a, alias = the heavy current at a (the first b with E_b > X_a);
+//   heavy b: prob = 1 - (X_a - E_b) with a the light after b in the merge (b runs out of
+//     excess during light a - 1, whose deficits end at X_a), alias = the next heavy. The last
+//     heavy, and a heavy that comes after every light (only by rounding), get prob 1 and
+//     themselves as alias.
+// Why it is exact: heavy b receives prob_b, the deficits of the lights aliased to it, and
+// 1 - prob of the heavy b' before it (light a' after b'): (1 - X_a + E_b) + (X_a - X_a') +
+// (X_a' - E_b') = 1 + E_b - E_b' = p_b. This holds for any non-decreasing keys equal to the
+// prefix sums up to rounding, so the table encodes w_i / W up to float64 rounding. Zero
+// weights: p = 0 gives prob exactly 0 and every alias is a heavy (p > 1), so an item of
+// weight 0 is never drawn, whatever the rounding and the uniforms.
+//
+// The CPU build. The table does not depend on the number of threads (the blocks and parts are
+// fixed, whichever thread runs them):
+// (1) per block of kBlock items, the sum of the weights (and whether they are valid); W;
+// (2) per block, its number of heavies and its sums of deficits and of excesses; their
+//     running sums over the blocks, accumulated in long double and rounded, are the blocks'
+//     key offsets;
+// (3) in parallel over parts of kPartBlocks blocks: a part merges the lights of its blocks
+//     with the heavies whose keys lie in (lo, hi], lo the key of its first light and hi that
+//     of the next part's first light (a block's first light has the block's offset as key),
+//     so the parts are consecutive pieces of the one merge. The part lists those lights and
+//     heavies (index and key, in cache) by scanning its blocks and the blocks that hold the
+//     heavies, runs the merge as kLanes interleaved pieces cut by binary search (independent
+//     dependency chains), and writes the table entries of its lights and heavies.
+// Keys of a block: the block's offset plus the prefix sums of the deficits (excesses) of its
+// lights (heavies) in index order, summed in groups of 4, pairs first; at most the next
+// block's offset, which the block's last heavy gets exactly. So the keys do not decrease from
+// one block to the next, although (2) sums a block in another order. The groups of 4 are
+// AVX2 vectors, or arrays of 4 that do the same arithmetic in the same order.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 #include "memory.h"
 #include "weights.h"
@@ -34,156 +59,495 @@
 namespace is_kernels {
 namespace {
 
-// Items per chunk of the parallel passes (fixed: the table does not depend on the threads).
-constexpr int64_t kChunk = 1 << 15;
+constexpr int64_t kBlock = 1 << 10;  // items per block (key offsets; grain of the passes)
+constexpr int64_t kPartBlocks = 16;  // blocks whose lights one part merges
+constexpr int kLanes = 4;            // interleaved pieces of a part's merge
+constexpr int64_t kSlack = 4;        // entries past a list's end that compact may write
 
-// Prefix sums and lists of one chunk. Lights and heavies are listed in index order, with
-// the inclusive prefix sums D (lights) and E (heavies) of the whole table.
-struct Lists {
-  int32_t* light;  // light[k]: index of the k-th light
-  double* dl;      // dl[k + 1] = D(light[k]); dl[0] = 0
-  int32_t* heavy;  // heavy[k]: index of the k-th heavy
-  double* eh;      // eh[k] = E(heavy[k])
+// ---- Groups of 4 values --------------------------------------------------------------------
+
+#ifdef __AVX2__
+struct Quad {
+  __m256d v;
 };
-
-struct ChunkSums {
-  int64_t lights = 0, heavies = 0;
-  double d = 0.0, e = 0.0;  // this chunk's sums of deficits and excesses
-};
-
-// Sweeps the items [begin, end): classifies them and accumulates the chunk's deficits and
-// excesses in index order. With `out`, also writes the chunk's list entries at the positions
-// `start` (lights, heavies) with prefix sums offset by `start` (D, E of the earlier chunks).
-// Both passes run this same code, so the sums they see are bit for bit the same.
-template <typename T>
-ChunkSums sweep_chunk(const T* w, int64_t begin, int64_t end, double scale, const Lists* out,
-                      const ChunkSums& start) {
-  ChunkSums s;
-  int32_t dummy_index;
-  double dummy_sum;
-  for (int64_t i = begin; i < end; ++i) {
-    const double p = static_cast<double>(w[i]) * scale;
-    const bool heavy = p > 1.0;
-    // Branch-free (the classes are random): a product with 0 or 1 is exact.
-    const double h = static_cast<double>(heavy);
-    s.d += (1.0 - h) * (1.0 - p);
-    s.e += h * (p - 1.0);
-    if (out != nullptr) {
-      // Each item is written to its list and to this call's dummies (for the other list).
-      int32_t* const li = heavy ? &dummy_index : out->light + start.lights + s.lights;
-      double* const ld = heavy ? &dummy_sum : out->dl + start.lights + s.lights + 1;
-      int32_t* const hi = heavy ? out->heavy + start.heavies + s.heavies : &dummy_index;
-      double* const hd = heavy ? out->eh + start.heavies + s.heavies : &dummy_sum;
-      *li = static_cast<int32_t>(i);
-      *ld = start.d + s.d;
-      *hi = static_cast<int32_t>(i);
-      *hd = start.e + s.e;
-    }
-    s.heavies += heavy;
-    s.lights += !heavy;
-  }
-  return s;
+inline Quad quad(double x) { return {_mm256_set1_pd(x)}; }
+inline Quad load(const double* x) { return {_mm256_loadu_pd(x)}; }
+inline void store(double* x, Quad a) { _mm256_storeu_pd(x, a.v); }
+inline Quad operator+(Quad a, Quad b) { return {_mm256_add_pd(a.v, b.v)}; }
+inline Quad operator-(Quad a, Quad b) { return {_mm256_sub_pd(a.v, b.v)}; }
+inline Quad operator*(Quad a, Quad b) { return {_mm256_mul_pd(a.v, b.v)}; }
+inline Quad max0(Quad a) { return {_mm256_max_pd(a.v, _mm256_setzero_pd())}; }  // a > 0 ? a : 0
+inline Quad min(Quad a, Quad b) { return {_mm256_min_pd(a.v, b.v)}; }          // a < b ? a : b
+inline double lane0(Quad a) { return _mm256_cvtsd_f64(a.v); }
+inline Quad lane3(Quad a) { return {_mm256_permute4x64_pd(a.v, 0xFF)}; }  // in every lane
+inline int above_one(Quad a) {  // bit j: a_j > 1
+  return _mm256_movemask_pd(_mm256_cmp_pd(a.v, _mm256_set1_pd(1.0), _CMP_GT_OQ));
+}
+inline Quad load_values(const float* w) { return {_mm256_cvtps_pd(_mm_loadu_ps(w))}; }
+inline Quad load_values(const double* w) { return {_mm256_loadu_pd(w)}; }
+inline Quad pair_shift(Quad a) {  // 0, a0, 0, a2
+  return {_mm256_shuffle_pd(_mm256_setzero_pd(), a.v, 0)};
+}
+inline Quad low_pair_last(Quad a) {  // 0, 0, a1, a1
+  return {_mm256_permute_pd(_mm256_permute2f128_pd(a.v, a.v, 0x08), 0xF)};
 }
 
-// Merges the lights [a, a_end) with the heavies [b, b_end) (see the file comment): in the
-// order of Vose's sweep, light a comes before heavy b iff E(b) > D(a - 1) = dl[a]. A light
-// gets prob p and the heavy current in the sweep as alias; a heavy the light l = a - 1
-// during which it ran out of excess, prob 1 - (D(l) - E(b)), and the next heavy as alias
-// (prob 1 and itself if it never ran out, or is the last heavy). Selects, no data-dependent if.
-template <typename T>
-void merge(const T* w, double scale, const Lists& L, int64_t n_light, int64_t n_heavy,
-           int64_t a, int64_t a_end, int64_t b, int64_t b_end, double* prob, int32_t* alias) {
-  for (int64_t steps = (a_end - a) + (b_end - b); steps > 0; --steps) {
-    const double before = L.dl[a], e = L.eh[b];  // eh[n_heavy] = +inf
-    const bool light = (a < a_end) & (e > before);
-    const int32_t li = L.light[a], hi = L.heavy[b];  // light[n_light]: a valid index
-    // Light: past the last heavy only by rounding (the p sum to N up to rounding).
-    const int32_t light_alias = hi >= 0 ? hi : li;
-    const bool ran_out = (e <= before) & (b + 1 < n_heavy);
-    const double heavy_prob =
-        ran_out ? std::min(1.0, std::max(0.0, 1.0 - (before - e))) : 1.0;
-    const int32_t heavy_alias = ran_out ? L.heavy[b + 1] : hi;
-    const int32_t item = light ? li : hi;
-    prob[item] = light ? static_cast<double>(w[li]) * scale : heavy_prob;
-    alias[item] = light ? light_alias : heavy_alias;
-    a += light;
-    b += !light;
-  }
-}
-
-template <typename T>
-void build_cpu(const T* w, int64_t n, double* prob, int32_t* alias) {
-  const char* op = "alias_table_build";
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  const auto chunk_end = [&](int64_t c) { return std::min(n, (c + 1) * kChunk); };
-  // Pass 1: the total weight (chunk sums added in chunk order: deterministic).
-  std::vector<double> wsum(nchunks, 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      double s[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: the adds overlap
-      int64_t i = c * kChunk;
-      for (; i + 4 <= chunk_end(c); i += 4) {
-        for (int k = 0; k < 4; ++k) s[k] += static_cast<double>(w[i + k]);
+// Per 4-bit mask, the lane permutation that moves the lanes set in it to the front.
+struct CompactTable {
+  int32_t halves[16][8];  // as 32-bit halves of 64-bit lanes
+  int32_t lanes[16][4];
+};
+constexpr CompactTable make_compact_table() {
+  CompactTable t{};
+  for (int m = 0; m < 16; ++m) {
+    int k = 0;
+    for (int j = 0; j < 4; ++j) {
+      if (m >> j & 1) {
+        t.halves[m][2 * k] = 2 * j;
+        t.halves[m][2 * k + 1] = 2 * j + 1;
+        t.lanes[m][k++] = j;
       }
-      for (; i < chunk_end(c); ++i) s[0] += static_cast<double>(w[i]);
-      wsum[c] = (s[0] + s[1]) + (s[2] + s[3]);
     }
+  }
+  return t;
+}
+alignas(32) constexpr CompactTable kCompact = make_compact_table();
+
+// Writes the lanes of `a` set in `keep`, with their indices first + lane, to val and idx from
+// pos on (and up to 4 entries of garbage past them); returns the new end.
+inline int64_t compact(Quad a, int keep, int64_t first, double* val, int32_t* idx,
+                       int64_t pos) {
+  const __m256i halves = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompact.halves[keep]));
+  const __m128i lanes = _mm_load_si128(reinterpret_cast<const __m128i*>(kCompact.lanes[keep]));
+  _mm256_storeu_pd(val + pos, _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(
+                                  _mm256_castpd_si256(a.v), halves)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + pos),
+                   _mm_add_epi32(_mm_set1_epi32(static_cast<int32_t>(first)), lanes));
+  return pos + __builtin_popcount(keep);
+}
+#else
+struct Quad {
+  double v[4];
+};
+template <typename F>
+inline Quad map(F f) {
+  return {{f(0), f(1), f(2), f(3)}};
+}
+inline Quad quad(double x) { return {{x, x, x, x}}; }
+inline Quad load(const double* x) { return {{x[0], x[1], x[2], x[3]}}; }
+inline void store(double* x, Quad a) { std::memcpy(x, a.v, sizeof a.v); }
+inline Quad operator+(Quad a, Quad b) { return map([&](int j) { return a.v[j] + b.v[j]; }); }
+inline Quad operator-(Quad a, Quad b) { return map([&](int j) { return a.v[j] - b.v[j]; }); }
+inline Quad operator*(Quad a, Quad b) { return map([&](int j) { return a.v[j] * b.v[j]; }); }
+inline Quad max0(Quad a) { return map([&](int j) { return a.v[j] > 0.0 ? a.v[j] : 0.0; }); }
+inline Quad min(Quad a, Quad b) {
+  return map([&](int j) { return a.v[j] < b.v[j] ? a.v[j] : b.v[j]; });
+}
+inline double lane0(Quad a) { return a.v[0]; }
+inline Quad lane3(Quad a) { return quad(a.v[3]); }
+inline int above_one(Quad a) {
+  return (a.v[0] > 1.0) | (a.v[1] > 1.0) << 1 | (a.v[2] > 1.0) << 2 | (a.v[3] > 1.0) << 3;
+}
+template <typename T>
+inline Quad load_values(const T* w) {
+  return map([&](int j) { return static_cast<double>(w[j]); });
+}
+inline Quad pair_shift(Quad a) { return {{0.0, a.v[0], 0.0, a.v[2]}}; }
+inline Quad low_pair_last(Quad a) { return {{0.0, 0.0, a.v[1], a.v[1]}}; }
+inline int64_t compact(Quad a, int keep, int64_t first, double* val, int32_t* idx,
+                       int64_t pos) {
+  for (int j = 0; j < 4; ++j) {
+    if (keep >> j & 1) {
+      val[pos] = a.v[j];
+      idx[pos++] = static_cast<int32_t>(first + j);
+    }
+  }
+  return pos;
+}
+#endif
+
+// p of the items [i, i + 4); past `end`, 1 (a light of deficit 0).
+template <typename T>
+inline Quad load_p(const T* w, int64_t i, int64_t end, Quad scale) {
+  if (i + 4 <= end) return load_values(w + i) * scale;
+  double p[4] = {1.0, 1.0, 1.0, 1.0};
+  for (int64_t j = i; j < end; ++j) p[j - i] = static_cast<double>(w[j]) * lane0(scale);
+  return load(p);
+}
+
+// The lanes of the items [i, i + 4) before `end`, as bits.
+inline int valid_bits(int64_t i, int64_t end) {
+  return end - i >= 4 ? 15 : (1 << (end - i)) - 1;
+}
+
+// Prefix sums of a group, pairs first: excl = (0, x0, x0 + x1, (x0 + x1) + x2) and
+// incl = (x0, x0 + x1, (x0 + x1) + x2, (x0 + x1) + (x2 + x3)).
+struct Scan {
+  Quad excl, incl;
+};
+inline Scan scan(Quad x) {
+  const Quad shifted = pair_shift(x);     // 0, x0, 0, x2
+  const Quad pairs = x + shifted;         // x0, x0 + x1, x2, x2 + x3
+  const Quad low = low_pair_last(pairs);  // 0, 0, x0 + x1, x0 + x1
+  return {shifted + low, pairs + low};
+}
+
+// ---- Passes over blocks --------------------------------------------------------------------
+
+struct BlockWeights {
+  double sum = 0.0;
+  double least = 0.0;  // the smallest weight if negative, else 0
+};
+
+// The float64 sum of w[begin, end) and its smallest weight (a NaN or inf shows in the sum).
+template <typename T>
+BlockWeights block_weights(const T* w, int64_t begin, int64_t end) {
+  Quad sum0 = quad(0.0), sum1 = sum0, least = sum0;
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {  // two sums: the adds overlap
+    const Quad a = load_values(w + i), b = load_values(w + i + 4);
+    sum0 = sum0 + a;
+    sum1 = sum1 + b;
+    least = min(least, min(a, b));
+  }
+  double s[4], m[4];
+  store(s, sum0 + sum1);
+  store(m, least);
+  BlockWeights r{(s[0] + s[1]) + (s[2] + s[3]),
+                 std::min(std::min(m[0], m[1]), std::min(m[2], m[3]))};
+  for (; i < end; ++i) {
+    r.sum += static_cast<double>(w[i]);
+    r.least = std::min(r.least, static_cast<double>(w[i]));
+  }
+  return r;
+}
+
+struct BlockSums {
+  int64_t heavies = 0;
+  double deficit = 0.0, excess = 0.0;
+};
+
+// The number of heavies among the items [begin, end) and their sums of deficits and of
+// excesses (in any order: the keys are kept below the next block's offset), given the sum of
+// their weights. The excesses follow from the deficits: the difference is the sum of p - 1,
+// scale * weights - items; they are 0 without heavies, so that a block whose excess offset
+// increases holds a heavy.
+template <typename T>
+BlockSums block_sums(const T* w, int64_t begin, int64_t end, double scale, double weights) {
+  const Quad s = quad(scale), one = quad(1.0);
+  Quad deficit = quad(0.0);
+  int64_t heavies = 0;
+  for (int64_t i = begin; i < end; i += 4) {
+    const Quad p = load_p(w, i, end, s);
+    deficit = deficit + max0(one - p);
+    heavies += __builtin_popcount(above_one(p));
+  }
+  double d[4];
+  store(d, deficit);
+  const double deficits = (d[0] + d[1]) + (d[2] + d[3]);
+  // fma: rounded once, whether or not the compiler would contract a * b - c.
+  const double excesses = deficits + std::fma(scale, weights, -static_cast<double>(end - begin));
+  return {heavies, deficits, heavies > 0 ? std::max(0.0, excesses) : 0.0};
+}
+
+// Indices and keys of lights or heavies, in index order (so in key order).
+struct List {
+  double* key;
+  int32_t* index;
+  int64_t size = 0;
+};
+
+// Appends the excesses p - 1 (as keys to be) and indices of the heavies among the items
+// [begin, end) to `heavies`; with kLights, also the deficits 1 - p and indices of the lights
+// to `lights`, and prefetches the lights' table lines (written after the merge).
+template <bool kLights, typename T>
+void compact_items(const T* w, int64_t begin, int64_t end, double scale, List& lights,
+                   List& heavies, double* prob, int32_t* alias) {
+  const Quad s = quad(scale), one = quad(1.0);
+  int64_t nl = lights.size, nh = heavies.size;
+  const auto group = [&](int64_t i, int valid) {
+    const Quad p = load_p(w, i, end, s);
+    const int heavy = above_one(p);
+    nh = compact(p - one, heavy, i, heavies.key, heavies.index, nh);
+    if (kLights) nl = compact(one - p, ~heavy & valid, i, lights.key, lights.index, nl);
+  };
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    group(i, 15);
+    group(i + 4, 15);
+    if (kLights) {
+      __builtin_prefetch(prob + i, 1);
+      __builtin_prefetch(alias + i, 1);
+    }
+  }
+  for (; i < end; i += 4) group(i, valid_bits(i, end));
+  lights.size = nl;
+  heavies.size = nh;
+}
+
+// In place: x[0, n) -> offset + their prefix sums (exclusive or inclusive), at most cap.
+// Groups of 4 (see scan) with a carry every 8.
+template <bool kInclusive>
+void to_keys(double* x, int64_t n, double offset, double cap) {
+  const Quad off = quad(offset), top = quad(cap);
+  double carry = 0.0;
+  const auto eight = [&](double* y) {
+    const Scan a = scan(load(y)), b = scan(load(y + 4));
+    const Quad a_sum = lane3(a.incl), c = quad(carry);
+    store(y, min(off + (c + (kInclusive ? a.incl : a.excl)), top));
+    store(y + 4, min(off + (c + (a_sum + (kInclusive ? b.incl : b.excl))), top));
+    carry += lane0(a_sum + lane3(b.incl));
+  };
+  int64_t q = 0;
+  for (; q + 8 <= n; q += 8) eight(x + q);
+  if (q < n) {  // the last entries, padded with zeros (which change no key before them)
+    double tail[8] = {};
+    std::copy(x + q, x + n, tail);
+    eight(tail);
+    std::copy(tail, tail + (n - q), x + q);
+  }
+}
+
+// ---- The merge -----------------------------------------------------------------------------
+
+// Non-negative doubles (and +inf) order as their bit patterns: the merge compares integers,
+// which shortens its dependency chain.
+inline int64_t key_bits(const double* key) {
+  int64_t bits;
+  std::memcpy(&bits, key, sizeof bits);
+  return bits;
+}
+
+// The merge of the lights X[0, ...) with the heavies E[0, ...), run as kLanes pieces advanced
+// together (their dependency chains overlap): piece j makes the steps [s0[j], s0[j + 1]) from
+// light a0[j] and heavy s0[j] - a0[j]. Each step writes its number to the slots of the current
+// light and heavy; the last write to a slot is by the step that emits that light or heavy.
+// Piece j uses the slots a + j and b + j, so that its cursors end on slots of its own.
+void merge(const double* X, const double* E, const int64_t* s0, const int64_t* a0,
+           int32_t* light_step, int32_t* heavy_step) {
+  int64_t a[kLanes], steps = s0[1] - s0[0];
+  for (int j = 0; j < kLanes; ++j) {
+    a[j] = a0[j];
+    steps = std::min(steps, s0[j + 1] - s0[j]);
+  }
+  const auto step = [&](int j, int64_t t) {
+    const int64_t s = s0[j] + t, b = s - a[j];
+    const bool light = key_bits(E + b) > key_bits(X + a[j]);
+    light_step[a[j] + j] = static_cast<int32_t>(s);
+    heavy_step[b + j] = static_cast<int32_t>(s);
+    a[j] += light;
+    // Keeps a[j] in a general register: the vectoriser would pack the pieces' cursors into
+    // one vector register, which lengthens every step's dependency chain.
+    asm("" : "+r"(a[j]));
+  };
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int j = 0; j < kLanes; ++j) step(j, t);
+  }
+  for (int j = 0; j < kLanes; ++j) {  // the pieces' lengths differ by at most one
+    for (int64_t t = steps; t < s0[j + 1] - s0[j]; ++t) step(j, t);
+  }
+}
+
+// The number of lights among the first s steps of the merge of X[0, nl) with E[0, nh).
+int64_t lights_before(const double* X, int64_t nl, const double* E, int64_t nh, int64_t s) {
+  int64_t lo = std::max<int64_t>(0, s - nh), hi = std::min(s, nl);
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (E[s - mid - 1] > X[mid]) {  // light mid comes before heavy s - mid - 1
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// ---- The parts ---------------------------------------------------------------------------
+
+template <typename T>
+class PartBuilder {
+ public:
+  // offsets[c]: the sums of the blocks before block c (there is at least one heavy).
+  PartBuilder(const T* w, int64_t n, double scale, std::vector<BlockSums> offsets, double* prob,
+              int32_t* alias)
+      : w_(w), n_(n), scale_(scale), blocks_(static_cast<int64_t>(offsets.size()) - 1),
+        off_(std::move(offsets)), prob_(prob), alias_(alias) {
+    last_block_ = blocks_ - 1;  // the block of the last heavy
+    while (off_[last_block_].heavies == off_[blocks_].heavies) --last_block_;
+  }
+
+  int64_t parts() const { return (blocks_ + kPartBlocks - 1) / kPartBlocks; }
+
+  // Writes the table entries of the lights of part k's blocks and of the heavies merged
+  // with them.
+  void build(int64_t k) const {
+    const int64_t b0 = k * kPartBlocks, b1 = std::min(blocks_, b0 + kPartBlocks);
+    const bool last = b1 == blocks_;
+    const double lo = off_[b0].deficit, hi = off_[b1].deficit;
+    // The heavies of keys in (lo, hi] and the one after them lie in the blocks [g0, g1] (a
+    // block's last heavy has the block's end offset as key; the last heavy of all, +inf).
+    const int64_t g0 = heavy_block_after(lo), g1 = last ? last_block_ : heavy_block_after(hi);
+    const int64_t before_end = std::min(g1 + 1, b0), after_begin = std::max(g0, b1);
+    const int64_t items = std::min(n_, b1 * kBlock) - b0 * kBlock;
+    const int64_t heavies = heavies_in(g0, before_end) + heavies_in(b0, b1) +
+                            heavies_in(after_begin, g1 + 1);
+    // Scratch: the lists (the lights' with a sentinel), then the merge's step slots.
+    const int64_t light_cap = items + 1 + kSlack, heavy_cap = heavies + kSlack;
+    char* const buf = thread_scratch(12 * (light_cap + heavy_cap) +
+                                     4 * (items + heavies + 2 * kLanes + 2));
+    List lights{reinterpret_cast<double*>(buf), nullptr};
+    List all_heavies{lights.key + light_cap, nullptr};
+    lights.index = reinterpret_cast<int32_t*>(all_heavies.key + heavy_cap);
+    all_heavies.index = lights.index + light_cap;
+
+    for (int64_t c = g0; c < before_end; ++c) list_block(c, nullptr, all_heavies);
+    for (int64_t c = b0; c < b1; ++c) list_block(c, &lights, all_heavies);
+    for (int64_t c = after_begin; c <= g1; ++c) list_block(c, nullptr, all_heavies);
+    lights.key[lights.size] = hi;  // the next part's first light
+    lights.index[lights.size] = 0;
+    // Heavies of keys <= lo belong to earlier parts; of keys > hi, to later ones.
+    const int64_t first = std::upper_bound(all_heavies.key, all_heavies.key + all_heavies.size,
+                                           lo) - all_heavies.key;
+    const List heavy{all_heavies.key + first, all_heavies.index + first,
+                     all_heavies.size - first};
+    const int64_t merged = std::upper_bound(heavy.key, heavy.key + heavy.size, hi) - heavy.key;
+
+    const int64_t steps = lights.size + merged;
+    int64_t s0[kLanes + 1], a0[kLanes + 1];
+    for (int j = 0; j <= kLanes; ++j) {
+      s0[j] = steps * j / kLanes;
+      a0[j] = lights_before(lights.key, lights.size, heavy.key, merged, s0[j]);
+    }
+    int32_t* const light_step = all_heavies.index + heavy_cap;
+    int32_t* const heavy_step = light_step + lights.size + kLanes + 1;
+    merge(lights.key, heavy.key, s0, a0, light_step, heavy_step);
+    for (int j = 0; j < kLanes; ++j) {
+      write_lights(lights, heavy, light_step + j, a0[j], a0[j + 1]);
+      write_heavies(lights, heavy, heavy_step + j, s0[j] - a0[j], s0[j + 1] - a0[j + 1]);
+    }
+    if (last) {  // heavies after every light: the last heavy, and any by rounding
+      for (int64_t b = merged; b < heavy.size; ++b) {
+        prob_[heavy.index[b]] = 1.0;
+        alias_[heavy.index[b]] = heavy.index[b];
+      }
+    }
+  }
+
+ private:
+  int64_t block_end(int64_t c) const { return std::min(n_, (c + 1) * kBlock); }
+
+  int64_t heavies_in(int64_t c0, int64_t c1) const {
+    return c1 > c0 ? off_[c1].heavies - off_[c0].heavies : 0;
+  }
+
+  // The first block with a heavy of key > x (there is one: the last heavy's key is +inf).
+  int64_t heavy_block_after(double x) const {
+    const auto it = std::upper_bound(off_.begin() + 1, off_.end(), x,
+                                     [](double v, const BlockSums& s) { return v < s.excess; });
+    return std::min<int64_t>(it - off_.begin() - 1, last_block_);
+  }
+
+  // Appends the heavies of block c to `heavies` and, if given, its lights to `lights`, with
+  // their keys.
+  void list_block(int64_t c, List* lights, List& heavies) const {
+    const int64_t begin = c * kBlock, end = block_end(c), h0 = heavies.size;
+    if (lights != nullptr) {
+      const int64_t l0 = lights->size;
+      compact_items<true>(w_, begin, end, scale_, *lights, heavies, prob_, alias_);
+      to_keys<false>(lights->key + l0, lights->size - l0, off_[c].deficit, off_[c + 1].deficit);
+    } else {
+      List no_lights{nullptr, nullptr};
+      compact_items<false>(w_, begin, end, scale_, no_lights, heavies, prob_, alias_);
+    }
+    to_keys<true>(heavies.key + h0, heavies.size - h0, off_[c].excess, off_[c + 1].excess);
+    if (heavies.size > h0) {
+      heavies.key[heavies.size - 1] =
+          c == last_block_ ? std::numeric_limits<double>::infinity() : off_[c + 1].excess;
+    }
+  }
+
+  // Light a: prob p_a, alias the heavy current when the merge emitted it (step s, b = s - a).
+  void write_lights(const List& lights, const List& heavy, const int32_t* step, int64_t a0,
+                    int64_t a1) const {
+    for (int64_t a = a0; a < a1; ++a) {
+      const int32_t i = lights.index[a];
+      prob_[i] = static_cast<double>(w_[i]) * scale_;
+      alias_[i] = heavy.index[step[a] - a];
+    }
+  }
+
+  // Heavy b: prob 1 - (X_a - E_b) for the light a current when the merge emitted it (at step
+  // s, a = s - b; at most 1, and at least 0 up to rounding), alias the next heavy.
+  void write_heavies(const List& lights, const List& heavy, const int32_t* step, int64_t b0,
+                     int64_t b1) const {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int32_t h = heavy.index[b];
+      prob_[h] = std::max(0.0, 1.0 - (lights.key[step[b] - b] - heavy.key[b]));
+      alias_[h] = heavy.index[b + 1];
+    }
+  }
+
+  const T* w_;
+  int64_t n_;
+  double scale_;
+  int64_t blocks_, last_block_;
+  std::vector<BlockSums> off_;
+  double* prob_;
+  int32_t* alias_;
+};
+
+template <typename T>
+void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* alias) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  const auto block_end = [&](int64_t c) { return std::min(n, (c + 1) * kBlock); };
+  // (1) W; the weights' validity.
+  std::vector<BlockWeights> weights(blocks);
+  at::parallel_for(0, blocks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) weights[c] = block_weights(w, c * kBlock, block_end(c));
   });
-  double total = 0.0;
-  for (double s : wsum) total += s;
+  double total = 0.0, least = 0.0;
+  for (const BlockWeights& b : weights) {
+    total += b.sum;
+    least = std::min(least, b.least);
+  }
+  if (!(std::isfinite(total) && least >= 0.0)) {
+    check_weights(op, "weights", w, n);  // raises, naming the first invalid weight
+    TORCH_CHECK(false, op, ": the sum of the weights overflows float64");
+  }
   TORCH_CHECK(total > 0.0, op, ": all weights are zero, there is nothing to sample");
   const double scale = static_cast<double>(n) / total;
 
-  // Pass 2: every chunk's counts and sums; their running totals are the chunks' offsets.
-  std::vector<ChunkSums> sums(nchunks + 1);
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+  // (2) The key offsets (long double: 64-bit significand on x86-64, so the rounded running
+  // sums carry no error that grows with the number of blocks).
+  std::vector<BlockSums> offsets(blocks + 1);
+  at::parallel_for(0, blocks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) {
-      sums[c + 1] = sweep_chunk(w, c * kChunk, chunk_end(c), scale, nullptr, ChunkSums{});
+      offsets[c + 1] = block_sums(w, c * kBlock, block_end(c), scale, weights[c].sum);
     }
   });
-  for (int64_t c = 0; c < nchunks; ++c) {  // sums[c]: totals of the chunks before c
-    sums[c + 1].lights += sums[c].lights;
-    sums[c + 1].heavies += sums[c].heavies;
-    sums[c + 1].d += sums[c].d;
-    sums[c + 1].e += sums[c].e;
+  long double deficit = 0.0L, excess = 0.0L;
+  for (int64_t c = 1; c <= blocks; ++c) {
+    deficit += offsets[c].deficit;
+    excess += offsets[c].excess;
+    offsets[c] = {offsets[c - 1].heavies + offsets[c].heavies, static_cast<double>(deficit),
+                  static_cast<double>(excess)};
   }
-  // D(i) = offset + local sum: monotone, as every offset is its predecessor plus that
-  // chunk's local sum, added the same way.
-  const int64_t n_light = sums[nchunks].lights, n_heavy = sums[nchunks].heavies;
-  // The lists live in this thread's scratch buffer.
-  const size_t entry = sizeof(int32_t) + sizeof(double);
-  const size_t light_bytes = (n_light + 1) * entry + 4;  // + 4: eh stays 8-byte aligned
-  char* scratch = thread_scratch(light_bytes + (n_heavy + 1) * entry);
-  double* const dl = reinterpret_cast<double*>(scratch);
-  int32_t* const light = reinterpret_cast<int32_t*>(dl + n_light + 1);
-  double* const eh = reinterpret_cast<double*>(scratch + light_bytes / 8 * 8);
-  int32_t* const heavy = reinterpret_cast<int32_t*>(eh + n_heavy + 1);
-  const Lists lists{light, dl, heavy, eh};
-  dl[0] = 0.0;
-  light[n_light] = 0;
-  eh[n_heavy] = std::numeric_limits<double>::infinity();
+  if (offsets[blocks].heavies == 0) {  // every p is 1 up to rounding: each item its own alias
+    at::parallel_for(0, n, kBlock, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        prob[i] = static_cast<double>(w[i]) * scale;
+        alias[i] = static_cast<int32_t>(i);
+      }
+    });
+    return;
+  }
 
-  // Pass 3: the lists.
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      sweep_chunk(w, c * kChunk, chunk_end(c), scale, &lists, sums[c]);
-    }
-  });
-  heavy[n_heavy] = n_heavy > 0 ? heavy[n_heavy - 1] : -1;  // a light's alias past the end
-
-  // Pass 4: the merge, cut at the lights a0 < a1 < ...; the merge reaches light a0 with
-  // every heavy of E <= D(a0 - 1) done and no other, which a binary search finds.
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(8, n_light / 4096));
-  at::parallel_for(0, parts, 1, [&](int64_t pb, int64_t pe) {
-    for (int64_t k = pb; k < pe; ++k) {
-      const int64_t a0 = n_light * k / parts, a1 = n_light * (k + 1) / parts;
-      const auto heavies_before = [&](int64_t a) {
-        return std::upper_bound(eh, eh + n_heavy, dl[a]) - eh;
-      };
-      const int64_t b0 = heavies_before(a0);
-      const int64_t b1 = k + 1 == parts ? n_heavy : heavies_before(a1);
-      merge(w, scale, lists, n_light, n_heavy, a0, a1, b0, b1, prob, alias);
-    }
+  // (3) The parts, handed to the threads one at a time (a thread that is held up, on a
+  // shared machine, then delays only the part it is on).
+  const PartBuilder<T> builder(w, n, scale, std::move(offsets), prob, alias);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, builder.parts(), 1, [&](int64_t, int64_t) {
+    for (int64_t k = next++; k < builder.parts(); k = next++) builder.build(k);
   });
 }
 
@@ -216,8 +580,7 @@ std::tuple<at::Tensor, at::Tensor> alias_table_build_cpu(const at::Tensor& weigh
   advise_huge_pages(prob.data_ptr(), n * sizeof(double));
   advise_huge_pages(alias.data_ptr(), n * sizeof(int32_t));
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_build", [&] {
-    check_weights(op, "weights", weights.data_ptr<scalar_t>(), n);
-    build_cpu(weights.data_ptr<scalar_t>(), n, prob.data_ptr<double>(),
+    build_cpu(op, weights.const_data_ptr<scalar_t>(), n, prob.data_ptr<double>(),
               alias.data_ptr<int32_t>());
   });
   return {prob, alias};

@@ -113,12 +113,12 @@ class AliasTable:
                             f"got {type(check_values).__name__}")
         self.check_values = weights.device.type != "cuda" if check_values is None \
             else check_values
-        self._errors = ErrorFlag(op, _MESSAGES, weights.device)
-        self._weights = weights.detach().clone()
-        # Without immediate checks, whether the weights are valid (a device bool: the draws
-        # are masked to -1 by it, without a sync).
+        # Without immediate checks: the recorded error, and whether the weights are valid (a
+        # device bool: the draws are masked to -1 by it, without a sync).
+        self._errors: Optional[ErrorFlag] = None
         self._valid: Optional[torch.Tensor] = None
-        build_from = self._weights
+        weights = weights.detach()
+        build_from = weights
         if self.check_values and can_sync(weights):
             if weights.device.type != "cpu":  # the C++ kernel checks (and raises) itself
                 if not bool(weights_valid(weights)):
@@ -127,13 +127,14 @@ class AliasTable:
                     raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
                                        "sample")
         else:
-            valid = weights_valid(self._weights)
-            code = torch.where(valid, torch.where(self._weights.sum() > 0, 0, _ALL_ZERO),
+            valid = weights_valid(weights)
+            code = torch.where(valid, torch.where(weights.sum() > 0, 0, _ALL_ZERO),
                                _BAD_WEIGHT)
+            self._errors = ErrorFlag(op, _MESSAGES, weights.device)
             self._errors.record(code)
             self._valid = code == 0
             # An invalid table is built from ones (its draws are all masked to -1).
-            build_from = torch.where(self._valid, self._weights, 1.0)
+            build_from = torch.where(self._valid, weights, 1.0)
         self._prob, self._alias = torch.ops.is_kernels.alias_table_build(build_from)
 
     @property
@@ -145,9 +146,12 @@ class AliasTable:
 
     @property
     def probs(self) -> torch.Tensor:
-        """The normalised probabilities ``w / sum(w)`` (float64 ``[N]``)."""
-        w = self._weights.to(torch.float64)
-        return w / w.sum()
+        """The probabilities the draws follow (float64 ``[N]``): ``w / sum(w)`` up to float64
+        rounding. Read from the table (bucket ``k`` gives ``prob[k] / N`` to item ``k`` and
+        ``(1 - prob[k]) / N`` to ``alias[k]``), so the table keeps no copy of the weights."""
+        mass = self._prob.clone()
+        mass.index_add_(0, self._alias, 1.0 - self._prob)
+        return mass / len(self)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` i.i.d. indices (int64 ``[n]``; all -1 for a table of invalid weights, see
@@ -161,7 +165,8 @@ class AliasTable:
     def raise_errors(self) -> None:
         """Raises the error recorded at construction (with ``check_values=False``) and clears
         it (the draws stay -1). A host sync on CUDA."""
-        self._errors.raise_errors()
+        if self._errors is not None:
+            self._errors.raise_errors()
 
     def __repr__(self) -> str:
         return f"AliasTable(n={len(self)}, device={self.device})"

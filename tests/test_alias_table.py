@@ -49,6 +49,15 @@ def test_table_encodes_weights(name):
     check_table(w, *ops.alias_table_build(w))
 
 
+@pytest.mark.parametrize("name", ["sparse", "float64"])
+def test_probs(name):
+    w = WEIGHTS[name](torch.Generator().manual_seed(11))
+    probs = AliasTable(w).probs
+    assert probs.dtype == torch.float64
+    assert torch.allclose(probs, w.double() / w.double().sum(), rtol=1e-9, atol=1e-15)
+    assert (probs[w == 0] == 0).all()
+
+
 @pytest.mark.parametrize("name", ["skewed", "sparse"])
 def test_chisquare(name):
     g = torch.Generator().manual_seed(1)
@@ -93,6 +102,10 @@ def test_generator_determinism():
 def test_invalid_weights(bad):
     with pytest.raises(RuntimeError, match=r"weights\[2\] = .* not a valid weight"):
         AliasTable(torch.tensor([1.0, 1.0, bad]))
+    w = torch.ones(100_000, dtype=torch.float64)
+    w[[70_001, 90_000]] = bad
+    with pytest.raises(RuntimeError, match=r"weights\[70001\] = .* not a valid weight"):
+        ops.alias_table_build(w)
 
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -143,6 +156,63 @@ def test_opcheck():
                           (prob, alias, torch.rand(2, 64, dtype=torch.float64, generator=g)))
 
 
+# The CPU build works on groups of 4 items, blocks of 1024 and parts of 16 blocks: sizes
+# around them.
+SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 3 * 1024 + 5, 16383, 16384, 16385,
+         (1 << 16) - 1, (1 << 16) + 1, 5 * 16384 + 1027]
+
+def with_entry(w: torch.Tensor, i: int, value: float) -> torch.Tensor:
+    w[i] = value
+    return w
+
+
+SHAPES = {
+    "random": lambda n, g: torch.rand(n, generator=g),
+    "sparse": lambda n, g: sparse(n, g),
+    "skewed": lambda n, g: skewed(n, g),
+    "equal": lambda n, g: torch.full((n,), 0.3),
+    "one_huge": lambda n, g: with_entry(torch.rand(n, generator=g), n // 3, 1e30),
+    "one_nonzero": lambda n, g: with_entry(torch.zeros(n), n - 1, 2.0),
+    "ascending": lambda n, g: torch.rand(n, generator=g).sort().values,
+    "descending": lambda n, g: torch.rand(n, generator=g).sort(descending=True).values,
+    # many heavies of tiny excess and few lights of large deficit: a part's heavies span
+    # many blocks
+    "few_lights": lambda n, g: torch.ones(n).index_fill_(0, torch.arange(0, n, 997), 0.0),
+}
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_sizes_and_shapes(n, shape):
+    w = SHAPES[shape](n, torch.Generator().manual_seed(n))
+    if w.sum() == 0:  # a sparse draw of zeros only
+        w[0] = 1.0
+    check_table(w, *ops.alias_table_build(w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_independent_of_threads(dtype):
+    g = torch.Generator().manual_seed(10)
+    w = torch.cat([torch.rand(40000, generator=g, dtype=dtype) ** 3,
+                   torch.zeros(3000, dtype=dtype), torch.rand(20000, generator=g, dtype=dtype)])
+    threads = torch.get_num_threads()
+    try:
+        tables = []
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            tables.append(ops.alias_table_build(w))
+    finally:
+        torch.set_num_threads(threads)
+    for prob, alias in tables[1:]:
+        assert torch.equal(prob, tables[0][0]) and torch.equal(alias, tables[0][1])
+    check_table(w, *tables[0])
+
+
+def test_sum_overflow():
+    with pytest.raises(RuntimeError, match="sum of the weights overflows float64"):
+        ops.alias_table_build(torch.tensor([1e308, 1e308, 1.0], dtype=torch.float64))
+
+
 @triton_cpu
 @pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single"])
 def test_triton_build_and_sample(name):
@@ -158,10 +228,13 @@ def test_triton_build_and_sample(name):
 
 @triton_cpu
 def test_triton_equals_cpp_on_exact_sums():
-    # Small integer weights: every prefix sum is exact, so both builds give the same table.
+    # Small integer weights summing to 2 * N: every p is a multiple of 1/2 and every prefix sum
+    # is exact, so the builds (which add in different orders) give the same table.
     from is_kernels import alias_table_triton as at
 
-    w = torch.randint(0, 5, (1024,), generator=torch.Generator().manual_seed(8)).float()
+    g = torch.Generator().manual_seed(8)
+    half = torch.randint(0, 5, (512,), generator=g)
+    w = torch.cat([half, 4 - half])[torch.randperm(1024, generator=g)].float()
     cp, ca = ops.alias_table_build(w)
     tp, ta = at.build(w)
     assert torch.equal(cp, tp) and torch.equal(ca, ta)

@@ -265,7 +265,8 @@ void compact_items(const T* w, int64_t begin, int64_t end, double scale, List& l
                    List& heavies, double* prob, int32_t* alias) {
   const Quad s = quad(scale), one = quad(1.0);
   int64_t nl = lights.size, nh = heavies.size;
-  const auto group = [&](int64_t i, int valid) {
+  // Inlined: called out of line, the groups' vectors would pass through memory.
+  const auto group = [&](int64_t i, int valid) C10_ALWAYS_INLINE_ATTRIBUTE {
     const Quad p = load_p(w, i, end, s);
     const int heavy = above_one(p);
     nh = compact(p - one, heavy, i, heavies.key, heavies.index, nh);

@@ -608,10 +608,21 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
   const int32_t* ap = alias.data_ptr<int32_t>();
   int64_t* o = out.data_ptr<int64_t>();
   const double dsize = static_cast<double>(size);
+  // u * size < size in exact arithmetic, but may round up to size.
+  const auto bucket = [&](int64_t i) {
+    return std::min(static_cast<int64_t>(up[i] * dsize), size - 1);
+  };
+  // Draws hit random entries of a table larger than the caches: each one prefetches the
+  // entry of the draw kPrefetch ahead, so that the misses overlap.
+  constexpr int64_t kPrefetch = 16;
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      // u * size < size in exact arithmetic, but may round up to size.
-      const int64_t k = std::min(static_cast<int64_t>(up[i] * dsize), size - 1);
+      if (i + kPrefetch < end) {
+        const int64_t ahead = bucket(i + kPrefetch);
+        __builtin_prefetch(pp + ahead);
+        __builtin_prefetch(ap + ahead);
+      }
+      const int64_t k = bucket(i);
       o[i] = up[n + i] < pp[k] ? k : static_cast<int64_t>(ap[k]);
     }
   });

@@ -497,15 +497,30 @@ class PartBuilder {
   int32_t* alias_;
 };
 
+// Runs f(k) for k in [0, count) on the threads, handing out one k at a time (a thread that is
+// slower, or held up on a shared machine, takes fewer); f must not depend on the thread.
+template <typename F>
+void parallel_each(int64_t count, const F& f) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, count, 1, [&](int64_t, int64_t) {
+    for (int64_t k = next++; k < count; k = next++) f(k);
+  });
+}
+
 template <typename T>
 void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* alias) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   const auto block_end = [&](int64_t c) { return std::min(n, (c + 1) * kBlock); };
+  // The first passes go over the blocks in runs of kPartBlocks.
+  const int64_t runs = (blocks + kPartBlocks - 1) / kPartBlocks;
+  const auto for_each_block = [&](const auto& f) {
+    parallel_each(runs, [&](int64_t k) {
+      for (int64_t c = k * kPartBlocks; c < std::min(blocks, (k + 1) * kPartBlocks); ++c) f(c);
+    });
+  };
   // (1) W; the weights' validity.
   std::vector<BlockWeights> weights(blocks);
-  at::parallel_for(0, blocks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) weights[c] = block_weights(w, c * kBlock, block_end(c));
-  });
+  for_each_block([&](int64_t c) { weights[c] = block_weights(w, c * kBlock, block_end(c)); });
   double total = 0.0, least = 0.0;
   for (const BlockWeights& b : weights) {
     total += b.sum;
@@ -521,10 +536,8 @@ void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* ali
   // (2) The key offsets (long double: 64-bit significand on x86-64, so the rounded running
   // sums carry no error that grows with the number of blocks).
   std::vector<BlockSums> offsets(blocks + 1);
-  at::parallel_for(0, blocks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) {
-      offsets[c + 1] = block_sums(w, c * kBlock, block_end(c), scale, weights[c].sum);
-    }
+  for_each_block([&](int64_t c) {
+    offsets[c + 1] = block_sums(w, c * kBlock, block_end(c), scale, weights[c].sum);
   });
   long double deficit = 0.0L, excess = 0.0L;
   for (int64_t c = 1; c <= blocks; ++c) {
@@ -543,13 +556,9 @@ void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* ali
     return;
   }
 
-  // (3) The parts, handed to the threads one at a time (a thread that is held up, on a
-  // shared machine, then delays only the part it is on).
+  // (3) The parts.
   const PartBuilder<T> builder(w, n, scale, std::move(offsets), prob, alias);
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, builder.parts(), 1, [&](int64_t, int64_t) {
-    for (int64_t k = next++; k < builder.parts(); k = next++) builder.build(k);
-  });
+  parallel_each(builder.parts(), [&](int64_t k) { builder.build(k); });
 }
 
 void check_table(const char* op, const at::Tensor& prob, const at::Tensor& alias) {

@@ -61,12 +61,6 @@ struct RowOut {
   T score;
 };
 
-// NaN-propagating max of two values.
-template <typename T>
-T nan_max(T a, T b) {
-  return (std::isnan(a) || a > b) ? a : b;
-}
-
 // One row of softmax cross-entropy. z: the row's logits (length C). e: workspace of length C;
 // on return, when write_grad, it holds scale * (softmax(z) - t). eps: label smoothing.
 // Exponents are taken against m2 = max_{j!=y} z_j, so e_j <= 1 with max 1 and sums of e_j^2
@@ -75,11 +69,10 @@ T nan_max(T a, T b) {
 // (ALGORITHMS.md section 1).
 template <typename T>
 RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool write_grad) {
-  const T m2 = nan_max(row_max(z, y), row_max(z + y + 1, C - y - 1));
+  const T m2 = row_max_except(z, C, y);
   const T shift = std::isinf(m2) && m2 < 0 ? T(0) : m2;
-  T s_ne = 0, q_ne = 0;
-  exp_shifted(z, e, 0, y, shift, &s_ne, &q_ne);
-  exp_shifted(z, e, y + 1, C, shift, &s_ne, &q_ne);
+  T s_ne, q_ne;
+  exp_shifted_except(z, e, C, y, shift, &s_ne, &q_ne);
   const T delta = z[y] - m2;
   const T t = std::exp(-std::abs(delta));
   T a, nll;  // p_j = a * e_j for j != y; nll = -log p_y
@@ -98,11 +91,14 @@ RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool wr
     const T lse = z[y] + nll;
     loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
   }
-  if (write_grad || eps != T(0)) {
+  if (eps != T(0)) {  // the smoothed target is nonzero everywhere: the score needs e's pass
     const T sq_other = affine_in_place(e, 0, y, a, t_other, scale) +
                        affine_in_place(e, y + 1, C, a, t_other, scale);
     e[y] = d_y * scale;
-    if (eps != T(0)) score = std::sqrt(sq_other + d_y * d_y);
+    score = std::sqrt(sq_other + d_y * d_y);
+  } else if (write_grad) {  // one-hot: the gradient is p_j = a * e_j off the target
+    scale_in_place(e, C, a * scale);
+    e[y] = d_y * scale;
   }
   return {loss, score};
 }

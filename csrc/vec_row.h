@@ -1,8 +1,11 @@
-// Vectorised reductions over one contiguous row, shared by the CPU kernels of csrc/.
+// Vectorised passes over one contiguous row, shared by the CPU kernels of csrc/.
+// The row passes of the cross-entropy skip the target lane y by masking the vector that holds
+// it (and the row's last, partial vector), so a row has no scalar remainders but its last.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -12,20 +15,113 @@ namespace is_kernels {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
-// max_j z[j] over [0, n); NaN if any element is NaN; -inf for n == 0.
+// exp(x) for x <= 0, -inf or NaN (softmax exponents z_j - max z): float32 to a few ulp (-inf,
+// and x below about -87.7, give 0; NaN gives NaN), float64 exact.
 template <typename T>
-T row_max(const T* z, int64_t n) {
+Vec<T> exp_nonpositive(const Vec<T>& x) {
+  return x.exp_u20();  // float: ~20 ulp, double: exact exp
+}
+
+#if defined(CPU_CAPABILITY_AVX2)
+// exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]; exp(r) is a
+// degree-5 polynomial (a relative least-squares fit; max relative error 4e-7 over [-87, 0]).
+// Fewer instructions than exp_u20, which also serves x > 0: x is raised to -100 so that n
+// fits, and 2^n is n + 127 shifted into the exponent bits, raised to 0 (2^n -> 0) below -126.
+template <>
+inline Vec<float> exp_nonpositive(const Vec<float>& x_in) {
+  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-100.f), x_in);  // max(c, NaN) is NaN
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147181f), x);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.00841856f), r, _mm256_set1_ps(0.0418891f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.166665f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.499999f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  __m256i bits = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  bits = _mm256_slli_epi32(_mm256_max_epi32(bits, _mm256_setzero_si256()), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+#endif
+
+// The W lanes of z from j on, with the lanes at or past n, and lane y if among them, set to
+// `fill`.
+template <typename T>
+Vec<T> load_except(const T* z, int64_t j, int64_t n, int64_t y, T fill) {
   constexpr int64_t W = Vec<T>::size();
-  T m = -std::numeric_limits<T>::infinity();
-  int64_t j = 0;
-  if (n >= W) {
-    Vec<T> vm(m);
-    for (; j + W <= n; j += W) vm = at::vec::maximum(vm, Vec<T>::loadu(z + j));
-    m = at::vec::vec_reduce_all<T>(
-        [](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); }, vm);
+  const int64_t k = std::min(W, n - j);
+  Vec<T> v = k == W ? Vec<T>::loadu(z + j)
+                    : Vec<T>::set(Vec<T>(fill), Vec<T>::loadu(z + j, k), k);
+  if (y >= j && y < j + W) {
+    alignas(64) T lanes[W];
+    v.store(lanes);
+    lanes[y - j] = fill;
+    v = Vec<T>::loadu(lanes);
   }
-  for (; j < n; ++j) m = (std::isnan(z[j]) || z[j] > m) ? z[j] : m;
-  return m;
+  return v;
+}
+
+// Calls f(j, v) for each group of W lanes j, j+1, ... of the row z[0, n), with v =
+// load_except(z, j, n, y, fill): a plain load but for the group of lane y and the last one.
+template <typename T, typename F>
+void for_each_vec_except(const T* z, int64_t n, int64_t y, T fill, F f) {
+  constexpr int64_t W = Vec<T>::size();
+  const int64_t jy = y - y % W;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    f(j, j == jy ? load_except(z, j, n, y, fill) : Vec<T>::loadu(z + j));
+  }
+  if (j < n) f(j, load_except(z, j, n, y, fill));
+}
+
+// Stores the lanes of v that fall in [j, n) to e + j.
+template <typename T>
+void store_upto(T* e, int64_t j, int64_t n, const Vec<T>& v) {
+  const int64_t k = std::min<int64_t>(Vec<T>::size(), n - j);
+  if (k == Vec<T>::size()) {
+    v.store(e + j);
+  } else {
+    v.store(e + j, static_cast<int>(k));
+  }
+}
+
+// max_{j != y} z[j] over [0, n); NaN if one of them is NaN; -inf if there is none.
+template <typename T>
+T row_max_except(const T* z, int64_t n, int64_t y) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  Vec<T> vm(kNegInf);
+  for_each_vec_except(z, n, y, kNegInf,
+                      [&](int64_t, const Vec<T>& v) { vm = at::vec::maximum(vm, v); });
+  return at::vec::vec_reduce_all<T>(
+      [](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); }, vm);
+}
+
+// e[j] = exp(z[j] - m) for j != y and e[y] = 0, over [0, n), where m >= max_{j != y} z[j]
+// (or NaN); returns their sum in *sum and the sum of their squares in *sum_sq.
+template <typename T>
+void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* sum_sq) {
+  const Vec<T> vm(m);
+  Vec<T> acc(T(0)), acc_sq(T(0));
+  for_each_vec_except(z, n, y, -std::numeric_limits<T>::infinity(),
+                      [&](int64_t j, const Vec<T>& v) {
+                        const Vec<T> x = exp_nonpositive(v - vm);
+                        store_upto(e, j, n, x);
+                        acc = acc + x;
+                        acc_sq = at::vec::fmadd(x, x, acc_sq);
+                      });
+  auto add = [](Vec<T>& a, Vec<T>& b) { return a + b; };
+  *sum = at::vec::vec_reduce_all<T>(add, acc);
+  *sum_sq = at::vec::vec_reduce_all<T>(add, acc_sq);
+}
+
+// d[j] *= f over [0, n), in place.
+template <typename T>
+void scale_in_place(T* d, int64_t n, T f) {
+  constexpr int64_t W = Vec<T>::size();
+  const Vec<T> vf(f);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) (Vec<T>::loadu(d + j) * vf).store(d + j);
+  if (j < n) store_upto(d, j, n, Vec<T>::loadu(d + j, static_cast<int>(n - j)) * vf);
 }
 
 // sum_j z[j] over [0, n).
@@ -38,32 +134,6 @@ T row_sum(const T* z, int64_t n) {
   T s = at::vec::vec_reduce_all<T>([](Vec<T>& a, Vec<T>& b) { return a + b; }, acc);
   for (; j < n; ++j) s += z[j];
   return s;
-}
-
-// e[j] = exp(z[j] - m) over [lo, hi); adds sum e[j] to *sum and sum e[j]^2 to *sum_sq.
-template <typename T>
-void exp_shifted(const T* z, T* e, int64_t lo, int64_t hi, T m, T* sum, T* sum_sq) {
-  constexpr int64_t W = Vec<T>::size();
-  const Vec<T> vm(m);
-  Vec<T> acc(T(0)), acc_sq(T(0));
-  int64_t j = lo;
-  for (; j + W <= hi; j += W) {
-    Vec<T> v = (Vec<T>::loadu(z + j) - vm).exp_u20();  // float: ~20 ulp, double: exact exp
-    v.store(e + j);
-    acc = acc + v;
-    acc_sq = at::vec::fmadd(v, v, acc_sq);
-  }
-  auto add = [](Vec<T>& a, Vec<T>& b) { return a + b; };
-  T s = at::vec::vec_reduce_all<T>(add, acc);
-  T q = at::vec::vec_reduce_all<T>(add, acc_sq);
-  for (; j < hi; ++j) {
-    T v = std::exp(z[j] - m);
-    e[j] = v;
-    s += v;
-    q += v * v;
-  }
-  *sum += s;
-  *sum_sq += q;
 }
 
 // d[j] = scale * (e[j] * inv - t) over [lo, hi), in place; returns sum (e[j] * inv - t)^2.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
 
@@ -129,6 +130,20 @@ def _norm_cuda(logits, target, ignore_index, label_smoothing):
 
 # ---- autograd: backward scales the gradient the forward kernel wrote ---------------------
 
+# True while the running backward keeps the graph (retain_graph=True). The forward's gradient
+# buffer is then needed again, and is scaled out of place; otherwise it is donated: scaled in
+# place and handed on, as AOTAutograd does with the saved tensors of a compiled backward.
+_graph_is_kept = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph",
+                         lambda: True)
+
+
+def _can_donate(grad: torch.Tensor) -> bool:
+    """Whether this backward may scale the forward's gradient buffer in place: an eager
+    backward on real tensors (not traced, no create_graph) whose graph is freed after it."""
+    return not (torch.is_grad_enabled() or _graph_is_kept() or torch.compiler.is_compiling()
+                or is_in_torch_dispatch_mode() or type(grad) is not torch.Tensor)
+
+
 def _setup_context(ctx, inputs, output):
     ctx.reduction, ctx.compute_grad = inputs[-2], inputs[-1]
     ctx.save_for_backward(output[2])
@@ -147,7 +162,13 @@ def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tenso
                            "whenever the input requires grad)")
     if ctx.reduction == "none" and grad.dim() == 2:
         grad_loss = grad_loss.unsqueeze(1)
-    return grad * grad_loss
+    if not _can_donate(grad):
+        return grad * grad_loss
+    # Donate the buffer: no second logits-sized tensor, and on CPU no pass at all for the
+    # usual loss.backward() (a CPU scalar is read without a device sync).
+    if grad_loss.numel() == 1 and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+        return grad
+    return grad.mul_(grad_loss)
 
 
 def _ce_backward(ctx, grad_loss, grad_score, grad_grad):

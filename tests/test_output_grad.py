@@ -104,6 +104,33 @@ def test_ce_cpu_matches_reference(N, C, dtype, reduction):
     check_ce(run_public_ce, logits, target, dtype, reduction=reduction)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [3, 4, 5, 8, 9, 15, 16, 17, 31])
+def test_ce_cpu_every_target_lane(C, dtype):
+    """The CPU passes mask the target's lane and the row's partial last vector: every target
+    position within and across vectors (4 or 8 lanes), rows shorter and longer than one."""
+    g = torch.Generator().manual_seed(C)
+    logits = (torch.randn(3 * C, C, generator=g) * 4).to(dtype)
+    target = torch.arange(3 * C) % C
+    for ls in (0.0, 0.1):
+        check_ce(run_public_ce, logits, target, dtype, label_smoothing=ls, reduction="sum")
+
+
+def test_ce_masked_logits_get_zero_probability():
+    """-inf logits (masked classes) have probability 0: exactly 0 gradient, finite loss."""
+    logits, target = random_case(40, 21, torch.float32, ignore_frac=0.0)
+    mask = torch.rand(40, 21, generator=torch.Generator().manual_seed(2)) < 0.4
+    mask[torch.arange(40), target] = False
+    logits[mask] = float("-inf")
+    loss, score, grad = run_public_ce(logits, target, reduction="none")
+    assert torch.isfinite(loss).all() and torch.isfinite(score).all()
+    assert (grad[mask] == 0).all()
+    ref_loss, ref_score, ref_grad = ce_reference(logits, target, reduction="none")
+    assert_close(loss, ref_loss, 1e-5, "loss")
+    assert_close(score, ref_score, 2e-6, "score")
+    assert_close(grad, ref_grad.nan_to_num(0.0), 1e-5, "grad")
+
+
 @pytest.mark.parametrize("label_smoothing", [0.05, 0.3, 1.0])
 @pytest.mark.parametrize("ignore_index", [-100, 3])
 def test_ce_cpu_label_smoothing_and_ignore_index(label_smoothing, ignore_index):
@@ -444,6 +471,38 @@ def test_backward_twice_with_retain_graph_accumulates():
     loss.backward(retain_graph=True)
     loss.backward()
     assert torch.allclose(logits.grad, 3 * once)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_backward_donates_the_forward_gradient(reduction, weighted):
+    """Without retain_graph the backward scales the forward's gradient buffer in place and
+    hands it on (no second logits-sized tensor); the values are the reference gradient."""
+    logits, target = random_case(33, 17, torch.float32)
+    z = logits.clone().requires_grad_()
+    loss, _, buffer = torch.ops.is_kernels.cross_entropy_with_score(z, target, -100, 0.0,
+                                                                    reduction, True)
+    w = torch.rand(loss.shape, generator=torch.Generator().manual_seed(1)) + 0.5
+    out = (w * loss).sum() if weighted else loss.sum()
+    (grad,) = torch.autograd.grad(out, z)
+    zd = logits.double().requires_grad_()
+    ref = F.cross_entropy(zd, target, reduction=reduction)
+    (ref_grad,) = torch.autograd.grad(((w.double() * ref).sum() if weighted else ref.sum()), zd)
+    assert grad.data_ptr() == buffer.data_ptr()
+    assert_close(grad, ref_grad, OUT_TOL[torch.float32], "grad")
+
+
+def test_backward_with_create_graph_or_retained_graph_does_not_donate():
+    logits, target = random_case(10, 6, torch.float32)
+    z = logits.clone().requires_grad_()
+    loss, _, buffer = torch.ops.is_kernels.cross_entropy_with_score(z, target, -100, 0.0,
+                                                                    "mean", True)
+    before = buffer.clone()
+    for kw in ({"create_graph": True}, {"retain_graph": True}):
+        (grad,) = torch.autograd.grad(2 * loss, z, **kw)
+        assert grad.data_ptr() != buffer.data_ptr()
+        torch.testing.assert_close(grad, 2 * before)
+    torch.testing.assert_close(buffer, before)
 
 
 def test_only_the_loss_carries_a_gradient():

@@ -22,7 +22,7 @@ from is_kernels.train.loop import TrainConfig, train_run
 from is_kernels.train.methods import METHODS
 from is_kernels.train.report import write_report
 
-DEFAULT_METHODS = "uniform,pruning,pruning_is,infobatch"
+DEFAULT_METHODS = "uniform,pruning,pruning_unbiased,pruning_is,infobatch"
 
 
 def main(argv: Optional[List[str]] = None) -> None:

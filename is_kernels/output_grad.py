@@ -3,8 +3,9 @@
 Public API: :func:`cross_entropy_with_score`, :func:`mse_with_score`, :func:`output_grad_norm`.
 Each wraps a ``torch.ops.is_kernels`` custom op: C++ on CPU (``csrc/output_grad.cpp``),
 Triton on CUDA (``is_kernels/output_grad_triton.py``), with fake kernels for
-``torch.compile`` and an autograd formula whose backward is one elementwise scale of the
-gradient the forward kernel already wrote.
+``torch.compile`` and an autograd formula whose backward scales the gradient the forward
+kernel already wrote (in place when the graph is freed after the backward: the buffer is
+donated, see :func:`_can_donate`).
 """
 from __future__ import annotations
 

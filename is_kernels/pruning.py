@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .online_is import OnlineImportanceSampler
+from .online_is import OnlineImportanceSampler, mixture
 from .samplers import DeviceLike, Sampler, ScoreFn, int_at_least
 
 __all__ = ["ImportancePruningSampler", "InfoBatchSampler"]
@@ -239,6 +239,17 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             for one epoch (its score gets refreshed). Samples are ranked by (stale, q), so
             exactly k are pruned even if some stale ones must stay out (when
             ``prune_fraction > max_stale_epochs / (max_stale_epochs + 1)``).
+        unbiased: ``False`` (default): prune exactly the k lowest-importance samples, weights
+            1 (the paper's rule; the kept samples' gradient is biased towards them).
+            ``True``: keep exactly ``N - k`` samples at random, sample i with probability
+            ``π_i = clip(c·p_i, min_keep_probability, 1)`` (``p`` the memory's mixture, see
+            ``importance_sampling``; ``c`` such that ``Σπ = N - k``; systematic sampling over
+            a random order keeps exactly ``N - k``), with loss weight ``1/π_i``: the epoch's
+            weighted loss sum is unbiased for the full data's (InfoBatch's rescaling, with
+            keep probabilities from the importance memory). Every sample keeps ``π >=
+            min_keep_probability``, so ``max_stale_epochs`` does not apply.
+        min_keep_probability: the floor of ``π`` with ``unbiased=True`` (weights <= its
+            inverse), in ``(0, 1 - prune_fraction]``.
         importance_sampling: ``False``: each epoch is a permutation of the kept samples,
             weights 1. ``True``: after warm-up, each step draws b indices i.i.d. from the
             memory's mixture restricted to the kept samples,
@@ -267,6 +278,7 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
     def __init__(self, num_samples: int, batch_size: int, *, epochs: int,
                  prune_fraction: float = 0.4, dynamic_threshold: Optional[float] = None,
                  warmup_epochs: int = 1, anneal_epochs: int = 1, max_stale_epochs: int = 3,
+                 unbiased: bool = False, min_keep_probability: float = 0.3,
                  importance_sampling: bool = False, momentum: float = 0.2,
                  uniform_mix: float = 0.1, device: DeviceLike = None,
                  generator: Optional[torch.Generator] = None) -> None:
@@ -281,6 +293,16 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         self.anneal_epochs = int_at_least(name, "anneal_epochs", anneal_epochs, 0)
         self.max_stale_epochs = int_at_least(name, "max_stale_epochs", max_stale_epochs, 1)
         self.importance_sampling = bool(importance_sampling)
+        self.unbiased_pruning = bool(unbiased)
+        if self.unbiased_pruning and (self.importance_sampling or dynamic_threshold is not None):
+            raise ValueError(f"{name}: unbiased=True keeps N - k samples at random with weights "
+                             f"1/π; it combines with neither importance_sampling nor "
+                             f"dynamic_threshold")
+        self.min_keep_probability = float(min_keep_probability)
+        if self.unbiased_pruning and \
+                not 0.0 < self.min_keep_probability <= 1.0 - self.prune_fraction:
+            raise ValueError(f"{name}: min_keep_probability must be in (0, 1 - prune_fraction] "
+                             f"= (0, {1.0 - self.prune_fraction:g}], got {min_keep_probability}")
         super().__init__(num_samples, batch_size, momentum=momentum, uniform_mix=uniform_mix,
                          warmup_epochs=warmup_epochs, device=device, generator=generator)
         self.max_pruned = round(self.prune_fraction * self.num_samples)
@@ -312,6 +334,10 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         if not self.is_pruning_epoch(epoch):
             self._stale.zero_()
             return kept, None
+        if self.unbiased_pruning:
+            kept, weights = self._select_at_random()
+            self._stale = torch.where(kept, 0, self._stale + 1)
+            return kept, weights
         q = self.importance
         prunable = (self._stale < self.max_stale_epochs) & self._seen
         count = self.max_pruned
@@ -323,6 +349,43 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         kept[ranked[:count]] = False
         self._stale = torch.where(kept, 0, self._stale + 1)
         return kept, None
+
+    def keep_probabilities(self) -> torch.Tensor:
+        """float64 ``[N]``: the probability ``π_i`` with which ``unbiased=True`` keeps each
+        sample in the next pruning epoch, from the current memory (``Σπ = N - k``)."""
+        n, kept = self.num_samples, self.num_samples - self.max_pruned
+        p = mixture(self.importance.double(), self.importance.double().sum(), n,
+                    self.uniform_mix)
+        floor = self.min_keep_probability
+        # Σ clip(c·p, floor, 1) grows with c from n·floor <= kept (c = 0) to n (c = 1/min p):
+        # bisection on the device, no host sync.
+        lo, hi = torch.zeros((), dtype=torch.float64, device=self.device), 1.0 / p.min()
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            low = (mid * p).clamp(floor, 1.0).sum() < kept
+            lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
+        return (hi * p).clamp(floor, 1.0)
+
+    def _select_at_random(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Exactly ``N - k`` samples kept, sample i with probability ``π_i``, weights 1/π."""
+        n, budget = self.num_samples, self.num_samples - self.max_pruned
+        pi = self.keep_probabilities()
+        sure = pi >= 1.0 - 1e-9  # kept whatever the draw
+        # The others, in a random order, share the remaining budget (Σ exactly, so the
+        # systematic draw below keeps exactly that many): sample i is kept when one of the
+        # points u, u + 1, ... falls in its interval (S_{i-1}, S_i] of length π_i < 1.
+        rest = torch.where(sure, 0.0, pi)
+        rest = rest * ((budget - sure.sum()) / rest.sum().clamp_min(1e-300))
+        order = torch.randperm(n, device=self.device, generator=self.generator)
+        cum = torch.cumsum(rest[order], 0)
+        cum[-1] = budget - sure.sum()
+        u = torch.rand((), dtype=torch.float64, device=self.device, generator=self.generator)
+        points = torch.ceil(cum - u)
+        hit = points > torch.cat([points.new_zeros(1), points[:-1]])
+        kept = sure.clone()
+        kept[order] |= hit
+        pi = torch.where(sure, 1.0, rest)
+        return kept, (1.0 / pi).to(torch.float32)
 
     def _start_epoch(self, epoch: int) -> torch.Tensor:
         kept = super()._start_epoch(epoch)

@@ -155,6 +155,58 @@ def test_set_epoch_again_before_the_first_draw_keeps_the_kept_set():
     assert torch.equal(s.kept, kept) and torch.equal(s.stale_epochs, stale)
 
 
+# ---- importance pruning at random (unbiased=True) ------------------------------------------
+
+def test_unbiased_pruning_keeps_exactly_n_minus_k_with_the_keep_probabilities():
+    """Every pruning epoch keeps exactly N - k samples; sample i with probability π_i
+    (chi-square over the samples' keep counts), weighted 1/π_i, so that the epoch's weighted
+    sum is unbiased for the full data's (and the unweighted one is not)."""
+    n, b, epochs = 120, 16, 300
+    x = scores(n) ** 2  # the memory: a skewed importance
+    s = pruning(n, b, prune_fraction=0.4, unbiased=True, min_keep_probability=0.25,
+                epochs=epochs + 1, anneal_epochs=0)
+    run_epoch(s, x, 0)  # warm-up: every sample scored
+    pi = s.keep_probabilities()
+    assert abs(float(pi.sum()) - 72) < 1e-9 and float(pi.min()) == pytest.approx(0.25)
+    assert (pi > 0.999).any() and (pi < 0.26).any()  # both clips are active
+    counts = torch.zeros(n, dtype=torch.float64)
+    weighted, unweighted = [], []
+    for epoch in range(1, epochs + 1):
+        steps, idx, w = run_epoch(s, x, epoch)
+        assert idx.shape[0] == 72 and steps == s.steps_in_epoch(epoch) == math.ceil(72 / b)
+        assert idx.unique().shape == idx.shape
+        torch.testing.assert_close(w.double(), 1.0 / pi[idx], rtol=1e-6, atol=0)
+        counts[idx] += 1
+        weighted.append(float((w.double() * x[idx]).sum()))
+        unweighted.append(float(x[idx].sum()))
+    torch.testing.assert_close(s.keep_probabilities(), pi)  # the memory did not move
+    random = pi < 0.999  # the surely kept ones carry no information
+    assert bool((counts[~random] == epochs).all())
+    # Systematic sampling keeps exactly N - k, so the keep counts are not independent
+    # binomials; their chi-square against π is still a sound (conservative) check.
+    expected = epochs * pi[random]
+    chi2 = float(((counts[random] - expected) ** 2 / (expected * (1 - pi[random]))).sum())
+    assert stats.chi2.sf(chi2, int(random.sum())) > 1e-3, chi2
+    total = float(x.sum())
+    for values, unbiased in ((weighted, True), (unweighted, False)):
+        v = torch.tensor(values, dtype=torch.float64)
+        z = (float(v.mean()) - total) / (float(v.std()) / math.sqrt(len(v)))
+        assert (abs(z) < 5) == unbiased, z
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"min_keep_probability": 0.7}, "min_keep_probability must be in"),
+    ({"min_keep_probability": 0.0}, "min_keep_probability must be in"),
+    ({"importance_sampling": True}, "combines with neither"),
+    ({"dynamic_threshold": 0.5}, "combines with neither"),
+])
+def test_unbiased_pruning_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        pruning(100, 8, prune_fraction=0.4, unbiased=True, **kw)
+    if "min_keep_probability" in kw:
+        pruning(100, 8, prune_fraction=0.4, **kw)  # only checked when unbiased
+
+
 # ---- importance pruning with importance sampling ------------------------------------------
 
 def test_importance_sampling_mode_draws_only_kept_samples_with_unbiased_weights():
@@ -307,6 +359,7 @@ SAMPLERS = {
     "pruning": lambda seed: pruning(seed=seed, prune_fraction=0.3, max_stale_epochs=1),
     "pruning_is": lambda seed: pruning(seed=seed, prune_fraction=0.3, importance_sampling=True),
     "dynamic": lambda seed: pruning(seed=seed, prune_fraction=0.5, dynamic_threshold=0.8),
+    "unbiased": lambda seed: pruning(seed=seed, prune_fraction=0.3, unbiased=True),
     "infobatch": lambda seed: infobatch(seed=seed),
 }
 

@@ -64,6 +64,13 @@ def _pruning(*, num_samples: int, batch_size: int, device: torch.device,
                                     generator=generator)
 
 
+def _pruning_unbiased(*, num_samples: int, batch_size: int, device: torch.device,
+                      generator: torch.Generator, epochs: int) -> Sampler:
+    """Importance pruning at random: keep probabilities from the memory, weights 1/π."""
+    return ImportancePruningSampler(num_samples, batch_size, epochs=epochs, unbiased=True,
+                                    device=device, generator=generator)
+
+
 def _pruning_is(*, num_samples: int, batch_size: int, device: torch.device,
                 generator: torch.Generator, epochs: int) -> Sampler:
     """Importance pruning, then online importance sampling of the kept samples."""
@@ -86,6 +93,7 @@ METHODS: Dict[str, MethodFactory] = {
     "dlis": _dlis,
     "loss": _loss,
     "pruning": _pruning,
+    "pruning_unbiased": _pruning_unbiased,
     "pruning_is": _pruning_is,
     "infobatch": _infobatch,
 }

@@ -330,14 +330,20 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
                          f"on the scores (dynamic_threshold); it is known when it starts")
 
     def _select(self, epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        kept = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
         if not self.is_pruning_epoch(epoch):
             self._stale.zero_()
-            return kept, None
+            return torch.ones(self.num_samples, dtype=torch.bool, device=self.device), None
         if self.unbiased_pruning:
             kept, weights = self._select_at_random()
-            self._stale = torch.where(kept, 0, self._stale + 1)
-            return kept, weights
+        else:
+            kept, weights = self._select_lowest(), None
+        self._stale = torch.where(kept, 0, self._stale + 1)
+        return kept, weights
+
+    def _select_lowest(self) -> torch.Tensor:
+        """The kept mask without the k lowest-importance prunable samples (at most k with
+        ``dynamic_threshold``); stale samples are not prunable."""
+        kept = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
         q = self.importance
         prunable = (self._stale < self.max_stale_epochs) & self._seen
         count = self.max_pruned
@@ -347,15 +353,14 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         by_q = torch.argsort(q, stable=True)
         ranked = by_q[torch.argsort((~prunable[by_q]).to(torch.uint8), stable=True)]
         kept[ranked[:count]] = False
-        self._stale = torch.where(kept, 0, self._stale + 1)
-        return kept, None
+        return kept
 
     def keep_probabilities(self) -> torch.Tensor:
         """float64 ``[N]``: the probability ``π_i`` with which ``unbiased=True`` keeps each
         sample in the next pruning epoch, from the current memory (``Σπ = N - k``)."""
         n, kept = self.num_samples, self.num_samples - self.max_pruned
-        p = mixture(self.importance.double(), self.importance.double().sum(), n,
-                    self.uniform_mix)
+        q = self.importance.double()
+        p = mixture(q, q.sum(), n, self.uniform_mix)
         floor = self.min_keep_probability
         # Σ clip(c·p, floor, 1) grows with c from n·floor <= kept (c = 0) to n (c = 1/min p):
         # bisection on the device, no host sync.
@@ -374,11 +379,12 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         # The others, in a random order, share the remaining budget (Σ exactly, so the
         # systematic draw below keeps exactly that many): sample i is kept when one of the
         # points u, u + 1, ... falls in its interval (S_{i-1}, S_i] of length π_i < 1.
+        left = budget - sure.sum()
         rest = torch.where(sure, 0.0, pi)
-        rest = rest * ((budget - sure.sum()) / rest.sum().clamp_min(1e-300))
+        rest = rest * (left / rest.sum().clamp_min(1e-300))
         order = torch.randperm(n, device=self.device, generator=self.generator)
         cum = torch.cumsum(rest[order], 0)
-        cum[-1] = budget - sure.sum()
+        cum[-1] = left
         u = torch.rand((), dtype=torch.float64, device=self.device, generator=self.generator)
         points = torch.ceil(cum - u)
         hit = points > torch.cat([points.new_zeros(1), points[:-1]])

@@ -207,6 +207,18 @@ def test_unbiased_pruning_bad_arguments(kw, match):
         pruning(100, 8, prune_fraction=0.4, **kw)  # only checked when unbiased
 
 
+@pytest.mark.parametrize("fraction,floor", [(0.4, 0.5), (0.5, 0.5), (0.7, 0.3)])
+def test_unbiased_pruning_default_floor(fraction, floor):
+    """The default floor is min(0.5, 1 - prune_fraction), and the keep probabilities hold it."""
+    n = 100
+    s = pruning(n, 8, prune_fraction=fraction, unbiased=True, epochs=3)
+    assert s.min_keep_probability == pytest.approx(floor)
+    run_epoch(s, scores(n) ** 2, 0)
+    pi = s.keep_probabilities()
+    assert float(pi.min()) == pytest.approx(floor) and float(pi.max()) <= 1.0
+    assert float(pi.sum()) == pytest.approx(n - round(fraction * n))
+
+
 # ---- importance pruning with importance sampling ------------------------------------------
 
 def test_importance_sampling_mode_draws_only_kept_samples_with_unbiased_weights():

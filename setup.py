@@ -45,7 +45,7 @@ setup(
     install_requires=["torch>=2.11", "numpy"],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "scipy", "triton>=3.6", "tqdm", "matplotlib"],
+        "test": ["pytest", "triton>=3.6", "tqdm", "matplotlib"],
         "bench": ["pytest", "pytest-benchmark", "triton>=3.6", "cpprb", "tqdm", "matplotlib"],
         "train": ["tqdm", "matplotlib"],
     },

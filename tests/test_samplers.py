@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from scipy import stats
+from chisquare import chisquare
 
 from is_kernels import LossImportanceSampler, OnlineImportanceSampler
 from is_kernels.samplers import Sampler, UniformSampler
@@ -71,8 +71,7 @@ def test_draws_follow_probabilities_chi_square(name):
         draws += idx.shape[0]
     support = p > 0
     assert counts[~support].sum() == 0, "drew samples of probability 0"
-    chi2, pvalue = stats.chisquare(counts[support].numpy(), (draws * p[support]).numpy(),
-                                   sum_check=False)
+    chi2, pvalue = chisquare(counts[support], draws * p[support])
     assert pvalue > 1e-4, f"chi2={chi2:.1f}, p={pvalue:.2e}"
 
 

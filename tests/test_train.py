@@ -6,12 +6,16 @@ import pytest
 import torch
 from idx_files import write_fashion_mnist
 
-from is_kernels.samplers import UniformSampler
-from is_kernels.train import methods
-from is_kernels.train.cli import main
-from is_kernels.train.data import load_fashion_mnist
-from is_kernels.train.loop import TrainConfig, train_run
-from is_kernels.train.report import format_table, summarize
+# The train extra (`pip install -e '.[train]'`); a bare GPU image may lack it.
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+from is_kernels.samplers import UniformSampler  # noqa: E402
+from is_kernels.train import methods  # noqa: E402
+from is_kernels.train.cli import main  # noqa: E402
+from is_kernels.train.data import load_fashion_mnist  # noqa: E402
+from is_kernels.train.loop import TrainConfig, train_run  # noqa: E402
+from is_kernels.train.report import format_table, summarize  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,11 @@
 """Fused loss + score + gradient against the alternatives, forward and backward, same run.
 
 Alternatives: eager PyTorch (``F.cross_entropy`` + backward + a separate
-``(softmax - onehot).norm(dim=1)``) and ``torch.compile`` of that same function.
+``(softmax - onehot).norm(dim=1)``) and ``torch.compile`` of that same function; on CUDA
+also Liger-Kernel's cross entropy forward + backward (loss only, no score; skipped unless
+``liger_kernel`` is installed). Each group also times ``copy``: one read of the logits and
+one write of a tensor of their size, the least memory traffic of a fused forward + backward,
+so its ratio in ``bench/run_all.py``'s table is the fraction of the copy bandwidth reached.
 Run: ``python -m pytest bench/bench_output_grad.py`` (``bench/run_all.py`` adds the ratios).
 """
 import pytest
@@ -36,6 +40,10 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def _group(N, C, dtype):
+    return f"CE fwd+bwd {N}x{C} {dtype} ({DEVICE})"
+
+
 def _inputs(N, C, dtype):
     g = torch.Generator().manual_seed(0)
     z = (torch.randn(N, C, generator=g) * 3).to(dtype).to(DEVICE).requires_grad_()
@@ -62,6 +70,50 @@ def test_ce_forward_backward(benchmark, shape, dtype, impl):
     tol = 1e-4 if dtype == "fp32" else 3e-2  # bf16 baselines round softmax to bf16
     assert torch.allclose(loss.float(), ref_loss, rtol=tol, atol=tol)
     assert torch.allclose(score, ref_score, rtol=tol, atol=tol)
-    benchmark.group = f"CE fwd+bwd {N}x{C} {dtype} ({DEVICE})"
+    benchmark.group = _group(N, C, dtype)
     benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()  # read z, write grad
+    benchmark(step)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_copy(benchmark, shape, dtype):
+    """The memory-bound floor: read the logits once, write a tensor of their size."""
+    N, C = shape
+    z, _ = _inputs(N, C, DTYPES[dtype])
+    z = z.detach()
+
+    def step():
+        out = torch.empty_like(z).copy_(z)
+        _sync()
+        return out
+
+    assert torch.equal(step(), z)
+    benchmark.group = _group(N, C, dtype)
+    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()
+    benchmark(step)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="Liger-Kernel's kernels are CUDA (Triton) only")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_liger(benchmark, shape, dtype):
+    """Liger-Kernel's cross entropy, forward + backward (its loss only: no score)."""
+    liger = pytest.importorskip("liger_kernel.transformers")
+    N, C = shape
+    z, t = _inputs(N, C, DTYPES[dtype])
+    loss_fn = liger.LigerCrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(z, t)
+        (grad,) = torch.autograd.grad(loss, z)
+        _sync()
+        return loss, grad
+
+    loss, _ = step()
+    ref_loss, _ = reference_loss_and_score(z.detach().float(), t)
+    tol = 1e-4 if dtype == "fp32" else 3e-2
+    assert torch.allclose(loss.float(), ref_loss, rtol=tol, atol=tol)
+    benchmark.group = _group(N, C, dtype)
+    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()
     benchmark(step)

@@ -2,7 +2,8 @@
 
 The sweep behind the "session 4" table of docs/pruning.md: the keep-probability floor
 ``min_keep_probability`` (π_min), the memory fed the loss instead of the output-gradient
-norm, and a pruned fraction that ramps over the pruning epochs (mean 0.4, as the default).
+norm, a pruned fraction that ramps over the pruning epochs (mean 0.4, as the default), and
+importance sampling of the kept samples with bounded weights.
 Each variant is registered as a method and the runs are those of ``bench.pruning_e2e``
 (same arguments; InfoBatch and uniform are its methods ``infobatch`` and ``uniform``)::
 
@@ -49,9 +50,11 @@ def _ramp(first: float, last: float, loss: bool = False) -> Type[RampedPruningSa
 
 
 def _factory(cls: Type[ImportancePruningSampler], **kw) -> MethodFactory:
+    kw.setdefault("unbiased", True)
+
     def make(*, num_samples: int, batch_size: int, device: torch.device,
              generator: torch.Generator, epochs: int) -> ImportancePruningSampler:
-        return cls(num_samples, batch_size, epochs=epochs, unbiased=True, device=device,
+        return cls(num_samples, batch_size, epochs=epochs, device=device,
                    generator=generator, **kw)
     return make
 
@@ -66,6 +69,10 @@ VARIANTS = {
     "ramp_down": _factory(_ramp(0.6, 0.2)),
     "loss_ramp_down": _factory(_ramp(0.6, 0.2, loss=True)),
     "ramp_down_0.55": _factory(_ramp(0.55, 0.25)),
+    # The lowest-importance 40% pruned, the rest importance-sampled (pruning_is) with a
+    # larger uniform share than its 0.1, so that the weights stay <= 1/uniform_mix.
+    **{f"is_mix_{m}": _factory(ImportancePruningSampler, unbiased=False,
+                               importance_sampling=True, uniform_mix=m) for m in (0.3, 0.5)},
 }
 
 

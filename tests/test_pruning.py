@@ -221,6 +221,26 @@ def test_unbiased_pruning_default_floor(fraction, floor):
 
 # ---- importance pruning with importance sampling ------------------------------------------
 
+def test_importance_sampling_mode_defaults_to_half_uniform_draws():
+    """uniform_mix defaults to 0.5 with importance_sampling (weights <= 2), else 0.1."""
+    n, b = 40, 8
+    assert pruning(n, b).uniform_mix == 0.1
+    assert pruning(n, b, unbiased=True).uniform_mix == 0.1
+    assert pruning(n, b, importance_sampling=True, uniform_mix=0.2).uniform_mix == 0.2
+    s = pruning(n, b, importance_sampling=True, prune_fraction=0.25, epochs=3)
+    assert s.uniform_mix == 0.5
+    x = scores(n) ** 4  # very skewed: with uniform_mix 0.1 the weights would reach 10
+    run_epoch(s, x, 0)  # warm-up
+    s.set_epoch(1)
+    kept, p = s.kept.clone(), s.probabilities().double()
+    assert int(kept.sum()) == 30 and float(p[~kept].sum()) == 0.0
+    q = x.double() * kept
+    torch.testing.assert_close(p, 0.5 * q / q.sum() + 0.5 * kept.double() / 30)
+    idx, w = s.sample()
+    assert bool(kept[idx].all())
+    torch.testing.assert_close(w.double(), 1.0 / (30 * p[idx]), rtol=1e-5, atol=0)
+    assert float((1.0 / (30 * p[kept])).max()) < 2.0
+
 def test_importance_sampling_mode_draws_only_kept_samples_with_unbiased_weights():
     n, b = 30, 16
     x = scores(n) ** 2

@@ -73,7 +73,8 @@ def _pruning_unbiased(*, num_samples: int, batch_size: int, device: torch.device
 
 def _pruning_is(*, num_samples: int, batch_size: int, device: torch.device,
                 generator: torch.Generator, epochs: int) -> Sampler:
-    """Importance pruning, then online importance sampling of the kept samples."""
+    """Importance pruning, then online importance sampling of the kept samples (half of
+    each draw's probability uniform: weights <= 2)."""
     return ImportancePruningSampler(num_samples, batch_size, epochs=epochs,
                                     importance_sampling=True, device=device,
                                     generator=generator)

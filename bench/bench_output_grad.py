@@ -40,8 +40,15 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def _group(N, C, dtype):
-    return f"CE fwd+bwd {N}x{C} {dtype} ({DEVICE})"
+TOLERANCE = {"fp32": 1e-4, "bf16": 3e-2}  # bf16 baselines round softmax to bf16
+
+
+def _run(benchmark, z, dtype, step):
+    """Times step in the group of z's shape; GB/s from one read of z and one write of its size."""
+    N, C = z.shape
+    benchmark.group = f"CE fwd+bwd {N}x{C} {dtype} ({DEVICE})"
+    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()
+    benchmark(step)
 
 
 def _inputs(N, C, dtype):
@@ -55,8 +62,7 @@ def _inputs(N, C, dtype):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_ce_forward_backward(benchmark, shape, dtype, impl):
-    N, C = shape
-    z, t = _inputs(N, C, DTYPES[dtype])
+    z, t = _inputs(*shape, DTYPES[dtype])
     fn = IMPLS[impl]
 
     def step():
@@ -67,20 +73,17 @@ def test_ce_forward_backward(benchmark, shape, dtype, impl):
 
     loss, score, grad = step()  # warm-up (compiles), and a correctness check of the run
     ref_loss, ref_score = reference_loss_and_score(z.detach().float(), t)
-    tol = 1e-4 if dtype == "fp32" else 3e-2  # bf16 baselines round softmax to bf16
+    tol = TOLERANCE[dtype]
     assert torch.allclose(loss.float(), ref_loss, rtol=tol, atol=tol)
     assert torch.allclose(score, ref_score, rtol=tol, atol=tol)
-    benchmark.group = _group(N, C, dtype)
-    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()  # read z, write grad
-    benchmark(step)
+    _run(benchmark, z, dtype, step)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_copy(benchmark, shape, dtype):
     """The memory-bound floor: read the logits once, write a tensor of their size."""
-    N, C = shape
-    z, _ = _inputs(N, C, DTYPES[dtype])
+    z, _ = _inputs(*shape, DTYPES[dtype])
     z = z.detach()
 
     def step():
@@ -89,9 +92,7 @@ def test_copy(benchmark, shape, dtype):
         return out
 
     assert torch.equal(step(), z)
-    benchmark.group = _group(N, C, dtype)
-    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()
-    benchmark(step)
+    _run(benchmark, z, dtype, step)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="Liger-Kernel's kernels are CUDA (Triton) only")
@@ -100,8 +101,7 @@ def test_copy(benchmark, shape, dtype):
 def test_liger(benchmark, shape, dtype):
     """Liger-Kernel's cross entropy, forward + backward (its loss only: no score)."""
     liger = pytest.importorskip("liger_kernel.transformers")
-    N, C = shape
-    z, t = _inputs(N, C, DTYPES[dtype])
+    z, t = _inputs(*shape, DTYPES[dtype])
     loss_fn = liger.LigerCrossEntropyLoss()
 
     def step():
@@ -112,8 +112,5 @@ def test_liger(benchmark, shape, dtype):
 
     loss, _ = step()
     ref_loss, _ = reference_loss_and_score(z.detach().float(), t)
-    tol = 1e-4 if dtype == "fp32" else 3e-2
-    assert torch.allclose(loss.float(), ref_loss, rtol=tol, atol=tol)
-    benchmark.group = _group(N, C, dtype)
-    benchmark.extra_info["bytes"] = 2 * z.numel() * z.element_size()
-    benchmark(step)
+    assert torch.allclose(loss.float(), ref_loss, rtol=TOLERANCE[dtype], atol=TOLERANCE[dtype])
+    _run(benchmark, z, dtype, step)

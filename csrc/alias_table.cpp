@@ -622,9 +622,11 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
     return std::min(static_cast<int64_t>(up[i] * dsize), size - 1);
   };
   // Draws hit random entries of a table larger than the caches: each one prefetches the
-  // entry of the draw kPrefetch ahead, so that the misses overlap.
-  constexpr int64_t kPrefetch = 16;
-  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+  // entry of the draw kPrefetch ahead, so that the misses overlap; and the threads share
+  // the draws from 2 * kGrain on (4096 draws at N = 2^20: 84 us on one thread with
+  // kPrefetch 16, 67 with 32, 43 on two threads).
+  constexpr int64_t kPrefetch = 32, kGrain = 1024;
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       if (i + kPrefetch < end) {
         const int64_t ahead = bucket(i + kPrefetch);

@@ -99,8 +99,10 @@ METHODS: Dict[str, MethodFactory] = {
     "infobatch": _infobatch,
 }
 
-DEFAULT_METHODS = ("uniform", "online", "adaptive", "dlis", "loss", "pruning", "infobatch")
-"""Run when ``--methods`` is not given: one of each kind (``pruning_is`` is a variant)."""
+DEFAULT_METHODS = ("uniform", "online", "adaptive", "dlis", "loss", "pruning", "pruning_is",
+                   "infobatch")
+"""Run when ``--methods`` is not given: one of each kind, and ``pruning_is``, the best
+pruning method (``pruning_unbiased`` is a variant)."""
 
 
 def make_sampler(name: str, *, num_samples: int, batch_size: int, device: torch.device,

@@ -18,6 +18,10 @@ K = 4096
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _size(device: str) -> int:
+    return N if device == "cpu" else 1 << 24
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -41,9 +45,8 @@ class Round:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.benchmark(group="round: update 4096 + draw 4096")
 def test_is_kernels_sum_tree(benchmark, device):
-    n = N if device == "cpu" else 1 << 24
-    r = Round(n, device)
-    tree = SumTree(n, device=device)
+    r = Round(_size(device), device)
+    tree = SumTree(r.weights.shape[0], device=device)
     tree.build(r.weights)
 
     def step():
@@ -56,40 +59,37 @@ def test_is_kernels_sum_tree(benchmark, device):
     benchmark(step)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
-def test_multinomial(benchmark, device):
-    n = N if device == "cpu" else 1 << 24
-    r = Round(n, device)
+def _bench_dense(benchmark, device: str, draw) -> None:
+    """Times a round of a baseline that keeps the weights in a dense tensor ``w``: write the
+    changed weights, then ``draw(w)``."""
+    r = Round(_size(device), device)
     w = r.weights.clone()
 
     def step():
         idx, val = r.next()
         w[idx] = val
-        out = torch.multinomial(w, K, replacement=True)
+        out = draw(w)
         _sync(device)
         return out
 
     benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
+def test_multinomial(benchmark, device):
+    _bench_dense(benchmark, device, lambda w: torch.multinomial(w, K, replacement=True))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.benchmark(group="round: update 4096 + draw 4096")
 def test_cumsum_searchsorted(benchmark, device):
-    n = N if device == "cpu" else 1 << 24
-    r = Round(n, device)
-    w = r.weights.clone()
-
-    def step():
-        idx, val = r.next()
-        w[idx] = val
+    def draw(w):
         c = torch.cumsum(w, 0, dtype=torch.float64)
         u = torch.rand(K, dtype=torch.float64, device=device) * c[-1]
-        out = torch.searchsorted(c, u, right=True).clamp_(max=n - 1)
-        _sync(device)
-        return out
+        return torch.searchsorted(c, u, right=True).clamp_(max=w.shape[0] - 1)
 
-    benchmark(step)
+    _bench_dense(benchmark, device, draw)
 
 
 @pytest.mark.benchmark(group="round: update 4096 + draw 4096")

@@ -8,11 +8,9 @@ alternately (more robust to the drift of a shared machine than two medians taken
 apart).
 Run: ``python -m pytest bench/bench_samplers.py``.
 """
-import statistics
-import time
-
 import pytest
 import torch
+from paired import paired_overhead
 
 import is_kernels
 
@@ -72,22 +70,6 @@ def make_step(name):
     for _ in range(3):
         step()
     return step
-
-
-def paired_overhead(step, base, rounds=300):
-    """Overhead of ``step`` over ``base`` in percent: the median over rounds of their time
-    difference, over the median ``base`` time. The two run alternately (the order flips
-    every round), so the drift of a shared machine hits both alike."""
-    diffs, base_times = [], []
-    for r in range(rounds):
-        times = {}
-        for name, fn in (("step", step), ("base", base))[::1 if r % 2 else -1]:
-            t0 = time.perf_counter()
-            fn()
-            times[name] = time.perf_counter() - t0
-        diffs.append(times["step"] - times["base"])
-        base_times.append(times["base"])
-    return 100.0 * statistics.median(diffs) / statistics.median(base_times)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

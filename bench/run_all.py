@@ -7,7 +7,9 @@ entry of the group is an alternative, reported with its median and the ratio
 ``alternative median / our median`` (> 1: ours is faster). Groups that compare our samplers
 with each other have no ``is_kernels`` entry: there each entry is reported against the one
 named ``uniform``, as an overhead in percent (and the paired overhead the benchmark measured
-against a uniform twin, when it records ``extra_info["paired_overhead_pct"]``). Groups whose benchmarks record
+against a uniform twin, when it records ``extra_info["paired_overhead_pct"]``). Our entry may
+record ``extra_info["paired_ratios"]`` (alternative name -> ratio measured alternately, see
+``bench/paired.py``), shown next to the ratio of medians. Groups whose benchmarks record
 ``extra_info["bytes"]`` also get our achieved GB/s.
 """
 from __future__ import annotations
@@ -49,13 +51,16 @@ def summarize(report: dict) -> str:
         med = ours["stats"]["median"]
         nbytes = ours.get("extra_info", {}).get("bytes")
         gbps = f"{nbytes / med / 1e9:.1f}" if nbytes else ""
+        paired_ratios = ours.get("extra_info", {}).get("paired_ratios", {})
         for alt in sorted(entries, key=lambda b: b["name"]):
             if alt is ours:
                 continue
             amed = alt["stats"]["median"]
             label = alt["name"].removeprefix("test_")
+            paired = paired_ratios.get(label)
+            paired = "" if paired is None else f" (paired: {paired:.2f}x)"
             lines.append(f"| {group} | {med * 1e3:.3f} ms | {label} | {amed * 1e3:.3f} ms | "
-                         f"{amed / med:.2f}x | {gbps} |")
+                         f"{amed / med:.2f}x{paired} | {gbps} |")
     return "\n".join(lines)
 
 

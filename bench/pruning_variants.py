@@ -70,7 +70,8 @@ VARIANTS = {
     "loss_ramp_down": _factory(_ramp(0.6, 0.2, loss=True)),
     "ramp_down_0.55": _factory(_ramp(0.55, 0.25)),
     # The lowest-importance 40% pruned, the rest importance-sampled (pruning_is) with a
-    # larger uniform share than its 0.1, so that the weights stay <= 1/uniform_mix.
+    # larger uniform share than the memory's 0.1, so that the weights stay <= 1/uniform_mix
+    # (the sweep that made 0.5 pruning_is's default: is_mix_0.5 is pruning_is now).
     **{f"is_mix_{m}": _factory(ImportancePruningSampler, unbiased=False,
                                importance_sampling=True, uniform_mix=m) for m in (0.3, 0.5)},
 }

@@ -109,7 +109,7 @@ def test_selection_distribution_chi_square():
     assert observed[expected == 0].sum() == 0  # score 0 (i % 15 == 0) never selected
     keep = expected > 0
     _, p = chisquare(observed[keep].numpy(), expected[keep].numpy() *
-                           observed.sum().item() / expected[keep].sum().item())
+                     observed.sum().item() / expected[keep].sum().item())
     assert p > 1e-3
 
 

@@ -92,7 +92,7 @@ def test_draws_follow_probabilities_chi_square(unbiased):
         assert counts[p == 0].sum() == 0
     keep = p > 0
     _, pval = chisquare(counts[keep].numpy(), (p[keep] / p[keep].sum() *
-                                                     counts.sum()).numpy())
+                                               counts.sum()).numpy())
     assert pval > 1e-3
 
 

@@ -241,6 +241,7 @@ def test_importance_sampling_mode_defaults_to_half_uniform_draws():
     torch.testing.assert_close(w.double(), 1.0 / (30 * p[idx]), rtol=1e-5, atol=0)
     assert float((1.0 / (30 * p[kept])).max()) < 2.0
 
+
 def test_importance_sampling_mode_draws_only_kept_samples_with_unbiased_weights():
     n, b = 30, 16
     x = scores(n) ** 2

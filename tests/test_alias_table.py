@@ -1,6 +1,4 @@
 """Tests of is_kernels.AliasTable and its ops (C++ on CPU; Triton through the interpreter)."""
-import os
-
 import pytest
 import torch
 
@@ -8,12 +6,10 @@ from is_kernels import AliasTable
 
 from sampler_helpers import check_seeded_draws
 from test_sum_tree import adversarial_weights, gof_pvalue, skewed, sparse
+from triton_env import interpreted
 
 ops = torch.ops.is_kernels
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-triton_cpu = pytest.mark.skipif(
-    not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
-    reason="needs TRITON_INTERPRET=1 or a GPU")
 
 
 def table_probs(prob: torch.Tensor, alias: torch.Tensor) -> torch.Tensor:
@@ -209,7 +205,7 @@ def test_sum_overflow():
         ops.alias_table_build(torch.tensor([1e308, 1e308, 1.0], dtype=torch.float64))
 
 
-@triton_cpu
+@interpreted
 @pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single"])
 def test_triton_build_and_sample(name):
     from is_kernels import alias_table_triton as at
@@ -222,7 +218,7 @@ def test_triton_build_and_sample(name):
     assert torch.equal(at.sample(prob, alias, u), ops.alias_table_sample(prob, alias, u))
 
 
-@triton_cpu
+@interpreted
 def test_triton_equals_cpp_on_exact_sums():
     # Small integer weights summing to 2 * N: every p is a multiple of 1/2 and every prefix sum
     # is exact, so the builds (which add in different orders) give the same table.

@@ -1,12 +1,12 @@
 """Online importance sampling: warm-up, memory update, distribution, unbiasedness, resume,
 bad input, and a gradient-variance check on a real model."""
 import math
-import os
 
 import pytest
 import torch
 from chisquare import chisquare
 from sampler_helpers import drive
+from triton_env import INTERPRETER_WORKS
 
 import is_kernels
 from is_kernels import LossImportanceSampler, OnlineImportanceSampler, online_is
@@ -305,14 +305,10 @@ def reference_draw(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     return idx, 1.0 / (n * mixture(memory[idx], inner[1], n, uniform_mix))
 
 
-def triton_interpreter_on():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def draw_implementations():
-    """The CPU op, and the Triton kernel on CPU tensors when the interpreter is on."""
+    """The CPU op, and the Triton kernel on CPU tensors where the interpreter runs it."""
     impls = [torch.ops.is_kernels.online_is_draw]
-    if triton_interpreter_on():
+    if INTERPRETER_WORKS:
         from is_kernels import online_is_triton
 
         impls.append(online_is_triton.draw)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from triton_env import interpreted
 
 import is_kernels
 from is_kernels import output_grad_triton
@@ -385,11 +386,7 @@ def test_torch_compile_fullgraph(device):
 
 # ---- Triton kernels on CPU tensors (interpreter) -------------------------------------------
 
-needs_interpreter = pytest.mark.skipif(
-    torch.cuda.is_available(), reason="CPU tensors go through Triton only under the interpreter")
-
-
-@needs_interpreter
+@interpreted
 @pytest.mark.parametrize("max_tile_c", [output_grad_triton.MAX_TILE_C, 16])
 @pytest.mark.parametrize("N,C,dtype", [(1, 1, torch.float32), (13, 3, torch.float32),
                                        (9, 37, torch.float64), (6, 100, torch.bfloat16)])
@@ -402,7 +399,7 @@ def test_triton_ce_interpreted(N, C, dtype, max_tile_c):
                      logits, target, dtype, reduction=reduction, label_smoothing=ls)
 
 
-@needs_interpreter
+@interpreted
 @pytest.mark.parametrize("max_tile_c", [output_grad_triton.MAX_TILE_C, 16])
 def test_triton_ce_interpreted_precision_and_bad_rows(max_tile_c):
     N, C = 6, 40
@@ -423,7 +420,7 @@ def test_triton_ce_interpreted_precision_and_bad_rows(max_tile_c):
     assert torch.isfinite(loss[keep]).all() and torch.isfinite(grad[keep]).all()
 
 
-@needs_interpreter
+@interpreted
 @pytest.mark.parametrize("shape,dtype", [((7,), torch.float32), ((11, 5), torch.float64),
                                          ((3, 1500), torch.float32)])
 def test_triton_mse_interpreted(shape, dtype):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from chisquare import chisquare
 from sampler_helpers import check_seeded_draws
+from triton_env import interpreted
 
 import is_kernels
 from is_kernels import SumTree
@@ -424,15 +425,7 @@ def test_public_exports():
 
 # ---- Triton kernels on CPU tensors (TRITON_INTERPRET=1, set by conftest without a GPU) ----
 
-def _triton_ok():
-    import os
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-triton_cpu = pytest.mark.skipif(not _triton_ok(), reason="needs TRITON_INTERPRET=1 or a GPU")
-
-
-@triton_cpu
+@interpreted
 @pytest.mark.parametrize("cap", [1, 2, 5, 1000])
 @pytest.mark.parametrize("fused_max", [1 << 14, 64])
 def test_triton_matches_cpp(cap, fused_max):
@@ -460,7 +453,7 @@ def test_triton_matches_cpp(cap, fused_max):
         assert torch.equal(out, ops.sum_tree_sample(ref_l, ref_i, u))
 
 
-@triton_cpu
+@interpreted
 def test_triton_adversarial_and_all_zero():
     from is_kernels import sum_tree_triton as st
 

@@ -15,6 +15,7 @@ the online sampler, :class:`~is_kernels.OnlineImportanceSampler`, needs none).
 """
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -150,7 +151,12 @@ class PresampleImportanceSampler(Sampler):
         self.steps_on = 0
         self._selection: Optional[torch.Tensor] = None  # g over the last presample
         self._candidates: Optional[torch.Tensor] = None
-        self._drew_uniform = True
+        self._drew_uniform = True  # how the latest draw was made
+        # How each pending draw was made (beside Sampler._pending, one entry per draw): τ
+        # learns from the training scores of uniform draws only, also when they come back
+        # after later draws (a prefetching DataLoader).
+        self._pending_uniform: collections.deque = collections.deque(maxlen=self.MAX_PENDING)
+        self._updating_uniform = False
 
     @property
     def is_on(self) -> bool:
@@ -166,20 +172,37 @@ class PresampleImportanceSampler(Sampler):
         self.tau = self.tau_smoothing * self.tau + (1.0 - self.tau_smoothing) * tau_new
 
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Draws b indices: uniform while IS is off, presample-score-select while on."""
+        """Draws b indices: uniform while IS is off, presample-score-select while on. A
+        missing ``score_fn`` or bad scores raise ``ValueError`` with the sampler unchanged
+        (its generator included)."""
         b, dev = self.batch_size, self.device
-        self.steps += 1
-        self._drew_uniform = not self.is_on
-        if self._drew_uniform:
+        uniform = not self.is_on
+        if uniform:
             idx = torch.randint(self.num_samples, (b,), device=dev, generator=self.generator)
-            return idx, torch.ones(b, dtype=torch.float32, device=dev)
-        if score_fn is None:
-            raise ValueError(f"{type(self).__name__}.sample: score_fn is required while "
-                             f"importance sampling is on (tau={self.tau:.3f} > "
-                             f"tau_threshold={self.tau_threshold:.3f})")
-        self.steps_on += 1
-        big_b = self.presample_size
-        cand = torch.randint(self.num_samples, (big_b,), device=dev, generator=self.generator)
+            weights = torch.ones(b, dtype=torch.float32, device=dev)
+        else:
+            if score_fn is None:
+                raise ValueError(f"{type(self).__name__}.sample: score_fn is required while "
+                                 f"importance sampling is on (tau={self.tau:.3f} > "
+                                 f"tau_threshold={self.tau_threshold:.3f})")
+            generator_state = self.generator.get_state()
+            try:
+                idx, weights = self._presample_draw(score_fn)
+            except BaseException:
+                self.generator.set_state(generator_state)
+                raise
+            self.steps_on += 1
+        self.steps += 1
+        self._drew_uniform = uniform
+        self._pending_uniform.append(uniform)
+        return idx, weights
+
+    def _presample_draw(self, score_fn: ScoreFn) -> Tuple[torch.Tensor, torch.Tensor]:
+        """B uniform candidates, scored; b of them drawn with probabilities g = s/Σs and
+        weighted 1/(B·g). Updates τ from the B scores (after they passed the checks)."""
+        b, big_b = self.batch_size, self.presample_size
+        cand = torch.randint(self.num_samples, (big_b,), device=self.device,
+                             generator=self.generator)
         scores = score_fn(cand)
         self._check_scores("score_fn(idx)", cand, scores)
         scores = scores.detach().double()
@@ -199,8 +222,19 @@ class PresampleImportanceSampler(Sampler):
             raise ValueError(f"{type(self).__name__}.sample: {what} returned NaN, inf or "
                              f"negative scores")
 
+    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        """Feeds back the training scores of a draw (see :meth:`Sampler.update`). Those of a
+        uniform draw update τ; those of an importance-sampled draw do not (its presample
+        scores already did)."""
+        self._check_update(idx, scores)
+        position = self._pending_position(idx)
+        self._updating_uniform = position is not None and self._pending_uniform[position]
+        super().update(idx, scores)  # raises, changing nothing, unless idx is pending
+        for _ in range(position + 1):  # this draw and the older ones, as Sampler.update
+            self._pending_uniform.popleft()
+
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        if self._drew_uniform:
+        if self._updating_uniform:
             self._update_tau(scores)
 
     def probabilities(self) -> torch.Tensor:

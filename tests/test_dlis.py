@@ -72,6 +72,7 @@ def test_switches_on_and_off_with_tau():
 def test_needs_score_fn_when_on_and_checks_its_scores():
     s = scripted(50, 4, tau_threshold=1.0)
     s.tau = 3.0
+    before = s.state_dict()
     with pytest.raises(ValueError, match="score_fn is required"):
         s.sample()
     with pytest.raises(ValueError, match="must return a tensor of shape"):
@@ -80,6 +81,27 @@ def test_needs_score_fn_when_on_and_checks_its_scores():
         s.sample(lambda cand: torch.full(cand.shape, float("nan")))
     with pytest.raises(ValueError, match="NaN, inf or negative"):
         s.sample(lambda cand: -torch.ones(cand.shape))
+    after = s.state_dict()  # unchanged: counters, τ and the generator
+    assert torch.equal(after.pop("generator"), before.pop("generator")) and after == before
+    assert len(s._pending) == 0
+
+
+def test_tau_learns_from_uniform_draws_updated_late():
+    """A prefetching DataLoader updates a draw after the next one was drawn: the scores of a
+    uniform draw still move τ, those of an importance-sampled one do not."""
+    s = scripted(100, 4, tau_threshold=1.5, tau_smoothing=0.0)
+    spiky = torch.tensor([0.0, 0.0, 0.0, 1.0])  # τ_new = 2
+    flat = lambda cand: torch.ones(cand.shape[0])  # noqa: E731  (τ_new = 1)
+    first, _ = s.sample(flat)
+    second, _ = s.sample(flat)  # both uniform: τ = 0
+    s.update(first, spiky)
+    assert s.tau == 2.0 and s.is_on
+    third, _ = s.sample(flat)  # importance-sampled: its presample sets τ = 1
+    assert s.tau == 1.0 and not s._drew_uniform
+    s.update(second, spiky)  # uniform, updated late
+    assert s.tau == 2.0
+    s.update(third, spiky)  # importance-sampled: τ stays
+    assert s.tau == 2.0
 
 
 @pytest.mark.parametrize("kw,match", [({"presample": 0.5}, "presample must be >= 1"),

@@ -126,7 +126,8 @@ class OnlineImportanceSampler(Sampler):
         uniform_mix: ``λ`` in ``(0, 1]`` when ``unbiased`` (bounds the weights by ``1/λ``),
             in ``[0, 1]`` otherwise.
         unbiased: weights ``1/(N p_i)`` (unbiased gradient) or 1 (adaptive, biased).
-        warmup_epochs: uniform epochs before importance sampling starts.
+        warmup_epochs: uniform epochs before importance sampling starts (permutations of
+            the N samples, or i.i.d. uniform draws when ``batch_size > num_samples``).
         device, generator: where the memory and draws live; the generator of every draw.
 
     Example::
@@ -167,8 +168,9 @@ class OnlineImportanceSampler(Sampler):
         self._active = torch.ones(self.num_samples, dtype=torch.bool, device=self.device)
         self._active_idx = torch.arange(self.num_samples, device=self.device)
         self._seen = torch.zeros(self.num_samples, dtype=torch.bool, device=self.device)
-        self._warmup = UniformSampler(self.num_samples, self.batch_size, device=self.device,
-                                      generator=self.generator)
+        self._warmup = UniformSampler(self.num_samples, self.batch_size,
+                                      replacement=self.batch_size > self.num_samples,
+                                      device=self.device, generator=self.generator)
         self._step_in_epoch = 0
 
     @property
@@ -266,8 +268,8 @@ class OnlineImportanceSampler(Sampler):
         """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value) and
         the sum-tree leaves of the active ones: one ``online_is_update`` op."""
         torch.ops.is_kernels.online_is_update(
-            self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner, idx,
-            scores.to(torch.float32), self.momentum)
+            self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner,
+            idx.contiguous(), scores.to(torch.float32).contiguous(), self.momentum)
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
@@ -286,8 +288,15 @@ class OnlineImportanceSampler(Sampler):
                     or value.dtype != dtype:
                 raise ValueError(f"{op}: state_dict[{key!r}] must be a {dtype} tensor of "
                                  f"shape ({n},)")
+        memory = state_dict["memory"]
+        if not bool((torch.isfinite(memory) & (memory >= 0)).all()):
+            raise ValueError(f"{op}: state_dict['memory'] must be finite and >= 0")
         if not bool(state_dict["active"].any()):
             raise ValueError(f"{op}: state_dict['active'] must keep at least one sample active")
+        step = state_dict["step_in_epoch"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"{op}: state_dict['step_in_epoch'] must be an int >= 0, "
+                             f"got {step!r}")
         self._warmup._check_state_dict(op, state_dict["warmup"])
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:

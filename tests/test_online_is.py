@@ -141,6 +141,46 @@ def test_bad_update_raises_and_leaves_state_unchanged(make_bad, match):
     s.update(idx, torch.rand(4))  # the draw is still pending: a correct update goes through
 
 
+def test_update_takes_strided_scores():
+    s = make(20, 4)
+    idx, _ = s.sample()
+    scores = torch.rand(4, 2) + 0.5
+    s.update(idx, scores[:, 1])  # a column: not contiguous
+    ref = make(20, 4)
+    ref_idx, _ = ref.sample()
+    ref.update(ref_idx, scores[:, 1].clone())
+    assert torch.equal(s.importance, ref.importance)
+
+
+def test_batch_larger_than_the_dataset():
+    """Warm-up draws b i.i.d. uniform indices when a permutation cannot fill a batch."""
+    s = OnlineImportanceSampler(5, 8, generator=torch.Generator().manual_seed(0))
+    assert s.in_warmup and len(s) == 1
+    idx, w = s.sample()
+    assert idx.shape == (8,) and bool(((idx >= 0) & (idx < 5)).all())
+    assert torch.equal(w, torch.ones(8))
+    s.update(idx, torch.rand(8))
+    idx, w = s.sample()  # epoch 1: importance draws
+    assert not s.in_warmup and idx.shape == (8,)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("memory", torch.tensor([1.0, -5.0, 1.0, 1.0, 1.0, 1.0]), "'memory'. must be finite"),
+    ("memory", torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0, 1.0]), "'memory'. must be"),
+    ("step_in_epoch", -1, "'step_in_epoch'. must be an int"),
+])
+def test_load_state_dict_rejects_bad_values_and_keeps_state(key, value, match):
+    s = make(6, 2)
+    drive(s, 4, 0)
+    before = s.state_dict()
+    bad = dict(before, epoch=7, **{key: value})
+    with pytest.raises(ValueError, match=match):
+        s.load_state_dict(bad)
+    after = s.state_dict()
+    assert after["epoch"] == before["epoch"] and torch.equal(after["memory"], before["memory"])
+    assert torch.equal(after["generator"], before["generator"])
+
+
 @pytest.mark.parametrize("kw,match", [({"momentum": 1.0}, "momentum must be in"),
                                       ({"uniform_mix": 1.5}, "uniform_mix must be in"),
                                       ({"uniform_mix": 0.0}, "uniform_mix must be > 0"),

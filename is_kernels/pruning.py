@@ -249,8 +249,8 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             keep probabilities from the importance memory). Every sample keeps ``π >=
             min_keep_probability``, so ``max_stale_epochs`` does not apply.
         min_keep_probability: the floor of ``π`` with ``unbiased=True`` (weights <= its
-            inverse), in ``(0, 1 - prune_fraction]``; ``None`` (default):
-            ``min(0.5, 1 - prune_fraction)`` (on Fashion-MNIST floors of 0.4–0.55 tested
+            inverse), in ``(0, (N - k)/N]`` (``1 - prune_fraction`` up to the rounding of
+            k); ``None`` (default): ``min(0.5, (N - k)/N)`` (on Fashion-MNIST floors of 0.4–0.55 tested
             best, 0.3 worse, see docs/pruning.md).
         importance_sampling: ``False``: each epoch is a permutation of the kept samples,
             weights 1. ``True``: after warm-up, each step draws b indices i.i.d. from the
@@ -304,12 +304,6 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             raise ValueError(f"{name}: unbiased=True keeps N - k samples at random with weights "
                              f"1/π; it combines with neither importance_sampling nor "
                              f"dynamic_threshold")
-        self.min_keep_probability = min(0.5, 1.0 - self.prune_fraction) \
-            if min_keep_probability is None else float(min_keep_probability)
-        if self.unbiased_pruning and \
-                not 0.0 < self.min_keep_probability <= 1.0 - self.prune_fraction:
-            raise ValueError(f"{name}: min_keep_probability must be in (0, 1 - prune_fraction] "
-                             f"= (0, {1.0 - self.prune_fraction:g}], got {min_keep_probability}")
         if uniform_mix is None:
             uniform_mix = 0.5 if self.importance_sampling else 0.1
         super().__init__(num_samples, batch_size, momentum=momentum, uniform_mix=uniform_mix,
@@ -318,6 +312,14 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         if self.max_pruned >= self.num_samples:
             raise ValueError(f"{name}: prune_fraction {self.prune_fraction} would prune all "
                              f"{self.num_samples} samples (round(prune_fraction·N) must be < N)")
+        # The kept fraction (N - k)/N bounds the floor: Σπ = N - k with every π >= floor.
+        kept_fraction = (self.num_samples - self.max_pruned) / self.num_samples
+        self.min_keep_probability = min(0.5, kept_fraction) \
+            if min_keep_probability is None else float(min_keep_probability)
+        if self.unbiased_pruning and not 0.0 < self.min_keep_probability <= kept_fraction:
+            raise ValueError(f"{name}: min_keep_probability must be in (0, (N - k)/N] = "
+                             f"(0, {kept_fraction:g}] (k = round(prune_fraction·N) = "
+                             f"{self.max_pruned}), got {min_keep_probability}")
         self._stale = torch.zeros(self.num_samples, dtype=torch.int64, device=self.device)
         self._init_epochs()
 
@@ -511,7 +513,7 @@ class InfoBatchSampler(_PrunedEpochs, Sampler):
         return self._kept_probabilities()
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        self._scores[idx] = scores.to(torch.float32)
+        self._scores[idx] = scores.detach().to(torch.float32)
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()

@@ -197,19 +197,21 @@ def test_unbiased_pruning_keeps_exactly_n_minus_k_with_the_keep_probabilities():
 @pytest.mark.parametrize("kw,match", [
     ({"min_keep_probability": 0.7}, "min_keep_probability must be in"),
     ({"min_keep_probability": 0.0}, "min_keep_probability must be in"),
+    ({"min_keep_probability": 0.584, "prune_fraction": 0.415}, r"\(0, 0\.58\] \(k = .* = 42\)"),
     ({"importance_sampling": True}, "combines with neither"),
     ({"dynamic_threshold": 0.5}, "combines with neither"),
 ])
 def test_unbiased_pruning_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
-        pruning(100, 8, prune_fraction=0.4, unbiased=True, **kw)
+        pruning(100, 8, **{"prune_fraction": 0.4, "unbiased": True, **kw})
     if "min_keep_probability" in kw:
-        pruning(100, 8, prune_fraction=0.4, **kw)  # only checked when unbiased
+        pruning(100, 8, **{"prune_fraction": 0.4, **kw})  # only checked when unbiased
 
 
-@pytest.mark.parametrize("fraction,floor", [(0.4, 0.5), (0.5, 0.5), (0.7, 0.3)])
+@pytest.mark.parametrize("fraction,floor", [(0.4, 0.5), (0.5, 0.5), (0.7, 0.3), (0.555, 0.44)])
 def test_unbiased_pruning_default_floor(fraction, floor):
-    """The default floor is min(0.5, 1 - prune_fraction), and the keep probabilities hold it."""
+    """The default floor is min(0.5, (N - k)/N) (k = round(0.555·100) = 56 keeps 0.44, not
+    1 - 0.555), and the keep probabilities hold it."""
     n = 100
     s = pruning(n, 8, prune_fraction=fraction, unbiased=True, epochs=3)
     assert s.min_keep_probability == pytest.approx(floor)
@@ -327,6 +329,17 @@ def test_infobatch_stops_pruning_in_the_last_epochs():
     with pytest.raises(ValueError, match="depends on the scores"):
         infobatch(epochs=8).steps_in_epoch(3)
     assert infobatch(epochs=8).steps_in_epoch(7) == 8
+
+
+def test_infobatch_keeps_no_autograd_history_of_the_losses():
+    s = infobatch(epochs=3)
+    lin = torch.nn.Linear(3, 1)
+    idx, _ = s.sample()
+    loss = lin(torch.rand(idx.shape[0], 3)).squeeze(1).abs()  # not detached
+    s.update(idx, loss)
+    sd = s.state_dict()
+    assert not sd["scores"].requires_grad
+    torch.testing.assert_close(sd["scores"][idx], loss.detach())
 
 
 # ---- report -------------------------------------------------------------------------------

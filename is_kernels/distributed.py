@@ -4,7 +4,9 @@ Every rank holds the same sampler, seeded identically, so every rank draws the s
 batch of b indices; rank r trains on the r-th contiguous slice of ``b / world_size``. After
 the step the ranks all-gather their scores, and every rank updates its memory with the
 whole global batch: the memories stay identical, and training equals a single-process run
-with the global batch (DDP averages the gradients of the per-rank means).
+with the global batch (DDP averages the gradients of the per-rank means; when b is not a
+multiple of the world size, each shard's weights carry the factor that makes that average
+the global batch's mean).
 
 .. code-block:: python
 
@@ -49,6 +51,12 @@ class ShardedSampler:
     ``sample`` returns this rank's shard ``(idx, w)``; ``update(idx, scores)`` takes this
     rank's shard and its scores (it all-gathers; every rank must call it). DLIS's
     ``score_fn`` is sharded too: each rank scores its slice of the presample.
+
+    Shards are ``tensor_split`` slices: with n indices drawn and k ranks, their sizes n_r
+    differ by one when k does not divide n (e.g. an epoch's short last batch). The weights
+    of shard r are then the sampler's times ``n_r·k/n``, so that DDP's average of the
+    per-rank ``(w * loss).mean()`` equals the global batch's. A rank whose shard is empty
+    (n < k) gets empty tensors, whose mean is NaN: keep the global batch >= the world size.
     """
 
     def __init__(self, sampler: Sampler, *, num_replicas: Optional[int] = None,
@@ -90,7 +98,10 @@ class ShardedSampler:
                                        self.group)
         idx, w = self.sampler.sample(sharded_fn)
         self._global_idx = idx
-        return self._shard(idx), self._shard(w)
+        n, local_idx, local_w = idx.shape[0], self._shard(idx), self._shard(w)
+        if n % self.num_replicas:
+            local_w = local_w * (local_idx.shape[0] * self.num_replicas / n)
+        return local_idx, local_w
 
     def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """All-gathers every rank's scores and updates this replica with the global batch."""
@@ -105,8 +116,8 @@ class ShardedSampler:
                              f"({idx.shape[0]}), got {tuple(scores.shape)}")
         gathered = _all_gather_cat(scores.detach().float(),
                                    self._sizes(self._global_idx.shape[0]), self.group)
-        global_idx, self._global_idx = self._global_idx, None
-        self.sampler.update(global_idx, gathered)
+        self.sampler.update(self._global_idx, gathered)  # on error, the draw stays pending
+        self._global_idx = None
 
     def probabilities(self) -> torch.Tensor:
         return self.sampler.probabilities()

@@ -1,6 +1,7 @@
 """DDP integration, two gloo processes on CPU: equal to one process with the global batch."""
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -112,3 +113,40 @@ def test_ddp_pruning_samplers_equal_single_process(tmp_path):
             assert torch.allclose(r["state"][state_key], single.state_dict()[state_key],
                                   rtol=1e-5)
             assert torch.allclose(r["weight"], model.weight, atol=1e-5)
+
+
+def test_uneven_shards_are_weighted_to_the_global_mean():
+    """b = 10 over 4 ranks gives shards of 3, 3, 2, 2: DDP's mean of the per-rank weighted
+    means must still be the global batch's weighted mean."""
+    x = torch.rand(N, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 1.0
+    world = 4
+    single = is_kernels.OnlineImportanceSampler(N, 10, warmup_epochs=0,
+                                                generator=torch.Generator().manual_seed(5))
+    idx, w = single.sample()
+    shards = []
+    for rank in range(world):
+        inner = is_kernels.OnlineImportanceSampler(N, 10, warmup_epochs=0,
+                                                   generator=torch.Generator().manual_seed(5))
+        shards.append(is_kernels.ShardedSampler(inner, num_replicas=world, rank=rank).sample())
+    assert [s[0].shape[0] for s in shards] == [3, 3, 2, 2]
+    assert torch.equal(torch.cat([s[0] for s in shards]), idx)
+    ddp_mean = sum(float((w_r.double() * x[i_r]).mean()) for i_r, w_r in shards) / world
+    assert abs(ddp_mean - float((w.double() * x[idx]).mean())) < 1e-6
+
+
+def test_failed_update_stays_pending(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        s = is_kernels.ShardedSampler(is_kernels.OnlineImportanceSampler(N, B, warmup_epochs=0))
+        idx, _ = s.sample()
+        bad = torch.ones(B)
+        bad[1] = float("nan")
+        before = s.sampler.importance.clone()
+        with pytest.raises(ValueError, match="scores must be finite"):
+            s.update(idx, bad)
+        assert torch.equal(s.sampler.importance, before)
+        s.update(idx, torch.full((B,), 2.0))  # the retry goes through
+        assert bool((s.sampler.importance[idx] == 2.0).all())
+    finally:
+        dist.destroy_process_group()

@@ -102,14 +102,20 @@ def _update_fake(memory, seen, active, leaves, inner, idx, scores, momentum):
 
 
 def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, momentum):
-    """``online_is_update`` from tensor ops: the CUDA kernel (no value checks: on CUDA they
-    would sync; the sum tree update drops an invalid batch itself). Duplicates: every entry is computed from the memory before the
-    batch, and index_put keeps one of them, which the leaf then reads back."""
+    """``online_is_update`` from tensor ops: the CUDA kernel. No host sync, so no raising: a
+    batch with an index out of range or a score not finite and >= 0 changes nothing (its
+    gathers read clamped indices, its writes put the old values back, and the sum tree
+    update drops it). Duplicates: every entry is computed from the memory before the batch,
+    and index_put keeps one of them, which the leaf then reads back."""
     _check_update(memory, seen, active, leaves, idx, scores)
-    new = torch.where(seen[idx], momentum * memory[idx] + (1.0 - momentum) * scores, scores)
-    memory[idx] = new
-    seen[idx] = True
-    values = torch.where(active[idx], memory[idx], 0.0)
+    n = memory.shape[0]
+    ok = ((idx >= 0) & (idx < n)).all() & (torch.isfinite(scores) & (scores >= 0)).all()
+    safe = idx.clamp(0, n - 1)
+    old, was_seen = memory[safe], seen[safe]
+    new = torch.where(was_seen, momentum * old + (1.0 - momentum) * scores, scores)
+    memory.index_put_((safe,), torch.where(ok, new, old))
+    seen.index_put_((safe,), ok | was_seen)
+    values = torch.where(active[safe], memory[safe], 0.0)
     torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
 
 

@@ -410,6 +410,22 @@ def test_update_op_checks_before_writing(idx, scores, match):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("idx,scores", [([1, 2], [1.0, float("nan")]), ([1, 2], [-0.5, 1.0])])
+def test_cuda_composition_drops_a_bad_batch(idx, scores):
+    """The CUDA update cannot raise without a sync: a bad batch leaves the state unchanged
+    (run here on CPU tensors; an index out of range is the sum tree's to drop, whose CPU op
+    raises instead)."""
+    state = _op_state()
+    before = [t.clone() for t in state]
+    online_is.update_with_tensor_ops(*state, torch.tensor(idx), torch.tensor(scores), 0.2)
+    for got, want in zip(state, before):
+        assert torch.equal(got, want)
+    with pytest.raises(RuntimeError, match="out of range"):
+        online_is.update_with_tensor_ops(*state, torch.tensor([1, 50]), torch.ones(2), 0.2)
+    for got, want in zip(state, before):
+        assert torch.equal(got, want)
+
+
 def test_ops_opcheck():
     memory, seen, active, leaves, inner = _op_state(active_fraction=0.5)
     active_idx = active.nonzero().squeeze(1)

@@ -83,7 +83,8 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     bad = row_in & (y != ignore_index) & ((y < 0) | (y >= C))
     col_in = cols < C
     mask = row_in[:, None] & col_in[None, :]
-    ptrs = Z + rows[:, None] * stride_zn + cols[None, :] * stride_zc
+    # int64 column offsets: C * stride_zc may pass 2^31 (column-major logits).
+    ptrs = Z + rows[:, None] * stride_zn + cols[None, :].to(tl.int64) * stride_zc
     z = tl.load(ptrs, mask=mask, other=-float("inf"))
     z = z.to(tl.float64) if F64 else z.to(tl.float32)
     is_y = cols[None, :] == y[:, None]
@@ -131,7 +132,7 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     sum_z = tl.zeros([1], acc_t)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
-        z = tl.load(zrow + cols * stride_zc, mask=cols < C, other=-float("inf")).to(acc_t)
+        z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=cols < C, other=-float("inf")).to(acc_t)
         z = tl.where(cols[None, :] == y[:, None], -float("inf"), z[None, :])
         m_new = tl.maximum(m2, tl.max(z, axis=1))
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)
@@ -153,7 +154,7 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
         for start in range(0, C, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
             col_in = cols < C
-            z = tl.load(zrow + cols * stride_zc, mask=col_in, other=-float("inf")).to(acc_t)
+            z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=col_in, other=-float("inf")).to(acc_t)
             is_y = cols[None, :] == y[:, None]
             d = tl.exp(z[None, :] - shift[:, None]) * a[:, None] - eps / C
             if SMOOTH:

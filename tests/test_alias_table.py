@@ -244,10 +244,11 @@ def test_cuda():
     assert gof_pvalue(small.sample(200_000), small.probs) > 1e-3
     with pytest.raises(RuntimeError, match="not a valid weight"):
         AliasTable(torch.tensor([1.0, float("nan")], device="cuda"), check_values=True)
+    w_cuda = w.cuda()  # (the copy from pageable memory syncs)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # the default (check_values=False) never syncs
     try:
-        table = AliasTable(w.cuda())
+        table = AliasTable(w_cuda)
         table.sample(1000)
     finally:
         torch.cuda.set_sync_debug_mode("default")

@@ -6,6 +6,9 @@ Group ``round``: N = 2^20 weights; one round updates 4096 random leaves and draw
 indices. Baselines re-read the changed weights every round: ``torch.multinomial`` and
 cumsum + searchsorted; cpprb's PrioritizedReplayBuffer (C++ segment tree) runs
 ``update_priorities`` + ``sample``. On CUDA (when present) the same round at N = 2^24.
+Groups ``sum tree update`` and ``sum tree draw`` time the two halves of our round alone.
+Group names carry the device and N; on CUDA every timed call ends with a synchronize
+(included in the times).
 """
 import numpy as np
 import pytest
@@ -20,6 +23,13 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def _size(device: str) -> int:
     return N if device == "cpu" else 1 << 24
+
+
+def _group(benchmark, what: str, device: str) -> None:
+    benchmark.group = f"{what}, N=2^{_size(device).bit_length() - 1} ({device})"
+
+
+ROUND = "round: update 4096 + draw 4096"
 
 
 def _sync(device: str) -> None:
@@ -42,21 +52,43 @@ class Round:
         return self.idx[self.i], self.val[self.i]
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
-def test_is_kernels_sum_tree(benchmark, device):
+def _tree(device: str):
     r = Round(_size(device), device)
     tree = SumTree(r.weights.shape[0], device=device)
     tree.build(r.weights)
+    return r, tree
+
+
+def _bench_tree(benchmark, device: str, what: str, update: bool, draw: bool) -> None:
+    r, tree = _tree(device)
 
     def step():
-        idx, val = r.next()
-        tree.update(idx, val)
-        out = tree.sample(K)
+        out = None
+        if update:
+            tree.update(*r.next())
+        if draw:
+            out = tree.sample(K)
         _sync(device)
         return out
 
+    step()  # warm-up (Triton compilation on CUDA)
+    _group(benchmark, what, device)
     benchmark(step)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_is_kernels_sum_tree(benchmark, device):
+    _bench_tree(benchmark, device, ROUND, update=True, draw=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_is_kernels_sum_tree_update(benchmark, device):
+    _bench_tree(benchmark, device, "sum tree update 4096", update=True, draw=False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_is_kernels_sum_tree_draw(benchmark, device):
+    _bench_tree(benchmark, device, "sum tree draw 4096", update=False, draw=True)
 
 
 def _bench_dense(benchmark, device: str, draw) -> None:
@@ -72,17 +104,16 @@ def _bench_dense(benchmark, device: str, draw) -> None:
         _sync(device)
         return out
 
+    _group(benchmark, ROUND, device)
     benchmark(step)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
 def test_multinomial(benchmark, device):
     _bench_dense(benchmark, device, lambda w: torch.multinomial(w, K, replacement=True))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
 def test_cumsum_searchsorted(benchmark, device):
     def draw(w):
         c = torch.cumsum(w, 0, dtype=torch.float64)
@@ -92,7 +123,6 @@ def test_cumsum_searchsorted(benchmark, device):
     _bench_dense(benchmark, device, draw)
 
 
-@pytest.mark.benchmark(group="round: update 4096 + draw 4096")
 def test_cpprb(benchmark):
     cpprb = pytest.importorskip("cpprb")
     r = Round(N, "cpu")
@@ -107,4 +137,5 @@ def test_cpprb(benchmark):
         rb.update_priorities(idx_np[state["i"]], val_np[state["i"]])
         return rb.sample(K, beta=0.4)
 
+    _group(benchmark, ROUND, "cpu")
     benchmark(step)

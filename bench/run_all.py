@@ -52,6 +52,8 @@ def summarize(report: dict) -> str:
         nbytes = ours.get("extra_info", {}).get("bytes")
         gbps = f"{nbytes / med / 1e9:.1f}" if nbytes else ""
         paired_ratios = ours.get("extra_info", {}).get("paired_ratios", {})
+        if len(entries) == 1:  # timed alone (e.g. one half of a round)
+            lines.append(f"| {group} | {med * 1e3:.3f} ms | — | | | {gbps} |")
         for alt in sorted(entries, key=lambda b: b["name"]):
             if alt is ours:
                 continue

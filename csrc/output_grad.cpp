@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -69,28 +70,32 @@ struct RowOut {
 // (ALGORITHMS.md section 1).
 template <typename T>
 RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool write_grad) {
+  if (z[y] == std::numeric_limits<T>::infinity()) {  // p_y = inf / inf: NaN, as in PyTorch
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+    if (write_grad) std::fill(e, e + C, nan);
+    return {nan, nan};
+  }
   const T m2 = row_max_except(z, C, y);
   const T shift = std::isinf(m2) && m2 < 0 ? T(0) : m2;
   T s_ne, q_ne;
   exp_shifted_except(z, e, C, y, shift, &s_ne, &q_ne);
   const T delta = z[y] - m2;
   const T t = std::exp(-std::abs(delta));
-  T a, nll;  // p_j = a * e_j for j != y; nll = -log p_y
+  T a, nll, lse;  // p_j = a * e_j for j != y; nll = -log p_y; lse = log sum_j exp(z_j)
   if (delta >= T(0)) {
     a = t / (T(1) + s_ne * t);
     nll = std::log1p(s_ne * t);
+    lse = z[y] + nll;
   } else {
     a = T(1) / (s_ne + t);
     nll = std::log(s_ne + t) - delta;
+    lse = m2 + std::log(s_ne + t);  // not z_y + nll: finite when z_y = -inf
   }
   const T t_other = eps / T(C);
   const T d_y = (eps - t_other) - s_ne * a;  // p_y - t_y with t_y = 1 - eps + eps / C
   T loss = nll;
   T score = a * std::sqrt(q_ne + s_ne * s_ne);  // one-hot: sqrt(sum_{j!=y} p_j^2 + (1-p_y)^2)
-  if (eps != T(0)) {
-    const T lse = z[y] + nll;
-    loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
-  }
+  if (eps != T(0)) loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
   if (eps != T(0)) {  // the smoothed target is nonzero everywhere: the score needs e's pass
     const T sq_other = affine_in_place(e, 0, y, a, t_other, scale) +
                        affine_in_place(e, y + 1, C, a, t_other, scale);

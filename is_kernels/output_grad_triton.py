@@ -44,12 +44,20 @@ def _ce_row_stats(delta, s_ne):
 
 
 @triton.jit
+def _ce_lse(zy, m2, nll, s_ne):
+    """log sum_j exp(z_j): z_y + nll, or m2 + log(S_{j!=y} + t) where y is not the max (finite
+    for z_y = -inf, where z_y + nll is -inf + inf)."""
+    delta = zy - m2
+    return tl.where(delta >= 0.0, zy + nll, m2 + tl.log(s_ne + tl.exp(-tl.abs(delta))))
+
+
+@triton.jit
 def _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
-                    zy, sum_z, eps, C, SMOOTH: tl.constexpr):
-    """Stores loss and score of the rows: 0 for ignored rows, NaN for out-of-range targets."""
+                    zy, m2, sum_z, eps, C, SMOOTH: tl.constexpr):
+    """Stores loss and score of the rows: 0 for ignored rows, NaN for `bad` ones."""
     d_y = (eps - eps / C) - s_ne * a
     if SMOOTH:
-        loss = (1.0 - eps) * nll + eps * (zy + nll - sum_z / C)
+        loss = (1.0 - eps) * nll + eps * (_ce_lse(zy, m2, nll, s_ne) - sum_z / C)
         score = tl.sqrt(sq_other + d_y * d_y)
     else:
         loss = nll
@@ -95,6 +103,7 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     s_ne = tl.sum(e, axis=1)
     q_ne = tl.sum(e * e, axis=1)
     zy = tl.sum(tl.where(is_y, z, 0.0), axis=1)
+    bad = bad | (row_ok & (zy == float("inf")))  # p_y = inf / inf: NaN, as in PyTorch
     a, nll = _ce_row_stats(zy - m2, s_ne)
     d = e * a[:, None] - eps / C
     sq_other = q_ne
@@ -103,7 +112,7 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
         sq_other = tl.sum(tl.where(other, d * d, 0.0), axis=1)
         sum_z = tl.sum(tl.where(col_in[None, :], z, 0.0), axis=1)
     _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other, zy,
-                    sum_z, eps, C, SMOOTH)
+                    m2, sum_z, eps, C, SMOOTH)
     if WRITE_GRAD:
         scale = _grad_scale(COUNT, y, row_ok, bad, MEAN, F64)
         d_y = (eps - eps / C) - s_ne * a
@@ -143,6 +152,7 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
         m2 = m_new
     y_safe = tl.where(row_ok, y, 0)
     zy = tl.load(zrow + y_safe * stride_zc).to(acc_t)
+    bad = bad | (row_ok & (zy == float("inf")))  # p_y = inf / inf: NaN, as in PyTorch
     a, nll = _ce_row_stats(zy - m2, s_ne)
     shift = tl.where(m2 == -float("inf"), 0.0, m2)
     sq_other = q_ne
@@ -154,7 +164,8 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
         for start in range(0, C, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
             col_in = cols < C
-            z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=col_in, other=-float("inf")).to(acc_t)
+            z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=col_in,
+                        other=-float("inf")).to(acc_t)
             is_y = cols[None, :] == y[:, None]
             d = tl.exp(z[None, :] - shift[:, None]) * a[:, None] - eps / C
             if SMOOTH:
@@ -165,7 +176,7 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
                 tl.store(GRAD + row * C + cols[None, :], g.to(GRAD.dtype.element_ty),
                          mask=col_in[None, :])
     _ce_row_outputs(LOSS, SCORE, rows, rows < N, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
-                    zy, sum_z, eps, C, SMOOTH)
+                    zy, m2, sum_z, eps, C, SMOOTH)
 
 
 @triton.jit

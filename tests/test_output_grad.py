@@ -5,11 +5,12 @@ kernels launched directly on CPU tensors under ``TRITON_INTERPRET=1`` (small sha
 public API on CUDA (Triton compiled for the GPU) when one is present.
 """
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_env import interpreted
+from triton_env import INTERPRETER_WORKS, interpreted
 
 import is_kernels
 from is_kernels import output_grad_triton
@@ -214,6 +215,39 @@ def test_ce_nan_and_inf_stay_in_their_row():
     ref_loss, ref_score, _ = ce_reference(logits[~bad], target[~bad], reduction="none")
     assert_close(loss[~bad], ref_loss, 1e-5, "loss")
     assert_close(score[~bad], ref_score, 2e-6, "score")
+
+
+INF = float("inf")
+INFINITE_ROWS = [[INF, 0.0, 0.0], [0.0, INF, 0.0], [-INF, 0.0, 0.0], [0.0, -INF, 0.0],
+                 [INF, INF, 0.0], [-INF, -INF, 1.0], [3.0, 1.0, -2.0]]
+
+
+def infinite_logit_impls():
+    impls = {"cpp": lambda z, t, ls: run_public_ce(z, t, label_smoothing=ls, reduction="none")}
+    if INTERPRETER_WORKS:
+        for tile in (output_grad_triton.MAX_TILE_C, 2):  # the tile and the loop kernel
+            impls[f"triton-{tile}"] = partial(_triton_none, max_tile_c=tile)
+    return impls
+
+
+def _triton_none(z, t, ls, max_tile_c):
+    return run_triton_ce(z, t, label_smoothing=ls, reduction="none", max_tile_c=max_tile_c)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("impl", list(infinite_logit_impls()))
+def test_ce_infinite_logits_follow_pytorch(impl, label_smoothing):
+    """+inf at the target (p_y = inf/inf) or elsewhere gives NaN loss, score and gradient;
+    -inf logits are probabilities 0: finite score, loss inf at the target (as PyTorch)."""
+    logits = torch.tensor(INFINITE_ROWS)
+    target = torch.zeros(len(INFINITE_ROWS), dtype=torch.int64)
+    loss, score, grad = infinite_logit_impls()[impl](logits, target, label_smoothing)
+    ref_loss, ref_score, ref_grad = ce_reference(logits, target, label_smoothing=label_smoothing,
+                                                 reduction="none")
+    assert_close(loss, ref_loss, 1e-6, "loss")
+    assert_close(score, ref_score, 1e-6, "score")
+    assert_close(grad, ref_grad, 1e-6, "grad")
+    assert score[:2].isnan().all() and torch.isfinite(score[2:4]).all()
 
 
 def test_output_grad_norm_matches_reference_and_needs_no_grad():

@@ -232,6 +232,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_with_score_cpu(
   const Reduction red = parse_reduction(op, reduction);
   TORCH_CHECK(pred_in.dim() == 1 || pred_in.dim() == 2, op,
               ": pred must be [N] or [N, D], got shape ", pred_in.sizes());
+  TORCH_CHECK(pred_in.dim() == 1 || pred_in.size(1) >= 1, op,
+              ": pred must have at least one feature (D >= 1)");
   check_float_dtype(op, "pred", pred_in);
   TORCH_CHECK(target_in.sizes() == pred_in.sizes(), op,
               ": target must have the shape of pred ", pred_in.sizes(), ", got ",

@@ -9,6 +9,8 @@ donated, see :func:`_can_donate`).
 """
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -52,6 +54,8 @@ def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
 def _check_mse(op: str, pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.dim() not in (1, 2):
         raise ValueError(f"{op}: pred must be [N] or [N, D], got shape {tuple(pred.shape)}")
+    if pred.dim() == 2 and pred.shape[1] < 1:
+        raise ValueError(f"{op}: pred must have at least one feature (D >= 1)")
     if pred.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: pred must be float32, float64, float16 or bfloat16, "
                         f"got {pred.dtype}")
@@ -190,6 +194,26 @@ torch.library.register_autograd("is_kernels::mse_with_score", _mse_backward,
 
 # ---- public API ---------------------------------------------------------------------------
 
+def _check_tensors(op: str, **tensors) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_options(op: str, ignore_index: int, label_smoothing: float) -> int:
+    """``ignore_index`` as an int; TypeError naming the argument of a bad type."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"{op}: label_smoothing must be a float, "
+                        f"got {type(label_smoothing).__name__}")
+    try:
+        if isinstance(ignore_index, bool):
+            raise TypeError
+        return operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"{op}: ignore_index must be an int, "
+                        f"got {type(ignore_index).__name__}") from None
+
+
 def _as_class_indices(op: str, target: torch.Tensor) -> torch.Tensor:
     if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
         raise TypeError(f"{op}: target must be integer class indices, got {target.dtype}")
@@ -216,6 +240,8 @@ def cross_entropy_with_score(
         logits, 0 for ignored rows.
     """
     op = "cross_entropy_with_score"
+    _check_tensors(op, logits=logits, target=target)
+    ignore_index = _check_options(op, ignore_index, label_smoothing)
     target = _as_class_indices(op, target)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
     loss, score, _ = torch.ops.is_kernels.cross_entropy_with_score(
@@ -236,6 +262,7 @@ def mse_with_score(pred: torch.Tensor, target: torch.Tensor, *,
         ``(loss, score)`` with ``score = (2/D)·||pred_i - target_i||_2`` (float32 ``[N]``,
         detached), the norm of the per-sample loss gradient w.r.t. ``pred_i``.
     """
+    _check_tensors("mse_with_score", pred=pred, target=target)
     compute_grad = torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad)
     loss, score, _ = torch.ops.is_kernels.mse_with_score(pred, target, reduction, compute_grad)
     return loss, score.detach()
@@ -247,7 +274,10 @@ def output_grad_norm(logits: torch.Tensor, target: torch.Tensor, *, ignore_index
 
     Used to score presampled candidates. Returns float32 ``[N]``, 0 for ignored rows.
     """
-    target = _as_class_indices("output_grad_norm", target)
+    op = "output_grad_norm"
+    _check_tensors(op, logits=logits, target=target)
+    ignore_index = _check_options(op, ignore_index, label_smoothing)
+    target = _as_class_indices(op, target)
     with torch.no_grad():
         return torch.ops.is_kernels.output_grad_norm(logits, target, ignore_index,
                                                      float(label_smoothing))

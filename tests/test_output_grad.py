@@ -290,9 +290,17 @@ CE_BAD_INPUTS = [
     ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": 1.5}),
     ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": -0.1}),
 ]
+# Caught by the public wrappers (the op's schema would reject them less clearly).
+CE_BAD_ARGUMENTS = [
+    ("logits must be a torch.Tensor", lambda z, t: (z.tolist(), t), {}),
+    ("target must be a torch.Tensor", lambda z, t: (z, t.tolist()), {}),
+    ("label_smoothing must be a float", lambda z, t: (z, t), {"label_smoothing": "0.1"}),
+    ("ignore_index must be an int", lambda z, t: (z, t), {"ignore_index": True}),
+    ("ignore_index must be an int", lambda z, t: (z, t), {"ignore_index": 1.0}),
+]
 
 
-@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS)
+@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS + CE_BAD_ARGUMENTS)
 def test_ce_bad_input_raises_naming_the_argument(match, make, kw):
     logits, target = random_case(6, 7, torch.float32, ignore_frac=0.0)
     logits, target = make(logits, target)
@@ -364,6 +372,8 @@ def test_mse_gradient_flows_to_target_and_gradcheck():
     ("target must have the shape of pred", lambda p, y: (p, y[:-1])),
     ("target must have the dtype of pred", lambda p, y: (p, y.double())),
     ("pred must be float", lambda p, y: (p.int(), y.int())),
+    ("at least one feature \\(D >= 1\\)", lambda p, y: (p[:, :0], y[:, :0])),
+    ("target must be a torch.Tensor", lambda p, y: (p, y.tolist())),
 ])
 def test_mse_bad_input(match, make):
     pred, target = make(*mse_case((4, 3), torch.float32))

@@ -61,6 +61,8 @@ std::tuple<at::Tensor, at::Tensor> online_is_draw_cpu(const at::Tensor& leaves,
   check_vector(op, "memory", memory, at::kFloat, num, leaves);
   check_vector(op, "active_idx", active_idx, at::kLong, -1, leaves);
   TORCH_CHECK(active_idx.numel() >= 1, op, ": active_idx must not be empty");
+  TORCH_CHECK_VALUE(uniform_mix >= 0.0 && uniform_mix <= 1.0, op,
+                    ": uniform_mix must be in [0, 1], got ", uniform_mix);
   TORCH_CHECK(u.dim() == 2 && u.size(0) == 3 && u.scalar_type() == at::kDouble &&
                   u.is_contiguous() && u.device() == leaves.device(),
               op, ": u must be a contiguous float64 [3, b] tensor on ", leaves.device(),
@@ -88,6 +90,9 @@ std::tuple<at::Tensor, at::Tensor> online_is_draw_cpu(const at::Tensor& leaves,
                 ": u[1:, ", t, "] is not in [0, 1)");
     const int64_t k = std::min(static_cast<int64_t>(pick[t] * static_cast<double>(n)), n - 1);
     const bool uniform = coin[t] < uniform_mix || tree_draw[t] < 0;
+    TORCH_CHECK_VALUE(!uniform || (active[k] >= 0 && active[k] < num), op,
+                      ": active_idx must lie in [0, ", num, "), got active_idx[", k, "] = ",
+                      active[k]);
     out[t] = uniform ? active[k] : tree_draw[t];
     if (unbiased) {
       const float share = total > 0.0f ? q[out[t]] / total : empty_share;
@@ -102,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor> online_is_draw_cpu(const at::Tensor& leaves,
 // q <- m·q + (1 - m)·s at idx (a sample's first score replaces its initial value), then the
 // sum tree leaves at idx <- q (0 for inactive samples). With a duplicated index every entry
 // is computed from the memory before the batch and the last one is kept. Everything is
-// checked before anything is written: on error the state is unchanged.
+// checked before anything is written (the sum tree update, which checks the tree, runs
+// before memory and seen are written): on error the state is unchanged.
 void online_is_update_cpu(at::Tensor& memory, at::Tensor& seen, const at::Tensor& active,
                           at::Tensor& leaves, at::Tensor& inner, const at::Tensor& idx,
                           const at::Tensor& scores, double momentum) {
@@ -114,6 +120,8 @@ void online_is_update_cpu(at::Tensor& memory, at::Tensor& seen, const at::Tensor
   check_vector(op, "active", active, at::kBool, num, leaves);
   check_vector(op, "idx", idx, at::kLong, -1, leaves);
   check_vector(op, "scores", scores, at::kFloat, idx.numel(), leaves);
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0, op, ": momentum must be in [0, 1), got ",
+                    momentum);
   const int64_t k = idx.numel();
   const int64_t* ix = idx.data_ptr<int64_t>();
   const float* s = scores.data_ptr<float>();
@@ -131,17 +139,17 @@ void online_is_update_cpu(at::Tensor& memory, at::Tensor& seen, const at::Tensor
   const float keep = static_cast<float>(momentum), take = static_cast<float>(1.0 - momentum);
   at::Tensor fresh = at::empty({k}, memory.options());
   float* f = fresh.data_ptr<float>();
+  at::Tensor values = at::empty({k}, leaves.options());  // the leaves (the last entry wins)
+  float* v = values.data_ptr<float>();
   for (int64_t t = 0; t < k; ++t) {
     f[t] = was_seen[ix[t]] ? keep * q[ix[t]] + take * s[t] : s[t];
+    v[t] = is_active[ix[t]] ? f[t] : 0.0f;
   }
+  sum_tree_update(leaves, inner, idx, values);
   for (int64_t t = 0; t < k; ++t) {
     q[ix[t]] = f[t];
     was_seen[ix[t]] = true;
   }
-  at::Tensor values = at::empty({k}, leaves.options());  // what each index finally holds
-  float* v = values.data_ptr<float>();
-  for (int64_t t = 0; t < k; ++t) v[t] = is_active[ix[t]] ? q[ix[t]] : 0.0f;
-  sum_tree_update(leaves, inner, idx, values);
 }
 
 }  // namespace

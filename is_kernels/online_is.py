@@ -31,7 +31,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .samplers import DeviceLike, Sampler, ScoreFn, UniformSampler
-from .sum_tree import SumTree
+from .sum_tree import SumTree, _check_tree
 
 __all__ = ["OnlineImportanceSampler", "LossImportanceSampler"]
 
@@ -58,9 +58,12 @@ def _check_vector(op: str, name: str, t: torch.Tensor, dtype: torch.dtype,
         raise ValueError(f"{op}: {name} must be on {like.device}, got {t.device}")
 
 
-def _check_draw(leaves, inner, memory, active_idx, u) -> None:
+def _check_draw(leaves, inner, memory, active_idx, u, uniform_mix) -> None:
     op = "online_is_draw"
+    _check_tree(op, leaves, inner)
     _check_vector(op, "memory", memory, torch.float32, leaves.shape[0], leaves)
+    if not 0.0 <= uniform_mix <= 1.0:
+        raise ValueError(f"{op}: uniform_mix must be in [0, 1], got {uniform_mix}")
     _check_vector(op, "active_idx", active_idx, torch.int64, None, leaves)
     if active_idx.shape[0] == 0:
         raise ValueError(f"{op}: active_idx must not be empty")
@@ -69,10 +72,13 @@ def _check_draw(leaves, inner, memory, active_idx, u) -> None:
                          f"{u.dtype} of shape {tuple(u.shape)} on {u.device}")
 
 
-def _check_update(memory, seen, active, leaves, idx, scores) -> None:
+def _check_update(memory, seen, active, leaves, inner, idx, scores, momentum) -> None:
     op = "online_is_update"
     n = leaves.shape[0]
     _check_vector(op, "leaves", leaves, torch.float32, None, leaves)
+    _check_tree(op, leaves, inner)
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{op}: momentum must be in [0, 1), got {momentum}")
     for name, t, dtype in (("memory", memory, torch.float32), ("seen", seen, torch.bool),
                            ("active", active, torch.bool)):
         _check_vector(op, name, t, dtype, n, leaves)
@@ -82,7 +88,7 @@ def _check_update(memory, seen, active, leaves, idx, scores) -> None:
 
 @torch.library.register_fake("is_kernels::online_is_draw")
 def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
-    _check_draw(leaves, inner, memory, active_idx, u)
+    _check_draw(leaves, inner, memory, active_idx, u, uniform_mix)
     b = u.shape[1]
     return u.new_empty((b,), dtype=torch.int64), u.new_empty((b,), dtype=torch.float32)
 
@@ -91,14 +97,14 @@ def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
 def _draw_cuda(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     from . import online_is_triton
 
-    _check_draw(leaves, inner, memory, active_idx, u)
+    _check_draw(leaves, inner, memory, active_idx, u, uniform_mix)
     return online_is_triton.draw(leaves, inner, memory, active_idx, u.contiguous(),
                                  uniform_mix, unbiased)
 
 
 @torch.library.register_fake("is_kernels::online_is_update")
 def _update_fake(memory, seen, active, leaves, inner, idx, scores, momentum):
-    _check_update(memory, seen, active, leaves, idx, scores)
+    _check_update(memory, seen, active, leaves, inner, idx, scores, momentum)
 
 
 def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, momentum):
@@ -107,7 +113,7 @@ def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, mom
     gathers read clamped indices, its writes put the old values back, and the sum tree
     update drops it). Duplicates: every entry is computed from the memory before the batch,
     and index_put keeps one of them, which the leaf then reads back."""
-    _check_update(memory, seen, active, leaves, idx, scores)
+    _check_update(memory, seen, active, leaves, inner, idx, scores, momentum)
     n = memory.shape[0]
     ok = ((idx >= 0) & (idx < n)).all() & (torch.isfinite(scores) & (scores >= 0)).all()
     safe = idx.clamp(0, n - 1)

@@ -410,6 +410,34 @@ def test_update_op_checks_before_writing(idx, scores, match):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("momentum,inner_size,match", [
+    (1.0, None, r"momentum must be in \[0, 1\)"), (-0.1, None, "momentum must be in"),
+    (0.2, 3, "inner must have shape"),
+])
+def test_update_op_checks_momentum_and_tree_before_writing(momentum, inner_size, match):
+    state = list(_op_state())
+    if inner_size is not None:
+        state[4] = torch.zeros(inner_size, dtype=torch.float64)
+    before = [t.clone() for t in state]
+    for update in (torch.ops.is_kernels.online_is_update, online_is.update_with_tensor_ops):
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            update(*state, torch.tensor([1, 2]), torch.tensor([1.0, 2.0]), momentum)
+        for got, want in zip(state, before):
+            assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("active_idx,uniform_mix,match", [
+    ([10**12], 1.0, r"active_idx must lie in \[0, 50\), got active_idx\[0\]"),
+    ([3, -1], 1.0, r"active_idx must lie in"), ([3], 1.5, r"uniform_mix must be in \[0, 1\]"),
+])
+def test_draw_op_checks_its_arguments(active_idx, uniform_mix, match):
+    memory, _, _, leaves, inner = _op_state()
+    u = torch.full((3, 4), 0.75, dtype=torch.float64)  # the pick lands on the last entry
+    with pytest.raises(ValueError, match=match):
+        torch.ops.is_kernels.online_is_draw(leaves, inner, memory, torch.tensor(active_idx), u,
+                                            uniform_mix, False)
+
+
 @pytest.mark.parametrize("idx,scores", [([1, 2], [1.0, float("nan")]), ([1, 2], [-0.5, 1.0])])
 def test_cuda_composition_drops_a_bad_batch(idx, scores):
     """The CUDA update cannot raise without a sync: a bad batch leaves the state unchanged

@@ -89,7 +89,8 @@ at::Tensor sum_tree_build_cpu(const at::Tensor& leaves) {
   const int64_t capacity = leaves.numel(), p = heap_size(capacity);
   at::Tensor inner = at::empty({p}, leaves.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
-    check_weights(op, "leaves", leaves.data_ptr<scalar_t>(), capacity);
+    check_weights(op, "leaves", leaves.data_ptr<scalar_t>(), capacity,
+                  max_leaf<scalar_t>(capacity));
     rebuild_all(inner.data_ptr<double>(), leaves.data_ptr<scalar_t>(), p, capacity);
   });
   return inner;
@@ -134,7 +135,7 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
   }
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const scalar_t* val = val_t.data_ptr<scalar_t>();
-    check_weights(op, "values", val, k);
+    check_weights(op, "values", val, k, max_leaf<scalar_t>(capacity));
     // Everything is valid: mutate.
     scalar_t* lv = leaves.data_ptr<scalar_t>();
     double* in = inner.data_ptr<double>();

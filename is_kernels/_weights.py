@@ -6,7 +6,8 @@ is computed without a host sync and read back only to raise.
 """
 from __future__ import annotations
 
-from typing import Dict
+import math
+from typing import Dict, Optional
 
 import torch
 
@@ -22,16 +23,33 @@ def check_weight_dtype(op: str, name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
 
 
-def weights_valid(w: torch.Tensor) -> torch.Tensor:
-    """0-dim bool tensor (on w's device, no sync): every entry finite and >= 0."""
-    return (torch.isfinite(w) & (w >= 0)).all()
+def max_leaf(dtype: torch.dtype, capacity: int) -> Optional[float]:
+    """The largest leaf of a sum tree whose float64 sums cannot overflow: float64 max /
+    (2 capacity) for float64 leaves; None (any finite value) for float32 ones."""
+    if dtype != torch.float64:
+        return None
+    return torch.finfo(torch.float64).max / (2.0 * capacity)
 
 
-def raise_invalid_weights(op: str, name: str, w: torch.Tensor) -> None:
+def _valid_entries(w: torch.Tensor, limit: Optional[float]) -> torch.Tensor:
+    ok = torch.isfinite(w) & (w >= 0)
+    return ok if limit is None else ok & (w <= limit)
+
+
+def weights_valid(w: torch.Tensor, limit: Optional[float] = None) -> torch.Tensor:
+    """0-dim bool tensor (on w's device, no sync): every entry finite, >= 0 (and <= limit)."""
+    return _valid_entries(w, limit).all()
+
+
+def raise_invalid_weights(op: str, name: str, w: torch.Tensor,
+                          limit: Optional[float] = None) -> None:
     """Raises the error naming the first invalid entry of w (call only when there is one)."""
-    bad = (~(torch.isfinite(w) & (w >= 0))).nonzero()
-    i = int(bad[0, 0])
-    raise RuntimeError(f"{op}: {name}[{i}] = {w[i].item()} is not a valid weight "
+    i = int((~_valid_entries(w, limit)).nonzero()[0, 0])
+    value = w[i].item()
+    if limit is not None and math.isfinite(value) and value > limit:
+        raise RuntimeError(f"{op}: {name}[{i}] = {value} is too large: at most {limit} "
+                           "(float64 max / (2 * capacity)), so that the sums cannot overflow")
+    raise RuntimeError(f"{op}: {name}[{i}] = {value} is not a valid weight "
                        "(weights must be finite and >= 0)")
 
 

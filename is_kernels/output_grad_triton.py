@@ -141,7 +141,8 @@ def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
     sum_z = tl.zeros([1], acc_t)
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
-        z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=cols < C, other=-float("inf")).to(acc_t)
+        z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=cols < C,
+                    other=-float("inf")).to(acc_t)
         z = tl.where(cols[None, :] == y[:, None], -float("inf"), z[None, :])
         m_new = tl.maximum(m2, tl.max(z, axis=1))
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)

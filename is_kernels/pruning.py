@@ -250,8 +250,8 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
             min_keep_probability``, so ``max_stale_epochs`` does not apply.
         min_keep_probability: the floor of ``π`` with ``unbiased=True`` (weights <= its
             inverse), in ``(0, (N - k)/N]`` (``1 - prune_fraction`` up to the rounding of
-            k); ``None`` (default): ``min(0.5, (N - k)/N)`` (on Fashion-MNIST floors of 0.4–0.55 tested
-            best, 0.3 worse, see docs/pruning.md).
+            k); ``None`` (default): ``min(0.5, (N - k)/N)`` (on Fashion-MNIST floors of
+            0.4–0.55 tested best, 0.3 worse, see docs/pruning.md).
         importance_sampling: ``False``: each epoch is a permutation of the kept samples,
             weights 1. ``True``: after warm-up, each step draws b indices i.i.d. from the
             memory's mixture restricted to the kept samples,

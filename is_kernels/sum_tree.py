@@ -23,7 +23,8 @@ import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from ._weights import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
-                       check_weight_dtype, raise_invalid_weights, uniforms, weights_valid)
+                       check_weight_dtype, max_leaf, raise_invalid_weights, uniforms,
+                       weights_valid)
 
 __all__ = ["SumTree"]
 
@@ -115,7 +116,7 @@ def _update_error(indices: torch.Tensor, values: torch.Tensor, capacity: int) ->
     """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
     ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
     in_range = ((indices >= 0) & (indices < capacity)).all()
-    code = torch.where(weights_valid(values), 0, _BAD_VALUE)
+    code = torch.where(weights_valid(values, max_leaf(values.dtype, capacity)), 0, _BAD_VALUE)
     return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
 
 
@@ -127,8 +128,9 @@ def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
         bad = int(out.nonzero()[0, 0])
         raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
                            f"for a tree of capacity {capacity}")
-    if not bool(weights_valid(values)):
-        raise_invalid_weights(op, "values", values)
+    limit = max_leaf(values.dtype, capacity)
+    if not bool(weights_valid(values, limit)):
+        raise_invalid_weights(op, "values", values, limit)
 
 
 @torch.library.register_kernel("is_kernels::sum_tree_update", "cuda")
@@ -155,10 +157,10 @@ _BAD_INDEX, _BAD_VALUE, _BAD_BUILD, _EMPTY = 1, 2, 3, 4
 _MESSAGES = {
     _BAD_INDEX: "an update batch had an index out of range; that batch was dropped "
                 "(the tree is unchanged by it)",
-    _BAD_VALUE: "an update batch had a weight that is not finite and >= 0; that batch was "
-                "dropped (the tree is unchanged by it)",
-    _BAD_BUILD: "build() got a weight that is not finite and >= 0; the build was dropped "
-                "(the tree is unchanged by it)",
+    _BAD_VALUE: "an update batch had a weight that is not finite and >= 0 (or too large for "
+                "float64 sums); that batch was dropped (the tree is unchanged by it)",
+    _BAD_BUILD: "build() got a weight that is not finite and >= 0 (or too large for float64 "
+                "sums); the build was dropped (the tree is unchanged by it)",
     _EMPTY: "sample() was called on a tree whose weights are all zero; those draws are -1",
 }
 
@@ -169,10 +171,11 @@ class SumTree:
     Draws are i.i.d. with ``P(i) = values[i] / total``; a leaf of weight 0 is never drawn.
     Inner nodes are float64, always recomputed from their children (never updated by
     deltas), so they equal a fresh rebuild bit for bit and cannot drift. Leaves are stored
-    in ``dtype`` (float32 or float64).
+    in ``dtype`` (float32 or float64). float64 leaves are at most float64 max /
+    (2 capacity), so that no sum overflows (any finite float32 leaf is fine).
 
-    Invalid input (an index out of range, a weight that is not finite and >= 0, sampling an
-    all-zero tree with ``empty="raise"``) is handled per ``check_values``:
+    Invalid input (an index out of range, a weight that is not finite and >= 0 or above that
+    bound, sampling an all-zero tree with ``empty="raise"``) is handled per ``check_values``:
 
     - ``True`` (the CPU default): it raises at once, naming the offending entry, and the
       tree is unchanged. On CUDA this check is a host sync per call (except during CUDA
@@ -282,11 +285,12 @@ class SumTree:
                              f"got {values.device}")
         values = values.contiguous()
         guard = None  # on CUDA without immediate checks: whether the build may land
+        limit = max_leaf(self.dtype, self.capacity)
         if self._raise_now():
-            if self.device.type != "cpu" and not bool(weights_valid(values)):
-                raise_invalid_weights(op, "values", values)
+            if self.device.type != "cpu" and not bool(weights_valid(values, limit)):
+                raise_invalid_weights(op, "values", values, limit)
         else:
-            ok = weights_valid(values)
+            ok = weights_valid(values, limit)
             self._errors.record(torch.where(ok, 0, _BAD_BUILD))
             if self.device.type == "cpu":
                 if not bool(ok):  # reading a CPU tensor is no sync

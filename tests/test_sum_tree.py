@@ -312,6 +312,29 @@ def test_invalid_values_leave_state_unchanged(bad):
     assert torch.equal(tree.values, before[0]) and torch.equal(tree._inner, before[1])
 
 
+def test_float64_values_whose_sum_would_overflow_are_refused():
+    """Leaves of a float64 tree are at most float64 max / (2 capacity): its sums stay finite
+    (1e308 + 1e308 = inf made every draw the last leaf)."""
+    tree = SumTree(2, dtype=torch.float64)
+    tree.build(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    before = (tree.values.clone(), tree._inner.clone())
+    huge = torch.tensor([1e308, 1e308], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"leaves\[0\] = .* is too large: at most"):
+        tree.build(huge)
+    with pytest.raises(RuntimeError, match=r"values\[0\] = .* is too large"):
+        tree.update(torch.tensor([0]), huge[:1])
+    assert torch.equal(tree.values, before[0]) and torch.equal(tree._inner, before[1])
+    unchecked = SumTree(2, dtype=torch.float64, check_values=False)
+    unchecked.build(huge)  # recorded, not applied
+    with pytest.raises(RuntimeError, match="SumTree"):
+        unchecked.raise_errors()
+    limit = torch.finfo(torch.float64).max / 4
+    tree.build(torch.full((2,), limit, dtype=torch.float64))
+    assert torch.isfinite(tree.total())
+    counts = torch.bincount(tree.sample(20_000, generator=torch.Generator().manual_seed(0)))
+    assert abs(int(counts[0]) - 10_000) < 500
+
+
 def test_bad_arguments():
     tree = tree_of(torch.tensor([1.0, 2.0, 3.0]))
     before = tree.values.clone()

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .samplers import DeviceLike, Sampler, ScoreFn
+from .samplers import DeviceLike, Sampler, ScoreFn, state_float, state_int
 
 __all__ = ["PresampleImportanceSampler", "equivalent_batch_increment", "tau_threshold",
            "measure_step_costs"]
@@ -251,6 +251,15 @@ class PresampleImportanceSampler(Sampler):
         sd.update(tau=self.tau, steps=self.steps, steps_on=self.steps_on,
                   tau_threshold=self.tau_threshold, drew_uniform=self._drew_uniform)
         return sd
+
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)
+        state_float(op, state_dict, "tau", 0.0)
+        state_float(op, state_dict, "tau_threshold", 1.0)
+        steps = state_int(op, state_dict, "steps", 0)
+        state_int(op, state_dict, "steps_on", 0, steps)
+        if not isinstance(state_dict["drew_uniform"], bool):
+            raise ValueError(f"{op}: state_dict['drew_uniform'] must be a bool")
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:
         super()._load_state(state_dict)

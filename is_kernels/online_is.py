@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from .samplers import DeviceLike, Sampler, ScoreFn, UniformSampler
+from .samplers import DeviceLike, Sampler, ScoreFn, UniformSampler, state_int
 from .sum_tree import SumTree, _check_tree
 
 __all__ = ["OnlineImportanceSampler", "LossImportanceSampler"]
@@ -305,10 +305,7 @@ class OnlineImportanceSampler(Sampler):
             raise ValueError(f"{op}: state_dict['memory'] must be finite and >= 0")
         if not bool(state_dict["active"].any()):
             raise ValueError(f"{op}: state_dict['active'] must keep at least one sample active")
-        step = state_dict["step_in_epoch"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"{op}: state_dict['step_in_epoch'] must be an int >= 0, "
-                             f"got {step!r}")
+        state_int(op, state_dict, "step_in_epoch", 0)
         self._warmup._check_state_dict(op, state_dict["warmup"])
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .online_is import OnlineImportanceSampler, mixture
-from .samplers import DeviceLike, Sampler, ScoreFn, int_at_least
+from .samplers import DeviceLike, Sampler, ScoreFn, int_at_least, state_indices, state_int
 
 __all__ = ["ImportancePruningSampler", "InfoBatchSampler"]
 
@@ -196,25 +196,32 @@ class _PrunedEpochs:
                   report=copy.deepcopy(self._report))
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores :meth:`state_dict` (the running epoch's timing restarts)."""
-        op = f"{type(self).__name__}.load_state_dict"
-        order, weights = state_dict.get("kept_order"), state_dict.get("kept_weights")
-        if not isinstance(order, torch.Tensor) or order.dim() != 1 \
-                or order.dtype != torch.int64 or not 0 < order.shape[0] <= self.num_samples:
-            raise ValueError(f"{op}: state_dict['kept_order'] must be a non-empty int64 "
-                             f"tensor of at most {self.num_samples} indices")
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)  # type: ignore[misc]
+        order = state_indices(op, state_dict, "kept_order", self.num_samples)
+        if order.numel() == 0:
+            raise ValueError(f"{op}: state_dict['kept_order'] must not be empty")
+        weights = state_dict["kept_weights"]
         if weights is not None and (not isinstance(weights, torch.Tensor)
-                                    or weights.shape != order.shape):
+                                    or weights.shape != order.shape
+                                    or not bool((torch.isfinite(weights) & (weights > 0)).all())):
             raise ValueError(f"{op}: state_dict['kept_weights'] must be None or a tensor of "
-                             f"the shape of state_dict['kept_order']")
-        if not state_dict.get("report"):
-            raise ValueError(f"{op}: state_dict['report'] must be a non-empty list")
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        self._order = order.to(self.device, copy=True)
+                             f"finite weights > 0 of the shape of state_dict['kept_order']")
+        state_int(op, state_dict, "kept_position", 0, order.numel())
+        state_int(op, state_dict, "kept_steps", 0)
+        report = state_dict["report"]
+        if not isinstance(report, list) or not report or \
+                not all(isinstance(e, dict) for e in report):
+            raise ValueError(f"{op}: state_dict['report'] must be a non-empty list of dicts")
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        """Applies a checked state (the running epoch's timing restarts)."""
+        super()._load_state(state_dict)  # type: ignore[misc]
+        weights = state_dict["kept_weights"]
+        self._order = state_dict["kept_order"].to(self.device, copy=True)
         self._order_weights = None if weights is None else weights.to(self.device, copy=True)
-        self._pos = int(state_dict["kept_position"])
-        self._steps = int(state_dict["kept_steps"])
+        self._pos = state_dict["kept_position"]
+        self._steps = state_dict["kept_steps"]
         self._report = copy.deepcopy(state_dict["report"])
         self._t_first = self._t_last = None
 
@@ -432,13 +439,17 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         sd.update(stale=self._stale.cpu().clone())
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        stale = state_dict.get("stale")
-        if not isinstance(stale, torch.Tensor) or stale.shape != (self.num_samples,):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state_dict['stale'] must "
-                             f"be a tensor of shape ({self.num_samples},)")
-        super().load_state_dict(state_dict)
-        self._stale = stale.to(self.device, torch.int64, copy=True)
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)
+        stale = state_dict["stale"]
+        if not isinstance(stale, torch.Tensor) or stale.shape != (self.num_samples,) \
+                or stale.dtype != torch.int64 or bool((stale < 0).any()):
+            raise ValueError(f"{op}: state_dict['stale'] must be an int64 tensor >= 0 of "
+                             f"shape ({self.num_samples},)")
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        super()._load_state(state_dict)
+        self._stale = state_dict["stale"].to(self.device, copy=True)
 
 
 class InfoBatchSampler(_PrunedEpochs, Sampler):
@@ -520,10 +531,15 @@ class InfoBatchSampler(_PrunedEpochs, Sampler):
         sd.update(scores=self._scores.cpu().clone())
         return sd
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        scores = state_dict.get("scores")
-        if not isinstance(scores, torch.Tensor) or scores.shape != (self.num_samples,):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state_dict['scores'] "
-                             f"must be a tensor of shape ({self.num_samples},)")
-        super().load_state_dict(state_dict)
-        self._scores = scores.to(self.device, torch.float32, copy=True)
+    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
+        super()._check_state_dict(op, state_dict)
+        scores = state_dict["scores"]
+        if not isinstance(scores, torch.Tensor) or scores.shape != (self.num_samples,) \
+                or not scores.dtype.is_floating_point \
+                or not bool((torch.isfinite(scores) & (scores >= 0)).all()):
+            raise ValueError(f"{op}: state_dict['scores'] must be a tensor of "
+                             f"{self.num_samples} finite scores >= 0")
+
+    def _load_state(self, state_dict: Dict[str, Any]) -> None:
+        super()._load_state(state_dict)
+        self._scores = state_dict["scores"].to(self.device, torch.float32, copy=True)

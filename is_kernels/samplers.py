@@ -50,6 +50,39 @@ def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def state_int(op: str, state_dict: Dict[str, Any], key: str, lo: int,
+              hi: Optional[int] = None) -> int:
+    """``state_dict[key]`` if it is an int in ``[lo, hi]``, else a ValueError naming it."""
+    value = state_dict[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or \
+            (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{op}: state_dict[{key!r}] must be an int {bounds}, got {value!r}")
+    return value
+
+
+def state_float(op: str, state_dict: Dict[str, Any], key: str, lo: float) -> float:
+    """``state_dict[key]`` if it is a finite number >= ``lo``, else a ValueError naming it."""
+    value = state_dict[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not lo <= value < math.inf:
+        raise ValueError(f"{op}: state_dict[{key!r}] must be a finite number >= {lo}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+def state_indices(op: str, state_dict: Dict[str, Any], key: str, n: int) -> torch.Tensor:
+    """``state_dict[key]`` if it is a 1-D int64 tensor of distinct indices in ``[0, n)``."""
+    value = state_dict[key]
+    if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64 \
+            or value.numel() > n or (value.numel() and not (
+                0 <= int(value.min()) and int(value.max()) < n
+                and value.unique().numel() == value.numel())):
+        raise ValueError(f"{op}: state_dict[{key!r}] must be a 1-D int64 tensor of distinct "
+                         f"indices in [0, {n})")
+    return value
+
+
 def _canonical_device(device: DeviceLike) -> torch.device:
     """``"cuda"`` -> ``cuda:<current>`` etc., so device comparisons with tensors are exact."""
     return torch.empty(0, device=device).device
@@ -228,9 +261,17 @@ class Sampler(abc.ABC):
         return tuple(self.state_dict())
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`; raises ``ValueError`` (sampler unchanged) on mismatch."""
-        self._check_state_dict(f"{type(self).__name__}.load_state_dict", state_dict)
-        self._load_state(state_dict)
+        """Restores :meth:`state_dict`; raises ``ValueError`` (sampler unchanged) on mismatch
+        or an invalid entry."""
+        op = f"{type(self).__name__}.load_state_dict"
+        self._check_state_dict(op, state_dict)
+        snapshot = self.state_dict()
+        try:
+            self._load_state(state_dict)
+        except Exception as e:  # an entry the checks let through: put everything back
+            self._load_state(snapshot)
+            raise ValueError(f"{op}: state_dict could not be applied ({type(e).__name__}: "
+                             f"{e}); the sampler is unchanged") from e
 
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         """Raises ``ValueError`` if ``state_dict`` does not fit this sampler; changes nothing.
@@ -244,6 +285,7 @@ class Sampler(abc.ABC):
             if state_dict[key] != value:
                 raise ValueError(f"{op}: state_dict[{key!r}] is {state_dict[key]!r}, "
                                  f"this sampler has {value!r}")
+        state_int(op, state_dict, "epoch", 0)
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:
         """Applies a checked ``state_dict`` (subclasses extend it, calling ``super()``)."""
@@ -310,10 +352,12 @@ class UniformSampler(Sampler):
             raise ValueError(f"{op}: state_dict['replacement'] is "
                              f"{state_dict.get('replacement')!r}, this sampler has "
                              f"{self.replacement!r}")
-        perm = state_dict.get("permutation")
-        if perm is not None and tuple(perm.shape) != (self.num_samples,):
-            raise ValueError(f"{op}: state_dict['permutation'] must have shape "
-                             f"({self.num_samples},), got {tuple(perm.shape)}")
+        if state_dict["permutation"] is not None and \
+                state_indices(op, state_dict, "permutation", self.num_samples).numel() \
+                != self.num_samples:
+            raise ValueError(f"{op}: state_dict['permutation'] must be a permutation of "
+                             f"{self.num_samples} indices")
+        state_int(op, state_dict, "position", 0, self.num_samples)
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:
         super()._load_state(state_dict)

@@ -272,3 +272,72 @@ def test_uniform_on_cuda():
     assert idx.is_cuda and w.is_cuda and s.probabilities().is_cuda
     assert not s.check_values
     s.update(idx, torch.rand(idx.shape[0], device="cuda"))
+
+
+# ---- load_state_dict: invalid entries are refused, the sampler unchanged --------------------
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _driven(kind: str) -> Sampler:
+    from is_kernels import ImportancePruningSampler, InfoBatchSampler, PresampleImportanceSampler
+
+    from sampler_helpers import drive
+
+    g = torch.Generator().manual_seed(0)
+    s = {"uniform": lambda: UniformSampler(N, B, generator=g),
+         "online": lambda: OnlineImportanceSampler(N, B, generator=g),
+         "dlis": lambda: PresampleImportanceSampler(N, B, generator=g),
+         "pruning": lambda: ImportancePruningSampler(N, B, epochs=4, generator=g),
+         "infobatch": lambda: InfoBatchSampler(N, B, epochs=4, generator=g)}[kind]()
+    drive(s, 9, 1)  # into the second epoch
+    return s
+
+
+BAD_STATES = [
+    ("uniform", "epoch", lambda sd: -1), ("uniform", "epoch", lambda sd: "1"),
+    ("uniform", "position", lambda sd: "x"), ("uniform", "position", lambda sd: N + 1),
+    ("uniform", "permutation", lambda sd: sd["permutation"] + 1000),
+    ("uniform", "permutation", lambda sd: torch.zeros(N, dtype=torch.int64)),
+    ("uniform", "permutation", lambda sd: sd["permutation"].float()),
+    ("dlis", "tau", lambda sd: "x"), ("dlis", "tau", lambda sd: float("nan")),
+    ("dlis", "tau_threshold", lambda sd: 0.5), ("dlis", "steps_on", lambda sd: 10**6),
+    ("pruning", "kept_order", lambda sd: sd["kept_order"] + 1000),
+    ("pruning", "kept_position", lambda sd: "x"), ("pruning", "kept_steps", lambda sd: -1),
+    ("pruning", "stale", lambda sd: -torch.ones(N, dtype=torch.int64)),
+    ("pruning", "report", lambda sd: [1, 2]),
+    ("infobatch", "scores", lambda sd: torch.full((N,), float("nan"))),
+    ("infobatch", "kept_weights", lambda sd: -torch.ones(sd["kept_order"].shape)),
+]
+
+
+@pytest.mark.parametrize("kind,key,make_bad", BAD_STATES,
+                         ids=[f"{k}-{key}-{i}" for i, (k, key, _) in enumerate(BAD_STATES)])
+def test_load_state_dict_rejects_invalid_entries(kind, key, make_bad):
+    s = _driven(kind)
+    good = s.state_dict()
+    bad = dict(_driven(kind).state_dict(), epoch=good["epoch"] + 1)
+    bad[key] = make_bad(bad)
+    with pytest.raises(ValueError, match=repr(key)):
+        s.load_state_dict(bad)
+    assert _same(s.state_dict(), good)
+
+
+def test_load_state_dict_puts_everything_back_when_applying_fails():
+    """An entry the checks let through (here the warm-up's generator state) fails while the
+    state is being applied: what was applied before it is restored."""
+    s = _driven("online")
+    good = s.state_dict()
+    bad = _driven("online").state_dict()
+    bad["memory"] = torch.rand(N) + 2.0
+    bad["warmup"] = dict(bad["warmup"], generator=torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="could not be applied"):
+        s.load_state_dict(bad)
+    assert _same(s.state_dict(), good)

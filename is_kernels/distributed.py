@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .samplers import Sampler, ScoreFn
+from .samplers import Sampler, ScoreFn, int_at_least
 
 __all__ = ["ShardedSampler"]
 
@@ -66,9 +66,10 @@ class ShardedSampler:
                             f"got {type(sampler).__name__}")
         self.sampler = sampler
         self.group = group
-        self.num_replicas = num_replicas if num_replicas is not None else \
-            dist.get_world_size(group)
-        self.rank = rank if rank is not None else dist.get_rank(group)
+        self.num_replicas = int_at_least("ShardedSampler", "num_replicas", num_replicas, 1) \
+            if num_replicas is not None else dist.get_world_size(group)
+        self.rank = int_at_least("ShardedSampler", "rank", rank, 0) if rank is not None \
+            else dist.get_rank(group)
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"ShardedSampler: rank must be in [0, {self.num_replicas}), "
                              f"got {self.rank}")
@@ -105,15 +106,13 @@ class ShardedSampler:
 
     def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """All-gathers every rank's scores and updates this replica with the global batch."""
+        self.sampler._check_update(idx, scores)  # types, dtypes, shapes, device
         if self._global_idx is None:
             raise RuntimeError("ShardedSampler.update: no draw to update (call sample first)")
         expected = self._shard(self._global_idx)
         if idx.shape != expected.shape or not (idx is expected or torch.equal(idx, expected)):
             raise ValueError("ShardedSampler.update: idx must be this rank's shard of the last "
                              "draw, as returned by sample()")
-        if scores.shape != idx.shape:
-            raise ValueError(f"ShardedSampler.update: scores must have the length of idx "
-                             f"({idx.shape[0]}), got {tuple(scores.shape)}")
         gathered = _all_gather_cat(scores.detach().float(),
                                    self._sizes(self._global_idx.shape[0]), self.group)
         self.sampler.update(self._global_idx, gathered)  # on error, the draw stays pending

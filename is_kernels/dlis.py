@@ -16,12 +16,13 @@ the online sampler, :class:`~is_kernels.OnlineImportanceSampler`, needs none).
 from __future__ import annotations
 
 import collections
+import math
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .samplers import DeviceLike, Sampler, ScoreFn, state_float, state_int
+from .samplers import DeviceLike, Sampler, ScoreFn, real, state_float, state_int
 
 __all__ = ["PresampleImportanceSampler", "equivalent_batch_increment", "tau_threshold",
            "measure_step_costs"]
@@ -134,14 +135,16 @@ class PresampleImportanceSampler(Sampler):
                  device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
         super().__init__(num_samples, batch_size, device=device, generator=generator)
         name = type(self).__name__
-        if not presample >= 1.0:
-            raise ValueError(f"{name}: presample must be >= 1, got {presample}")
+        presample, tau_smoothing = real(name, "presample", presample), \
+            real(name, "tau_smoothing", tau_smoothing)
+        if not 1.0 <= presample < math.inf:
+            raise ValueError(f"{name}: presample must be a finite number >= 1, got {presample}")
         if not 0.0 <= tau_smoothing < 1.0:
             raise ValueError(f"{name}: tau_smoothing must be in [0, 1), got {tau_smoothing}")
         self.presample_size = max(self.batch_size, round(presample * self.batch_size))
         if tau_threshold is None:
             tau_threshold = _default_threshold(self.batch_size, self.presample_size)
-        if not tau_threshold >= 1.0:
+        if not real(name, "tau_threshold", tau_threshold) >= 1.0:
             raise ValueError(f"{name}: tau_threshold must be >= 1 (τ >= 1 always), "
                              f"got {tau_threshold}")
         self.tau_threshold = float(tau_threshold)

@@ -24,13 +24,13 @@ step synchronises with the host on CUDA; draws and updates cost O(b log N).
 """
 from __future__ import annotations
 
-import operator
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from .samplers import DeviceLike, Sampler, ScoreFn, UniformSampler, state_int
+from .samplers import (DeviceLike, Sampler, ScoreFn, UniformSampler, int_at_least, real,
+                       state_int)
 from .sum_tree import SumTree, _check_tree
 
 __all__ = ["OnlineImportanceSampler", "LossImportanceSampler"]
@@ -160,6 +160,8 @@ class OnlineImportanceSampler(Sampler):
                  device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
         super().__init__(num_samples, batch_size, device=device, generator=generator)
         name = type(self).__name__
+        momentum, uniform_mix = real(name, "momentum", momentum), \
+            real(name, "uniform_mix", uniform_mix)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum}")
         if not 0.0 <= uniform_mix <= 1.0:
@@ -167,9 +169,7 @@ class OnlineImportanceSampler(Sampler):
         if unbiased and uniform_mix == 0.0:
             raise ValueError(f"{name}: uniform_mix must be > 0 when unbiased (the weights "
                              f"1/(N p_i) are bounded by 1/uniform_mix)")
-        warmup_epochs = operator.index(warmup_epochs)
-        if warmup_epochs < 0:
-            raise ValueError(f"{name}: warmup_epochs must be >= 0, got {warmup_epochs}")
+        warmup_epochs = int_at_least(name, "warmup_epochs", warmup_epochs, 0)
         self.momentum = float(momentum)
         self.uniform_mix = float(uniform_mix)
         self.unbiased = bool(unbiased)

@@ -35,17 +35,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from .online_is import OnlineImportanceSampler, mixture
-from .samplers import DeviceLike, Sampler, ScoreFn, int_at_least, state_indices, state_int
+from .samplers import (DeviceLike, Sampler, ScoreFn, int_at_least, real, state_indices,
+                       state_int)
 
 __all__ = ["ImportancePruningSampler", "InfoBatchSampler"]
 
 
 def _fraction(owner: str, name: str, value: float) -> float:
     """A float in [0, 1)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}") from None
+    value = real(owner, name, value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{owner}: {name} must be in [0, 1), got {value}")
     return value
@@ -298,7 +296,8 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         name = type(self).__name__
         self.epochs = int_at_least(name, "epochs", epochs, 1)
         self.prune_fraction = _fraction(name, "prune_fraction", prune_fraction)
-        if dynamic_threshold is not None and not 0.0 < float(dynamic_threshold) < math.inf:
+        if dynamic_threshold is not None and \
+                not 0.0 < real(name, "dynamic_threshold", dynamic_threshold) < math.inf:
             raise ValueError(f"{name}: dynamic_threshold must be None or a finite number > 0, "
                              f"got {dynamic_threshold}")
         self.dynamic_threshold = None if dynamic_threshold is None else float(dynamic_threshold)
@@ -322,7 +321,8 @@ class ImportancePruningSampler(_PrunedEpochs, OnlineImportanceSampler):
         # The kept fraction (N - k)/N bounds the floor: Σπ = N - k with every π >= floor.
         kept_fraction = (self.num_samples - self.max_pruned) / self.num_samples
         self.min_keep_probability = min(0.5, kept_fraction) \
-            if min_keep_probability is None else float(min_keep_probability)
+            if min_keep_probability is None \
+            else real(name, "min_keep_probability", min_keep_probability)
         if self.unbiased_pruning and not 0.0 < self.min_keep_probability <= kept_fraction:
             raise ValueError(f"{name}: min_keep_probability must be in (0, (N - k)/N] = "
                              f"(0, {kept_fraction:g}] (k = round(prune_fraction·N) = "
@@ -480,7 +480,7 @@ class InfoBatchSampler(_PrunedEpochs, Sampler):
         name = type(self).__name__
         self.epochs = int_at_least(name, "epochs", epochs, 1)
         self.prune_ratio = _fraction(name, "prune_ratio", prune_ratio)
-        if not 0.0 < float(delta) <= 1.0:
+        if not 0.0 < real(name, "delta", delta) <= 1.0:
             raise ValueError(f"{name}: delta must be in (0, 1], got {delta}")
         self.delta = float(delta)
         super().__init__(num_samples, batch_size, device=device, generator=generator)

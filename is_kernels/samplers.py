@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import collections
 import math
+import numbers
 import operator
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -48,6 +49,13 @@ def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def real(owner: str, name: str, value: Any) -> float:
+    """``value`` as a float, or a TypeError naming ``name`` (a bool or not a real number)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
+    return float(value)
 
 
 def state_int(op: str, state_dict: Dict[str, Any], key: str, lo: int,
@@ -171,12 +179,7 @@ class Sampler(abc.ABC):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` (call it before each epoch's first draw)."""
-        if isinstance(epoch, bool):
-            raise TypeError(f"{type(self).__name__}.set_epoch: epoch must be an int, got bool")
-        epoch = operator.index(epoch)
-        if epoch < 0:
-            raise ValueError(f"{type(self).__name__}.set_epoch: epoch must be >= 0, got {epoch}")
-        self.epoch = epoch
+        self.epoch = int_at_least(f"{type(self).__name__}.set_epoch", "epoch", epoch, 0)
 
     def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """Feeds back the scores (of kind :attr:`score_type`) of the samples just trained on.
@@ -241,9 +244,10 @@ class Sampler(abc.ABC):
         if lo < 0 or hi >= self.num_samples:
             raise ValueError(f"{op}: idx must lie in [0, {self.num_samples}), "
                              f"got values in [{lo}, {hi}]")
+        scores = scores.to(torch.float32)  # as the samplers keep them
         if not bool(((scores >= 0) & (scores < math.inf)).all()):  # one pass in the common case
             if not bool(torch.isfinite(scores).all()):
-                raise ValueError(f"{op}: scores must be finite, got NaN or inf")
+                raise ValueError(f"{op}: scores must be finite in float32, got NaN or inf")
             raise ValueError(f"{op}: scores must be non-negative, got min {float(scores.min())}")
 
     def state_dict(self) -> Dict[str, Any]:

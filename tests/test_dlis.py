@@ -104,7 +104,8 @@ def test_tau_learns_from_uniform_draws_updated_late():
     assert s.tau == 2.0
 
 
-@pytest.mark.parametrize("kw,match", [({"presample": 0.5}, "presample must be >= 1"),
+@pytest.mark.parametrize("kw,match", [({"presample": 0.5}, "presample must be a finite"),
+                                      ({"presample": float("inf")}, "presample must be a finite"),
                                       ({"tau_smoothing": 1.0}, "tau_smoothing must be in"),
                                       ({"tau_threshold": 0.5}, "tau_threshold must be >= 1")])
 def test_bad_arguments(kw, match):

@@ -341,3 +341,26 @@ def test_load_state_dict_puts_everything_back_when_applying_fails():
     with pytest.raises(ValueError, match="could not be applied"):
         s.load_state_dict(bad)
     assert _same(s.state_dict(), good)
+
+
+@pytest.mark.parametrize("make_bad,error,match", [
+    (lambda: UniformSampler(N, B).set_epoch(1.5), TypeError, "set_epoch: epoch must be an int"),
+    (lambda: OnlineImportanceSampler(N, B, warmup_epochs=1.5), TypeError, "warmup_epochs"),
+    (lambda: OnlineImportanceSampler(N, B, momentum="0.2"), TypeError, "momentum must be a"),
+    (lambda: OnlineImportanceSampler(N, B, uniform_mix=True), TypeError, "uniform_mix"),
+])
+def test_bad_argument_types_name_the_argument(make_bad, error, match):
+    with pytest.raises(error, match=match):
+        make_bad()
+
+
+def test_scores_must_be_finite_in_float32():
+    """1e39 is a finite float64 but inf in float32, where every sampler keeps its scores."""
+    from is_kernels import InfoBatchSampler
+
+    for s in (InfoBatchSampler(N, B, epochs=3), make("uniform"), make("online")):
+        idx, _ = s.sample()
+        scores = torch.ones(idx.shape[0], dtype=torch.float64)
+        scores[0] = 1e39
+        with pytest.raises(ValueError, match="finite"):
+            s.update(idx, scores)

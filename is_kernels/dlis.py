@@ -221,9 +221,13 @@ class PresampleImportanceSampler(Sampler):
             raise ValueError(f"{type(self).__name__}.sample: {what} must return a tensor of "
                              f"shape {tuple(idx.shape)}, got "
                              f"{getattr(scores, 'shape', type(scores).__name__)}")
-        if not bool(torch.isfinite(scores).all() & (scores >= 0).all()):
+        if not scores.dtype.is_floating_point:
+            raise ValueError(f"{type(self).__name__}.sample: {what} must return floating "
+                             f"scores, got {scores.dtype}")
+        if not bool(torch.isfinite(scores).all() & (scores >= 0).all()
+                    & torch.isfinite(scores.double().sum())):
             raise ValueError(f"{type(self).__name__}.sample: {what} returned NaN, inf or "
-                             f"negative scores")
+                             f"negative scores (or scores whose float64 sum overflows)")
 
     def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """Feeds back the training scores of a draw (see :meth:`Sampler.update`). Those of a

@@ -262,7 +262,11 @@ class PresampleImportanceSampler(Sampler):
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         super()._check_state_dict(op, state_dict)
         state_float(op, state_dict, "tau", 0.0)
-        state_float(op, state_dict, "tau_threshold", 1.0)
+        threshold = state_dict["tau_threshold"]  # inf: importance sampling stays off
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not threshold >= 1.0:
+            raise ValueError(f"{op}: state_dict['tau_threshold'] must be a number >= 1, "
+                             f"got {threshold!r}")
         steps = state_int(op, state_dict, "steps", 0)
         state_int(op, state_dict, "steps_on", 0, steps)
         if not isinstance(state_dict["drew_uniform"], bool):

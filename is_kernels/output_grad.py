@@ -202,7 +202,10 @@ def _check_tensors(op: str, **tensors) -> None:
 
 def _check_options(op: str, ignore_index: int, label_smoothing: float) -> int:
     """``ignore_index`` as an int; TypeError naming the argument of a bad type."""
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+    if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() == 0 \
+            and label_smoothing.dtype.is_floating_point:
+        pass  # a 0-dim float tensor, as F.cross_entropy accepts
+    elif isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"{op}: label_smoothing must be a float, "
                         f"got {type(label_smoothing).__name__}")
     try:

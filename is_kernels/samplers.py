@@ -52,7 +52,12 @@ def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
 
 
 def real(owner: str, name: str, value: Any) -> float:
-    """``value`` as a float, or a TypeError naming ``name`` (a bool or not a real number)."""
+    """``value`` (a real number or a 0-dim real tensor) as a float, or a TypeError naming
+    ``name`` (a bool or not a real number)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and \
+            (value.dtype.is_floating_point or not (value.dtype.is_complex
+                                                   or value.dtype == torch.bool)):
+        return float(value.item())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
     return float(value)
@@ -114,7 +119,8 @@ class Sampler(abc.ABC):
 
     Subclasses implement :meth:`_draw` and :meth:`probabilities`; those that keep
     per-sample state override :meth:`_update` (called by :meth:`update` after the inputs
-    were checked) and extend :meth:`state_dict` / :meth:`load_state_dict`.
+    were checked) and extend :meth:`state_dict`, :meth:`_check_state_dict` and
+    :meth:`_load_state` (which :meth:`load_state_dict` runs, with the rollback).
 
     :meth:`update` accepts only the indices of a draw that has not been updated yet (the
     tensor :meth:`sample` returned, or an equal one, e.g. after a DataLoader collated it);
@@ -269,11 +275,12 @@ class Sampler(abc.ABC):
         or an invalid entry."""
         op = f"{type(self).__name__}.load_state_dict"
         self._check_state_dict(op, state_dict)
-        snapshot = self.state_dict()
+        snapshot, attributes = self.state_dict(), dict(self.__dict__)
         try:
             self._load_state(state_dict)
         except Exception as e:  # an entry the checks let through: put everything back
             self._load_state(snapshot)
+            self.__dict__.update(attributes)  # what the state dict does not hold (timings)
             raise ValueError(f"{op}: state_dict could not be applied ({type(e).__name__}: "
                              f"{e}); the sampler is unchanged") from e
 

@@ -286,18 +286,18 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _driven(kind: str) -> Sampler:
+def _driven(kind: str, seed: int = 0) -> Sampler:
     from is_kernels import ImportancePruningSampler, InfoBatchSampler, PresampleImportanceSampler
 
     from sampler_helpers import drive
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     s = {"uniform": lambda: UniformSampler(N, B, generator=g),
          "online": lambda: OnlineImportanceSampler(N, B, generator=g),
          "dlis": lambda: PresampleImportanceSampler(N, B, generator=g),
          "pruning": lambda: ImportancePruningSampler(N, B, epochs=4, generator=g),
          "infobatch": lambda: InfoBatchSampler(N, B, epochs=4, generator=g)}[kind]()
-    drive(s, 9, 1)  # into the second epoch
+    drive(s, 9, seed + 1)  # into the second epoch
     return s
 
 
@@ -330,17 +330,27 @@ def test_load_state_dict_rejects_invalid_entries(kind, key, make_bad):
     assert _same(s.state_dict(), good)
 
 
-def test_load_state_dict_puts_everything_back_when_applying_fails():
-    """An entry the checks let through (here the warm-up's generator state) fails while the
-    state is being applied: what was applied before it is restored."""
+def test_load_state_dict_puts_everything_back_when_applying_fails(monkeypatch):
+    """A failure while the state is applied (simulated: set_active, its last step, raises)
+    restores what was applied before it: generator, epoch, warm-up state, memory."""
     s = _driven("online")
-    good = s.state_dict()
-    bad = _driven("online").state_dict()
-    bad["memory"] = torch.rand(N) + 2.0
-    bad["warmup"] = dict(bad["warmup"], generator=torch.zeros(3, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="could not be applied"):
+    good, probabilities = s.state_dict(), s.probabilities()
+    bad = dict(_driven("online", seed=5).state_dict(), epoch=good["epoch"] + 3)
+    assert not _same(bad["memory"], good["memory"])
+    assert not _same(bad["generator"], good["generator"])
+    set_active, calls = s.set_active, []
+
+    def fail_once(mask):
+        calls.append(mask)
+        if len(calls) == 1:
+            raise RuntimeError("simulated")
+        set_active(mask)
+
+    monkeypatch.setattr(s, "set_active", fail_once)
+    with pytest.raises(ValueError, match="could not be applied .*simulated"):
         s.load_state_dict(bad)
-    assert _same(s.state_dict(), good)
+    assert len(calls) == 2  # the failed apply, and the rollback
+    assert _same(s.state_dict(), good) and torch.equal(s.probabilities(), probabilities)
 
 
 @pytest.mark.parametrize("make_bad,error,match", [
@@ -364,3 +374,14 @@ def test_scores_must_be_finite_in_float32():
         scores[0] = 1e39
         with pytest.raises(ValueError, match="finite"):
             s.update(idx, scores)
+
+
+def test_hyper_parameters_may_be_0_dim_tensors_and_states_reload():
+    from is_kernels import ImportancePruningSampler, PresampleImportanceSampler
+
+    assert OnlineImportanceSampler(N, B, momentum=torch.tensor(0.5)).momentum == 0.5
+    assert ImportancePruningSampler(N, B, epochs=3,
+                                    prune_fraction=torch.tensor(0.25)).prune_fraction == 0.25
+    off = PresampleImportanceSampler(N, B, tau_threshold=math.inf)  # IS never switches on
+    off.load_state_dict(off.state_dict())
+    assert off.tau_threshold == math.inf

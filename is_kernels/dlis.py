@@ -15,7 +15,6 @@ the online sampler, :class:`~is_kernels.OnlineImportanceSampler`, needs none).
 """
 from __future__ import annotations
 
-import collections
 import math
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -155,11 +154,6 @@ class PresampleImportanceSampler(Sampler):
         self._selection: Optional[torch.Tensor] = None  # g over the last presample
         self._candidates: Optional[torch.Tensor] = None
         self._drew_uniform = True  # how the latest draw was made
-        # How each pending draw was made (beside Sampler._pending, one entry per draw): τ
-        # learns from the training scores of uniform draws only, also when they come back
-        # after later draws (a prefetching DataLoader).
-        self._pending_uniform: collections.deque = collections.deque(maxlen=self.MAX_PENDING)
-        self._updating_uniform = False
 
     @property
     def is_on(self) -> bool:
@@ -197,8 +191,12 @@ class PresampleImportanceSampler(Sampler):
             self.steps_on += 1
         self.steps += 1
         self._drew_uniform = uniform
-        self._pending_uniform.append(uniform)
         return idx, weights
+
+    def _draw_record(self) -> bool:
+        """Whether the draw was uniform: τ learns from the training scores of uniform draws
+        only, also when they come back after later draws (a prefetching DataLoader)."""
+        return self._drew_uniform
 
     def _presample_draw(self, score_fn: ScoreFn) -> Tuple[torch.Tensor, torch.Tensor]:
         """B uniform candidates, scored; b of them drawn with probabilities g = s/Σs and
@@ -229,19 +227,10 @@ class PresampleImportanceSampler(Sampler):
             raise ValueError(f"{type(self).__name__}.sample: {what} returned NaN, inf or "
                              f"negative scores (or scores whose float64 sum overflows)")
 
-    def update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        """Feeds back the training scores of a draw (see :meth:`Sampler.update`). Those of a
-        uniform draw update τ; those of an importance-sampled draw do not (its presample
-        scores already did)."""
-        self._check_update(idx, scores)
-        position = self._pending_position(idx)
-        self._updating_uniform = position is not None and self._pending_uniform[position]
-        super().update(idx, scores)  # raises, changing nothing, unless idx is pending
-        for _ in range(position + 1):  # this draw and the older ones, as Sampler.update
-            self._pending_uniform.popleft()
-
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
-        if self._updating_uniform:
+        """The training scores of a uniform draw update τ; those of an importance-sampled
+        draw do not (its presample scores already did)."""
+        if self._updating:
             self._update_tau(scores)
 
     def probabilities(self) -> torch.Tensor:
@@ -262,11 +251,8 @@ class PresampleImportanceSampler(Sampler):
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         super()._check_state_dict(op, state_dict)
         state_float(op, state_dict, "tau", 0.0)
-        threshold = state_dict["tau_threshold"]  # inf: importance sampling stays off
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not threshold >= 1.0:
-            raise ValueError(f"{op}: state_dict['tau_threshold'] must be a number >= 1, "
-                             f"got {threshold!r}")
+        # inf: importance sampling stays off
+        state_float(op, state_dict, "tau_threshold", 1.0, finite=False)
         steps = state_int(op, state_dict, "steps", 0)
         state_int(op, state_dict, "steps_on", 0, steps)
         if not isinstance(state_dict["drew_uniform"], bool):

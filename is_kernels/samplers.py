@@ -55,8 +55,7 @@ def real(owner: str, name: str, value: Any) -> float:
     """``value`` (a real number or a 0-dim real tensor) as a float, or a TypeError naming
     ``name`` (a bool or not a real number)."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and \
-            (value.dtype.is_floating_point or not (value.dtype.is_complex
-                                                   or value.dtype == torch.bool)):
+            not value.dtype.is_complex and value.dtype != torch.bool:
         return float(value.item())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
@@ -74,13 +73,15 @@ def state_int(op: str, state_dict: Dict[str, Any], key: str, lo: int,
     return value
 
 
-def state_float(op: str, state_dict: Dict[str, Any], key: str, lo: float) -> float:
-    """``state_dict[key]`` if it is a finite number >= ``lo``, else a ValueError naming it."""
+def state_float(op: str, state_dict: Dict[str, Any], key: str, lo: float,
+                finite: bool = True) -> float:
+    """``state_dict[key]`` if it is a number >= ``lo`` (finite, or also +inf), else a
+    ValueError naming it."""
     value = state_dict[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not lo <= value < math.inf:
-        raise ValueError(f"{op}: state_dict[{key!r}] must be a finite number >= {lo}, "
-                         f"got {value!r}")
+            not (lo <= value < math.inf if finite else lo <= value):
+        kind = "a finite number" if finite else "a number"
+        raise ValueError(f"{op}: state_dict[{key!r}] must be {kind} >= {lo}, got {value!r}")
     return float(value)
 
 
@@ -151,7 +152,9 @@ class Sampler(abc.ABC):
         self.generator = generator
         self.epoch = 0
         self.check_values = self.device.type == "cpu"
+        # The outstanding draws: (indices, the sampler's record of how it drew them).
         self._pending: collections.deque = collections.deque(maxlen=self.MAX_PENDING)
+        self._updating: Any = None  # the record of the draw that _update is applying
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"{name}: score_type must be one of {SCORE_TYPES}, "
                              f"got {self.score_type!r}")
@@ -168,8 +171,14 @@ class Sampler(abc.ABC):
             weights, on :attr:`device`.
         """
         idx, weights = self._draw(score_fn)
-        self._pending.append(idx)
+        self._pending.append((idx, self._draw_record()))
         return idx, weights
+
+    def _draw_record(self) -> Any:
+        """What :meth:`_update` needs to know of the draw just made (it reads it as
+        ``self._updating`` when that draw is updated, however many draws came after it);
+        None by default."""
+        return None
 
     @abc.abstractmethod
     def _draw(self, score_fn: Optional[ScoreFn]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -204,13 +213,14 @@ class Sampler(abc.ABC):
         if pending is None:
             raise ValueError(f"{type(self).__name__}.update: idx must be the indices of a "
                              f"draw not updated yet, as returned by sample(); got other indices")
+        self._updating = self._pending[pending][1]
         self._update(idx, scores)
         for _ in range(pending + 1):  # this draw and the older ones
             self._pending.popleft()
 
     def _pending_position(self, idx: torch.Tensor) -> Optional[int]:
         """The position of the draw ``idx`` among the outstanding draws (None: not there)."""
-        for k, draw in enumerate(self._pending):
+        for k, (draw, _) in enumerate(self._pending):
             if draw is idx or (draw.shape == idx.shape and torch.equal(draw, idx)):
                 return k
         return None

@@ -61,17 +61,12 @@ Vec<T> load_except(const T* z, int64_t j, int64_t n, int64_t y, T fill) {
   return v;
 }
 
-// Calls f(j, v) for each group of W lanes j, j+1, ... of the row z[0, n), with v =
-// load_except(z, j, n, y, fill): a plain load but for the group of lane y and the last one.
-template <typename T, typename F>
-void for_each_vec_except(const T* z, int64_t n, int64_t y, T fill, F f) {
+// The W lanes of z from j on, for j a multiple of W below n: a plain load, but for the group
+// of lane y (jy = y - y % W) and the row's last, partial group (load_except).
+template <typename T>
+C10_ALWAYS_INLINE Vec<T> load_lanes(const T* z, int64_t j, int64_t n, int64_t y, int64_t jy, T fill) {
   constexpr int64_t W = Vec<T>::size();
-  const int64_t jy = y - y % W;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    f(j, j == jy ? load_except(z, j, n, y, fill) : Vec<T>::loadu(z + j));
-  }
-  if (j < n) f(j, load_except(z, j, n, y, fill));
+  return j == jy || j + W > n ? load_except(z, j, n, y, fill) : Vec<T>::loadu(z + j);
 }
 
 // Stores the lanes of v that fall in [j, n) to e + j.
@@ -85,30 +80,44 @@ void store_upto(T* e, int64_t j, int64_t n, const Vec<T>& v) {
   }
 }
 
-// max_{j != y} z[j] over [0, n); NaN if one of them is NaN; -inf if there is none.
+// max_{j != y} z[j] over [0, n); NaN if one of them is NaN; -inf if there is none. Four
+// accumulators: each NaN-propagating maximum (several instructions) waits on the one before.
 template <typename T>
 T row_max_except(const T* z, int64_t n, int64_t y) {
+  constexpr int64_t W = Vec<T>::size();
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  Vec<T> vm(kNegInf);
-  for_each_vec_except(z, n, y, kNegInf,
-                      [&](int64_t, const Vec<T>& v) { vm = at::vec::maximum(vm, v); });
+  const int64_t jy = y - y % W;
+  Vec<T> m0(kNegInf), m1(kNegInf), m2(kNegInf), m3(kNegInf);
+  int64_t j = 0;
+  for (; j + 4 * W <= n; j += 4 * W) {
+    m0 = at::vec::maximum(m0, load_lanes(z, j, n, y, jy, kNegInf));
+    m1 = at::vec::maximum(m1, load_lanes(z, j + W, n, y, jy, kNegInf));
+    m2 = at::vec::maximum(m2, load_lanes(z, j + 2 * W, n, y, jy, kNegInf));
+    m3 = at::vec::maximum(m3, load_lanes(z, j + 3 * W, n, y, jy, kNegInf));
+  }
+  for (; j < n; j += W) m0 = at::vec::maximum(m0, load_lanes(z, j, n, y, jy, kNegInf));
   return at::vec::vec_reduce_all<T>(
-      [](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); }, vm);
+      [](Vec<T>& a, Vec<T>& b) { return at::vec::maximum(a, b); },
+      at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3)));
 }
 
 // e[j] = exp(z[j] - m) for j != y and e[y] = 0, over [0, n), where m >= max_{j != y} z[j]
 // (or NaN); returns their sum in *sum and the sum of their squares in *sum_sq.
 template <typename T>
 void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* sum_sq) {
+  constexpr int64_t W = Vec<T>::size();
+  const int64_t jy = y - y % W;
   const Vec<T> vm(m);
+  // Plain locals (no lambda capture): the stores to e cannot alias them, so they stay in
+  // registers.
   Vec<T> acc(T(0)), acc_sq(T(0));
-  for_each_vec_except(z, n, y, -std::numeric_limits<T>::infinity(),
-                      [&](int64_t j, const Vec<T>& v) {
-                        const Vec<T> x = exp_nonpositive(v - vm);
-                        store_upto(e, j, n, x);
-                        acc = acc + x;
-                        acc_sq = at::vec::fmadd(x, x, acc_sq);
-                      });
+  for (int64_t j = 0; j < n; j += W) {
+    const Vec<T> x =
+        exp_nonpositive(load_lanes(z, j, n, y, jy, -std::numeric_limits<T>::infinity()) - vm);
+    store_upto(e, j, n, x);
+    acc = acc + x;
+    acc_sq = at::vec::fmadd(x, x, acc_sq);
+  }
   auto add = [](Vec<T>& a, Vec<T>& b) { return a + b; };
   *sum = at::vec::vec_reduce_all<T>(add, acc);
   *sum_sq = at::vec::vec_reduce_all<T>(add, acc_sq);

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,32 @@ void check_ce_inputs(const char* op, const at::Tensor& logits, const at::Tensor&
                 " classes (expected 0 <= target < C, or target == ignore_index = ",
                 ignore_index, ")");
   }
+}
+
+// The gradient buffer. A fresh logits-sized tensor is page-faulted in (each page zeroed by
+// the kernel) on every call whenever malloc has handed the memory back to the system in
+// between, which glibc does or not depending on its state: that costs about as much as the
+// kernel itself (8192 x 1000 float32: ~8000 faults, 8 ms more per call). So the ops keep the
+// last gradient buffer they allocated and hand it out again once nothing else holds it (a
+// training step frees its gradient before the next forward); a buffer still referenced
+// anywhere (a view, .grad, a saved tensor) is never reused. One buffer of at most
+// kMaxReusedBytes is kept per process.
+constexpr int64_t kMaxReusedBytes = int64_t{256} << 20;
+
+at::Tensor new_grad(const at::Tensor& like) {
+  const int64_t bytes = like.numel() * static_cast<int64_t>(like.element_size());
+  if (bytes == 0 || bytes > kMaxReusedBytes) return at::empty(like.sizes(), like.options());
+  static std::mutex mutex;
+  static c10::Storage* const kept = new c10::Storage();  // never destroyed: no exit-time order
+  std::lock_guard<std::mutex> lock(mutex);
+  // use_count() == 1: only `kept` holds it, and no other thread can take a reference but
+  // through this function.
+  if (*kept && kept->use_count() == 1 && static_cast<int64_t>(kept->nbytes()) >= bytes) {
+    return at::empty({0}, like.options()).set_(*kept, 0, like.sizes());
+  }
+  at::Tensor grad = at::empty(like.sizes(), like.options());
+  *kept = grad.storage();
+  return grad;
 }
 
 // Per-row results of one cross-entropy row.
@@ -179,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_with_score_cpu(
   const auto opmath = is_double ? at::kDouble : at::kFloat;
   at::Tensor row_loss = at::empty({N}, logits.options().dtype(opmath));
   at::Tensor score = at::empty({N}, logits.options().dtype(at::kFloat));
-  at::Tensor grad = compute_grad ? at::empty(logits.sizes(), logits.options())
+  at::Tensor grad = compute_grad ? new_grad(logits)
                                  : at::empty({0}, logits.options());
   const double scale = red == Reduction::Mean ? 1.0 / static_cast<double>(count) : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "cross_entropy_with_score", [&] {
@@ -250,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_with_score_cpu(
   const auto opmath = pred.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor row_loss = at::empty({N}, pred.options().dtype(opmath));
   at::Tensor score = at::empty({N}, pred.options().dtype(at::kFloat));
-  at::Tensor grad = compute_grad ? at::empty(pred.sizes(), pred.options())
+  at::Tensor grad = compute_grad ? new_grad(pred)
                                  : at::empty({0}, pred.options());
   // d(reduced loss)/d(per-row loss): the per-row loss is already divided by D.
   double scale = 1.0;

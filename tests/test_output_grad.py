@@ -533,6 +533,40 @@ def test_backward_donates_the_forward_gradient(reduction, weighted):
     assert_close(grad, ref_grad, OUT_TOL[torch.float32], "grad")
 
 
+def _grad_buffer(op_name, x, target):
+    op = getattr(torch.ops.is_kernels, op_name)
+    args = (x, target, -100, 0.0, "sum", True) if op_name == "cross_entropy_with_score" else \
+        (x, target, "sum", True)
+    return op(*args)[2]
+
+
+@pytest.mark.parametrize("op_name", ["cross_entropy_with_score", "mse_with_score"])
+def test_cpu_gradient_buffer_is_reused_only_once_free(op_name):
+    """The CPU ops hand their last gradient buffer out again once nothing references it (no
+    fresh pages to fault in per step), and never one that is still held."""
+    if op_name == "cross_entropy_with_score":
+        x, target = random_case(40, 23, torch.float32)
+        reference = lambda x: ce_reference(x, target, reduction="sum")[2]  # noqa: E731
+    else:
+        x, target = mse_case((40, 23), torch.float32)
+        reference = lambda x: mse_reference(x, target, reduction="sum")[2]  # noqa: E731
+    held = _grad_buffer(op_name, x, target)
+    kept = held.clone()
+    second = _grad_buffer(op_name, 2 * x, target)
+    view, view_kept = second[:3], second[:3].clone()
+    del second
+    third = _grad_buffer(op_name, 3 * x, target)  # the last buffer lives on in `view`
+    assert third.data_ptr() not in (held.data_ptr(), view.data_ptr())
+    address = third.data_ptr()
+    del third
+    other = torch.empty_like(x)  # malloc would give it a freed buffer: the ops keep theirs
+    fourth = _grad_buffer(op_name, 4 * x, target)  # the last buffer, free again
+    assert fourth.data_ptr() == address != other.data_ptr()
+    assert_close(fourth, reference(4 * x), OUT_TOL[torch.float32], "grad")
+    torch.testing.assert_close(held, kept, rtol=0, atol=0)
+    torch.testing.assert_close(view, view_kept, rtol=0, atol=0)
+
+
 def test_backward_with_create_graph_or_retained_graph_does_not_donate():
     logits, target = random_case(10, 6, torch.float32)
     z = logits.clone().requires_grad_()

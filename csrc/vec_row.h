@@ -102,9 +102,11 @@ T row_max_except(const T* z, int64_t n, int64_t y) {
 }
 
 // e[j] = exp(z[j] - m) for j != y and e[y] = 0, over [0, n), where m >= max_{j != y} z[j]
-// (or NaN); returns their sum in *sum and the sum of their squares in *sum_sq.
+// (or NaN); returns their sum in *sum and the sum of their squares in *sum_sq. If `ahead` is
+// not null, prefetches ahead[0, n) on the way (a row needed soon).
 template <typename T>
-void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* sum_sq) {
+void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* sum_sq,
+                        const T* ahead = nullptr) {
   constexpr int64_t W = Vec<T>::size();
   const int64_t jy = y - y % W;
   const Vec<T> vm(m);
@@ -115,6 +117,7 @@ void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* 
     const Vec<T> x =
         exp_nonpositive(load_lanes(z, j, n, y, jy, -std::numeric_limits<T>::infinity()) - vm);
     store_upto(e, j, n, x);
+    if (ahead != nullptr && (j * sizeof(T)) % 64 == 0) __builtin_prefetch(ahead + j);
     acc = acc + x;
     acc_sq = at::vec::fmadd(x, x, acc_sq);
   }

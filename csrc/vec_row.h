@@ -64,7 +64,8 @@ Vec<T> load_except(const T* z, int64_t j, int64_t n, int64_t y, T fill) {
 // The W lanes of z from j on, for j a multiple of W below n: a plain load, but for the group
 // of lane y (jy = y - y % W) and the row's last, partial group (load_except).
 template <typename T>
-C10_ALWAYS_INLINE Vec<T> load_lanes(const T* z, int64_t j, int64_t n, int64_t y, int64_t jy, T fill) {
+C10_ALWAYS_INLINE Vec<T> load_lanes(const T* z, int64_t j, int64_t n, int64_t y, int64_t jy,
+                                    T fill) {
   constexpr int64_t W = Vec<T>::size();
   return j == jy || j + W > n ? load_except(z, j, n, y, fill) : Vec<T>::loadu(z + j);
 }
@@ -106,7 +107,7 @@ T row_max_except(const T* z, int64_t n, int64_t y) {
 // not null, prefetches ahead[0, n) on the way (a row needed soon).
 template <typename T>
 void exp_shifted_except(const T* z, T* e, int64_t n, int64_t y, T m, T* sum, T* sum_sq,
-                        const T* ahead = nullptr) {
+                        const T* ahead) {
   constexpr int64_t W = Vec<T>::size();
   const int64_t jy = y - y % W;
   const Vec<T> vm(m);

@@ -7,10 +7,10 @@
 
 #include <cmath>
 #include <limits>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "memory.h"
 #include "vec_row.h"
 
 namespace is_kernels {
@@ -56,30 +56,12 @@ void check_ce_inputs(const char* op, const at::Tensor& logits, const at::Tensor&
   }
 }
 
-// The gradient buffer. A fresh logits-sized tensor is page-faulted in (each page zeroed by
-// the kernel) on every call whenever malloc has handed the memory back to the system in
-// between, which glibc does or not depending on its state: that costs about as much as the
-// kernel itself (8192 x 1000 float32: ~8000 faults, 8 ms more per call). So the ops keep the
-// last gradient buffer they allocated and hand it out again once nothing else holds it (a
-// training step frees its gradient before the next forward); a buffer still referenced
-// anywhere (a view, .grad, a saved tensor) is never reused. One buffer of at most
-// kMaxReusedBytes is kept per process.
-constexpr int64_t kMaxReusedBytes = int64_t{256} << 20;
-
+// The gradient buffer: the last one is reused once free (memory.h), so that a training step
+// does not page-fault a fresh logits-sized gradient (8192 x 1000 float32: 7.2 against 15.8 ms
+// per call when malloc has unmapped it). At most 256 MiB is kept.
 at::Tensor new_grad(const at::Tensor& like) {
-  const int64_t bytes = like.numel() * static_cast<int64_t>(like.element_size());
-  if (bytes == 0 || bytes > kMaxReusedBytes) return at::empty(like.sizes(), like.options());
-  static std::mutex mutex;
-  static c10::Storage* const kept = new c10::Storage();  // never destroyed: no exit-time order
-  std::lock_guard<std::mutex> lock(mutex);
-  // use_count() == 1: only `kept` holds it, and no other thread can take a reference but
-  // through this function.
-  if (*kept && kept->use_count() == 1 && static_cast<int64_t>(kept->nbytes()) >= bytes) {
-    return at::empty({0}, like.options()).set_(*kept, 0, like.sizes());
-  }
-  at::Tensor grad = at::empty(like.sizes(), like.options());
-  *kept = grad.storage();
-  return grad;
+  static auto* const buffer = new ReusableBuffer(int64_t{256} << 20);
+  return buffer->take(like.sizes(), like.options());
 }
 
 // Per-row results of one cross-entropy row.

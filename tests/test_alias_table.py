@@ -200,6 +200,25 @@ def test_independent_of_threads(dtype):
     check_table(w, *tables[0])
 
 
+def test_rebuilt_table_reuses_the_memory_of_a_freed_one():
+    """The CPU build hands its last output buffers out again once nothing references them
+    (no fresh pages to fault in), and never ones still held."""
+    g = torch.Generator().manual_seed(12)
+    w1, w2, w3 = (torch.rand(5000, generator=g) ** 2 for _ in range(3))
+    held = ops.alias_table_build(w1)
+    kept = [t.clone() for t in held]
+    second = ops.alias_table_build(w2)
+    addresses = [t.data_ptr() for t in second]
+    assert not {t.data_ptr() for t in held} & set(addresses)
+    del second
+    others = [torch.empty(5000, dtype=torch.float64), torch.empty(5000, dtype=torch.int32)]
+    third = ops.alias_table_build(w3)  # malloc would give `others` the freed memory
+    assert [t.data_ptr() for t in third] == addresses
+    assert not {t.data_ptr() for t in others} & set(addresses)
+    check_table(w3, *third)
+    assert all(torch.equal(t, k) for t, k in zip(held, kept))
+
+
 def test_sum_overflow():
     with pytest.raises(RuntimeError, match="sum of the weights overflows float64"):
         ops.alias_table_build(torch.tensor([1e308, 1e308, 1.0], dtype=torch.float64))

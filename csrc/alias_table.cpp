@@ -585,8 +585,8 @@ std::tuple<at::Tensor, at::Tensor> alias_table_build_cpu(const at::Tensor& weigh
   TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), op,
               ": weights may have at most 2^31 - 1 entries, got ", n);
   const at::Tensor weights = weights_in.contiguous();
-  // Reused once free (memory.h): a rebuilt table gets the previous one's memory, without
-  // faulting (and zeroing) 12 bytes per item in again. At most 256 MiB each is kept.
+  // Reused once free (memory.h): a rebuilt table gets a freed one's memory, without faulting
+  // (and zeroing) 12 bytes per item in again. Buffers up to 256 MiB are kept.
   static auto* const prob_buffer = new ReusableBuffer(int64_t{256} << 20);
   static auto* const alias_buffer = new ReusableBuffer(int64_t{256} << 20);
   at::Tensor prob = prob_buffer->take({n}, weights.options().dtype(at::kDouble));

@@ -48,14 +48,15 @@ inline char* thread_scratch(size_t bytes) {
   return buf.get();
 }
 
-// An op output that is handed out again once nothing else references it. A fresh large
+// Op outputs that are handed out again once nothing else references them. A fresh large
 // tensor is page-faulted in (each page zeroed by the kernel) whenever malloc has returned
 // the memory to the system since the last call, which glibc does or not depending on its
 // state, at a cost comparable to the kernels that write it (32 MB: ~8000 faults and ~8 ms).
-// A loop that frees an op's output before calling it again (a training step's gradient, a
-// rebuilt table) gets the same memory back; an output still referenced anywhere (a view,
-// .grad, a saved tensor) is never reused. Keeps one buffer of at most max_bytes; use one
-// per output of an op, as a function-local static that is never destroyed:
+// Keeping two buffers serves both a loop that frees an op's output before calling it again
+// (a training step's gradient) and one that still holds the previous output during the call
+// (`table = AliasTable(w)` in a loop). An output still referenced anywhere (a view, .grad,
+// a saved tensor) is never reused. Buffers of more than max_bytes are not kept. Use one per
+// output of an op, as a function-local static that is never destroyed:
 //   static auto* const buffer = new ReusableBuffer(bytes);
 class ReusableBuffer {
  public:
@@ -67,20 +68,30 @@ class ReusableBuffer {
         c10::multiply_integers(sizes) * static_cast<int64_t>(options.dtype().itemsize());
     if (bytes == 0 || bytes > max_bytes_) return at::empty(sizes, options);
     std::lock_guard<std::mutex> lock(mutex_);
-    // use_count() == 1: only kept_ holds it, and no other thread can take a reference but
+    // use_count() == 1: only this holds it, and no other thread can take a reference but
     // through this function.
-    if (kept_ && kept_.use_count() == 1 && static_cast<int64_t>(kept_.nbytes()) >= bytes) {
-      return at::empty({0}, options).set_(kept_, 0, sizes);
+    const auto is_free = [](const c10::Storage& s) { return s && s.use_count() == 1; };
+    for (const c10::Storage& s : kept_) {
+      if (is_free(s) && static_cast<int64_t>(s.nbytes()) >= bytes) {
+        return at::empty({0}, options).set_(s, 0, sizes);
+      }
     }
     at::Tensor t = at::empty(sizes, options);
-    kept_ = t.storage();
+    // It replaces an empty or free buffer, else the one kept longer.
+    int slot = older_;
+    for (int k = 0; k < 2; ++k) {
+      if (!kept_[k] || is_free(kept_[k])) slot = k;
+    }
+    kept_[slot] = t.storage();
+    older_ = 1 - slot;
     return t;
   }
 
  private:
   const int64_t max_bytes_;
   std::mutex mutex_;
-  c10::Storage kept_;
+  c10::Storage kept_[2];
+  int older_ = 0;  // the slot written first of the two
 };
 
 }  // namespace is_kernels

@@ -219,6 +219,20 @@ def test_rebuilt_table_reuses_the_memory_of_a_freed_one():
     assert all(torch.equal(t, k) for t, k in zip(held, kept))
 
 
+def test_table_rebuilt_in_a_loop_alternates_two_buffers():
+    """`table = build(w)` in a loop holds the previous table during the call: the build
+    keeps two buffers, so the table before it is the one reused."""
+    g = torch.Generator().manual_seed(13)
+    ws = [torch.rand(6000, generator=g) ** 3 for _ in range(3)]
+    table = ops.alias_table_build(ws[0])
+    first = [t.data_ptr() for t in table]
+    table = ops.alias_table_build(ws[1])
+    assert not {t.data_ptr() for t in table} & set(first)
+    table = ops.alias_table_build(ws[2])
+    assert [t.data_ptr() for t in table] == first
+    check_table(ws[2], *table)
+
+
 def test_sum_overflow():
     with pytest.raises(RuntimeError, match="sum of the weights overflows float64"):
         ops.alias_table_build(torch.tensor([1e308, 1e308, 1.0], dtype=torch.float64))

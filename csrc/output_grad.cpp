@@ -106,8 +106,8 @@ RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool wr
   const T d_y = (eps - t_other) - s_ne * a;  // p_y - t_y with t_y = 1 - eps + eps / C
   T loss = nll;
   T score = a * std::sqrt(q_ne + s_ne * s_ne);  // one-hot: sqrt(sum_{j!=y} p_j^2 + (1-p_y)^2)
-  if (eps != T(0)) loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
   if (eps != T(0)) {  // the smoothed target is nonzero everywhere: the score needs e's pass
+    loss = (T(1) - eps) * nll + eps * (lse - row_sum(z, C) / T(C));
     const T sq_other = affine_in_place(e, 0, y, a, t_other, scale) +
                        affine_in_place(e, y + 1, C, a, t_other, scale);
     e[y] = d_y * scale;

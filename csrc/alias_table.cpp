@@ -319,34 +319,59 @@ inline int64_t key_bits(const double* key) {
   return bits;
 }
 
+// One step of a merge piece of slot offset j, at light a and heavy b: light a comes first iff
+// E[b] > X[a]. Writes b to the light's slot and a to the heavy's, then advances a or b.
+template <int j>
+C10_ALWAYS_INLINE void merge_step(const double* X, const double* E, int32_t* light_heavy,
+                                  int32_t* heavy_light, int64_t& a, int64_t& b) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // The carry flag of one compare of the keys' bits (non-negative doubles order as their bits,
+  // signed or unsigned) advances the cursors: a short dependency chain in few instructions.
+  int64_t t;
+  asm volatile("movq (%[X],%[a],8), %[t]\n\t"
+      "cmpq (%[E],%[b],8), %[t]\n\t"  // CF: X[a] < E[b]
+      "movl %k[b], %c[off](%[LH],%[a],4)\n\t"
+      "movl %k[a], %c[off](%[HL],%[b],4)\n\t"
+      "sbbq %[t], %[t]\n\t"          // t = -CF
+      "subq %[t], %[a]\n\t"          // a += CF
+      "leaq 1(%[b],%[t]), %[b]"       // b += 1 - CF
+      : [a] "+r"(a), [b] "+r"(b), [t] "=&r"(t)
+      : [X] "r"(X), [E] "r"(E), [LH] "r"(light_heavy), [HL] "r"(heavy_light), [off] "i"(4 * j)
+      : "cc", "memory");
+#else
+  const int64_t light = key_bits(E + b) > key_bits(X + a);
+  light_heavy[a + j] = static_cast<int32_t>(b);
+  heavy_light[b + j] = static_cast<int32_t>(a);
+  a += light;
+  b += 1 - light;
+#endif
+}
+
 // The merge of the lights X[0, ...) with the heavies E[0, ...), run as kLanes pieces advanced
 // together (their dependency chains overlap): piece j makes the steps [s0[j], s0[j + 1]) from
-// light a0[j] and heavy s0[j] - a0[j]. Each step writes its number to the slots of the current
-// light and heavy; the last write to a slot is by the step that emits that light or heavy.
-// Piece j uses the slots a + j and b + j, so that its cursors end on slots of its own.
+// light a0[j] and heavy s0[j] - a0[j]. Each step writes, for its light a and heavy b, b to
+// the light's slot and a to the heavy's; the last write to a slot is by the step that emits
+// that light or heavy. Piece j uses the slots a + j and b + j, so that its cursors end on
+// slots of its own.
 void merge(const double* X, const double* E, const int64_t* s0, const int64_t* a0,
-           int32_t* light_step, int32_t* heavy_step) {
-  int64_t a[kLanes], steps = s0[1] - s0[0];
-  for (int j = 0; j < kLanes; ++j) {
-    a[j] = a0[j];
-    steps = std::min(steps, s0[j + 1] - s0[j]);
-  }
-  const auto step = [&](int j, int64_t t) {
-    const int64_t s = s0[j] + t, b = s - a[j];
-    const bool light = key_bits(E + b) > key_bits(X + a[j]);
-    light_step[a[j] + j] = static_cast<int32_t>(s);
-    heavy_step[b + j] = static_cast<int32_t>(s);
-    a[j] += light;
-    // Keeps a[j] in a general register: the vectoriser would pack the pieces' cursors into
-    // one vector register, which lengthens every step's dependency chain.
-    asm("" : "+r"(a[j]));
-  };
+           int32_t* light_heavy, int32_t* heavy_light) {
+  static_assert(kLanes == 4, "the pieces' cursors are named");
+  // Named variables, not arrays: the cursors stay in registers.
+  int64_t a_0 = a0[0], a_1 = a0[1], a_2 = a0[2], a_3 = a0[3];
+  int64_t b_0 = s0[0] - a_0, b_1 = s0[1] - a_1, b_2 = s0[2] - a_2, b_3 = s0[3] - a_3;
+  int64_t steps = s0[1] - s0[0];
+  for (int j = 1; j < kLanes; ++j) steps = std::min(steps, s0[j + 1] - s0[j]);
   for (int64_t t = 0; t < steps; ++t) {
-    for (int j = 0; j < kLanes; ++j) step(j, t);
+    merge_step<0>(X, E, light_heavy, heavy_light, a_0, b_0);
+    merge_step<1>(X, E, light_heavy, heavy_light, a_1, b_1);
+    merge_step<2>(X, E, light_heavy, heavy_light, a_2, b_2);
+    merge_step<3>(X, E, light_heavy, heavy_light, a_3, b_3);
   }
-  for (int j = 0; j < kLanes; ++j) {  // the pieces' lengths differ by at most one
-    for (int64_t t = steps; t < s0[j + 1] - s0[j]; ++t) step(j, t);
-  }
+  // The pieces' lengths differ by at most one: at most one more step each.
+  if (a_0 + b_0 < s0[1]) merge_step<0>(X, E, light_heavy, heavy_light, a_0, b_0);
+  if (a_1 + b_1 < s0[2]) merge_step<1>(X, E, light_heavy, heavy_light, a_1, b_1);
+  if (a_2 + b_2 < s0[3]) merge_step<2>(X, E, light_heavy, heavy_light, a_2, b_2);
+  if (a_3 + b_3 < s0[4]) merge_step<3>(X, E, light_heavy, heavy_light, a_3, b_3);
 }
 
 // The number of lights among the first s steps of the merge of X[0, nl) with E[0, nh).
@@ -419,12 +444,12 @@ class PartBuilder {
       s0[j] = steps * j / kLanes;
       a0[j] = lights_before(lights.key, lights.size, heavy.key, merged, s0[j]);
     }
-    int32_t* const light_step = all_heavies.index + heavy_cap;
-    int32_t* const heavy_step = light_step + lights.size + kLanes + 1;
-    merge(lights.key, heavy.key, s0, a0, light_step, heavy_step);
+    int32_t* const light_heavy = all_heavies.index + heavy_cap;
+    int32_t* const heavy_light = light_heavy + lights.size + kLanes + 1;
+    merge(lights.key, heavy.key, s0, a0, light_heavy, heavy_light);
     for (int j = 0; j < kLanes; ++j) {
-      write_lights(lights, heavy, light_step + j, a0[j], a0[j + 1]);
-      write_heavies(lights, heavy, heavy_step + j, s0[j] - a0[j], s0[j + 1] - a0[j + 1]);
+      write_lights(lights, heavy, light_heavy + j, a0[j], a0[j + 1]);
+      write_heavies(lights, heavy, heavy_light + j, s0[j] - a0[j], s0[j + 1] - a0[j + 1]);
     }
     if (last) {  // heavies after every light: the last heavy, and any by rounding
       for (int64_t b = merged; b < heavy.size; ++b) {
@@ -467,23 +492,23 @@ class PartBuilder {
     }
   }
 
-  // Light a: prob p_a, alias the heavy current when the merge emitted it (step s, b = s - a).
-  void write_lights(const List& lights, const List& heavy, const int32_t* step, int64_t a0,
-                    int64_t a1) const {
+  // Light a: prob p_a, alias the heavy current when the merge emitted it.
+  void write_lights(const List& lights, const List& heavy, const int32_t* light_heavy,
+                    int64_t a0, int64_t a1) const {
     for (int64_t a = a0; a < a1; ++a) {
       const int32_t i = lights.index[a];
       prob_[i] = static_cast<double>(w_[i]) * scale_;
-      alias_[i] = heavy.index[step[a] - a];
+      alias_[i] = heavy.index[light_heavy[a]];
     }
   }
 
-  // Heavy b: prob 1 - (X_a - E_b) for the light a current when the merge emitted it (at step
-  // s, a = s - b; at most 1, and at least 0 up to rounding), alias the next heavy.
-  void write_heavies(const List& lights, const List& heavy, const int32_t* step, int64_t b0,
-                     int64_t b1) const {
+  // Heavy b: prob 1 - (X_a - E_b) for the light a current when the merge emitted it (at most
+  // 1, and at least 0 up to rounding), alias the next heavy.
+  void write_heavies(const List& lights, const List& heavy, const int32_t* heavy_light,
+                     int64_t b0, int64_t b1) const {
     for (int64_t b = b0; b < b1; ++b) {
       const int32_t h = heavy.index[b];
-      prob_[h] = std::max(0.0, 1.0 - (lights.key[step[b] - b] - heavy.key[b]));
+      prob_[h] = std::max(0.0, 1.0 - (lights.key[heavy_light[b]] - heavy.key[b]));
       alias_[h] = heavy.index[b + 1];
     }
   }

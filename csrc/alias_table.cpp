@@ -328,13 +328,14 @@ C10_ALWAYS_INLINE void merge_step(const double* X, const double* E, int32_t* lig
   // The carry flag of one compare of the keys' bits (non-negative doubles order as their bits,
   // signed or unsigned) advances the cursors: a short dependency chain in few instructions.
   int64_t t;
-  asm volatile("movq (%[X],%[a],8), %[t]\n\t"
+  asm volatile(
+      "movq (%[X],%[a],8), %[t]\n\t"
       "cmpq (%[E],%[b],8), %[t]\n\t"  // CF: X[a] < E[b]
       "movl %k[b], %c[off](%[LH],%[a],4)\n\t"
       "movl %k[a], %c[off](%[HL],%[b],4)\n\t"
-      "sbbq %[t], %[t]\n\t"          // t = -CF
-      "subq %[t], %[a]\n\t"          // a += CF
-      "leaq 1(%[b],%[t]), %[b]"       // b += 1 - CF
+      "sbbq %[t], %[t]\n\t"  // t = -CF
+      "subq %[t], %[a]\n\t"  // a += CF
+      "leaq 1(%[b],%[t]), %[b]"  // b += 1 - CF
       : [a] "+r"(a), [b] "+r"(b), [t] "=&r"(t)
       : [X] "r"(X), [E] "r"(E), [LH] "r"(light_heavy), [HL] "r"(heavy_light), [off] "i"(4 * j)
       : "cc", "memory");
@@ -417,7 +418,7 @@ class PartBuilder {
     const int64_t items = std::min(n_, b1 * kBlock) - b0 * kBlock;
     const int64_t heavies = heavies_in(g0, before_end) + heavies_in(b0, b1) +
                             heavies_in(after_begin, g1 + 1);
-    // Scratch: the lists (the lights' with a sentinel), then the merge's step slots.
+    // Scratch: the lists (the lights' with a sentinel), then the merge's slots.
     const int64_t light_cap = items + 1 + kSlack, heavy_cap = heavies + kSlack;
     char* const buf = thread_scratch(12 * (light_cap + heavy_cap) +
                                      4 * (items + heavies + 2 * kLanes + 2));

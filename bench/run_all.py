@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             report = json.load(f)
     import torch
 
-    header = (f"Device: {device_name()}; torch {torch.__version__}; "
+    allocator = ("glibc malloc pinned by bench/conftest.py; "
+                 if platform.libc_ver()[0] == "glibc" else "")
+    header = (f"Device: {device_name()}; torch {torch.__version__}; {allocator}"
               f"command: `python bench/run_all.py {' '.join(argv or sys.argv[1:])}`\n\n")
     table = header + summarize(report) + "\n"
     print(table)

@@ -15,12 +15,15 @@ import time
 import numpy as np
 import torch
 
+from bench.allocator import pin_glibc_allocator
 from bench.bench_sum_tree import K, N, Round
 from is_kernels import SumTree
 
 
 def main(blocks: int = 20) -> None:
     import cpprb
+
+    pin_glibc_allocator()  # as for the pytest benchmarks (bench/conftest.py)
 
     r = Round(N, "cpu")
     tree = SumTree(N)

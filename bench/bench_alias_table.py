@@ -3,9 +3,10 @@
 Run: ``python -m pytest bench/bench_alias_table.py --benchmark-only -q``
 
 Group ``alias``: N = 2^20 weights (2^24 on CUDA); build the table and draw 4096 indices,
-against one ``torch.multinomial(weights, 4096, replacement=True)`` call. Ours also records
-the paired ratio (the two run alternately; see ``bench/paired.py``). Groups ``alias build``
-and ``alias draw`` time the build alone and 4096 draws from a built table. Group names carry
+against one ``torch.multinomial(weights, 4096, replacement=True)`` call, for the default
+groups of 16 items and for the plain table (``group_size=1``). Ours also record the paired
+ratio (the two run alternately; see ``bench/paired.py``). Groups ``alias build`` and
+``alias draw`` time the build alone and 4096 draws from a built table. Group names carry
 the device and N; on CUDA every timed call ends with a synchronize (included in the times).
 """
 import pytest
@@ -38,46 +39,55 @@ def _timed(device: str, draw):
     return step
 
 
-def _build_and_draw(w: torch.Tensor):
-    return _timed(w.device.type, lambda: AliasTable(w).sample(K))
+def _build_and_draw(w: torch.Tensor, group: int):
+    return _timed(w.device.type, lambda: AliasTable(w, group_size=group).sample(K))
 
 
 def _multinomial(w: torch.Tensor):
     return _timed(w.device.type, lambda: torch.multinomial(w, K, replacement=True))
 
 
-BUILD_AND_DRAW = "alias: build + draw 4096"
+def _build_and_draw_group(group: int) -> str:
+    return f"alias: build + draw 4096, group_size {group}"
 
 
+GROUPS = [16, 1]
+
+
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_is_kernels_alias_build_and_draw(benchmark, device):
+def test_is_kernels_alias_build_and_draw(benchmark, device, group):
     w = _weights(device)
-    step = _build_and_draw(w)
+    step = _build_and_draw(w, group)
     benchmark.extra_info["paired_ratios"] = {
-        f"multinomial[{device}]": paired_ratio(step, _multinomial(w))}
-    _group(benchmark, BUILD_AND_DRAW, w)
+        f"multinomial[{device}-{group}]": paired_ratio(step, _multinomial(w))}
+    _group(benchmark, _build_and_draw_group(group), w)
     benchmark(step)
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_multinomial(benchmark, device):
+def test_multinomial(benchmark, device, group):
+    """The same call in each group_size's group (so that each has its alternative)."""
     w = _weights(device)
-    _group(benchmark, BUILD_AND_DRAW, w)
+    _group(benchmark, _build_and_draw_group(group), w)
     benchmark(_multinomial(w))
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_is_kernels_alias_build(benchmark, device):
+def test_is_kernels_alias_build(benchmark, device, group):
     w = _weights(device)
-    step = _timed(device, lambda: AliasTable(w))
+    step = _timed(device, lambda: AliasTable(w, group_size=group))
     step()  # warm-up (Triton compilation on CUDA)
-    _group(benchmark, "alias build", w)
+    _group(benchmark, f"alias build, group_size {group}", w)
     benchmark(step)
 
 
+@pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_is_kernels_alias_draw(benchmark, device):
+def test_is_kernels_alias_draw(benchmark, device, group):
     w = _weights(device)
-    table = AliasTable(w)
-    _group(benchmark, "alias draw 4096 from a built table", w)
+    table = AliasTable(w, group_size=group)
+    _group(benchmark, f"alias draw 4096 from a built table, group_size {group}", w)
     benchmark(_timed(device, lambda: table.sample(K)))

@@ -1,8 +1,19 @@
 // Alias table ops (schemas + CPU kernels): O(N) build and O(1) draws (ALGORITHMS.md section 5).
 // The CUDA kernels of the same ops are Triton: is_kernels/alias_table_triton.py.
 //
-// The table. With p_i = w_i * N / W (mean 1), item i is light if p_i <= 1, heavy otherwise.
-// Vose's sweep over the lights and the heavies in index order has a closed form in two
+// Groups. The items are taken in groups of G = group_size consecutive items (the last one may
+// be shorter), and the alias table is built over the m = ceil(N / G) group sums S_g. A draw
+// picks a group from the table (two uniforms), then the item within it by a walk over the
+// group's weights with a third uniform u: the first item whose running float64 sum exceeds
+// u * S_g (pick). The build's S_g are added in the same order, so the walk over a whole group
+// ends on S_g exactly, and the draw gives item i of group g the probability
+// (S_g / W) * (w_i / S_g) up to float64 rounding. The draws read the weights themselves (the
+// Python AliasTable keeps them and checks that they are not modified in place). With G = 16
+// the build does the O(N) work below on N / 16 sums, and a walk reads one 64-byte line of
+// float32 weights; G = 1 is the plain alias table.
+//
+// The table, built over the group sums (called items and weights from here on). With
+// p_i = w_i * N / W (mean 1), item i is light if p_i <= 1, heavy otherwise. Vose's sweep over the lights and the heavies in index order has a closed form in two
 // non-decreasing sequences of keys (Hübschle-Schneider & Sanders 2019; the Triton build uses
 // the same form): X_a, the sum of the deficits 1 - p of the lights before light a, and E_b,
 // the sum of the excesses p - 1 of the heavies up to heavy b. The sweep is the merge of the
@@ -63,6 +74,7 @@ constexpr int64_t kBlock = 1 << 10;  // items per block (key offsets; grain of t
 constexpr int64_t kPartBlocks = 16;  // blocks whose lights one part merges
 constexpr int kLanes = 4;            // interleaved pieces of a part's merge
 constexpr int64_t kSlack = 4;        // entries past a list's end that compact may write
+constexpr int64_t kMaxGroup = 1024;  // the largest group_size (a draw walks its group)
 
 // ---- Groups of 4 values --------------------------------------------------------------------
 
@@ -587,7 +599,130 @@ void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* ali
   parallel_each(builder.parts(), [&](int64_t k) { builder.build(k); });
 }
 
-void check_table(const char* op, const at::Tensor& prob, const at::Tensor& alias) {
+// ---- Groups ----------------------------------------------------------------------------------
+
+// The sum of the weights [begin, end), added in index order in float64. The build's group
+// sums and the draws' walks (pick) both add this way, so a walk over a whole group ends
+// exactly on the group's sum.
+template <typename T>
+double group_sum(const T* w, int64_t begin, int64_t end) {
+  double sum = 0.0;
+  for (int64_t i = begin; i < end; ++i) sum += static_cast<double>(w[i]);
+  return sum;
+}
+
+// Writes the sums of the groups [g0, g1) of `group` items (all whole) to sums: eight groups at
+// a time, whose dependency chains of adds overlap.
+template <typename T>
+void whole_group_sums(const T* w, int64_t group, int64_t g0, int64_t g1, double* sums) {
+  constexpr int kChains = 8;
+  int64_t g = g0;
+  for (; g + kChains <= g1; g += kChains) {
+    double s[kChains] = {};
+    const T* x = w + g * group;
+    for (int64_t k = 0; k < group; ++k) {
+      for (int j = 0; j < kChains; ++j) s[j] += static_cast<double>(x[j * group + k]);
+    }
+    std::copy(s, s + kChains, sums + g);
+  }
+  for (; g < g1; ++g) sums[g] = group_sum(w, g * group, (g + 1) * group);
+}
+
+// Writes the sum of every group of `group` items to sums (m groups); returns the total and the
+// least weight (0 if none is negative; a NaN or inf shows in the total).
+template <typename T>
+BlockWeights group_sums(const T* w, int64_t n, int64_t group, int64_t m, double* sums) {
+  constexpr int64_t kGrain = int64_t{1} << 14;  // items per task
+  const int64_t groups_per_task = std::max<int64_t>(1, kGrain / group);
+  const int64_t tasks = (m + groups_per_task - 1) / groups_per_task;
+  std::vector<BlockWeights> parts(tasks);
+  parallel_each(tasks, [&](int64_t t) {
+    const int64_t g0 = t * groups_per_task, g1 = std::min(m, g0 + groups_per_task);
+    const int64_t begin = g0 * group, end = std::min(n, g1 * group);
+    parts[t] = block_weights(w, begin, end);
+    const bool short_last = g1 == m && end < g1 * group;
+    whole_group_sums(w, group, g0, short_last ? g1 - 1 : g1, sums);
+    if (short_last) sums[m - 1] = group_sum(w, (m - 1) * group, n);
+  });
+  BlockWeights all;
+  for (const BlockWeights& p : parts) {
+    all.sum += p.sum;
+    all.least = std::min(all.least, p.least);
+  }
+  return all;
+}
+
+// The item of group [begin, end) drawn for r = u * (the group's sum): the first i whose
+// running sum exceeds r. A weight of 0 leaves the running sum as it was, which did not exceed
+// r, so it is never drawn. If r reaches the sum by rounding, the last item of positive weight.
+template <typename T>
+int64_t pick(const T* w, int64_t begin, int64_t end, double r) {
+  double sum = 0.0;
+  int64_t last = begin;
+  for (int64_t i = begin; i < end; ++i) {
+    const double x = static_cast<double>(w[i]);
+    sum += x;
+    if (sum > r) return i;
+    if (x > 0.0) last = i;
+  }
+  return last;
+}
+
+// ---- The ops ---------------------------------------------------------------------------------
+
+int64_t num_groups(int64_t n, int64_t group) { return (n + group - 1) / group; }
+
+void check_group_size(const char* op, int64_t group) {
+  TORCH_CHECK(group >= 1 && group <= kMaxGroup, op, ": group_size must be in [1, ", kMaxGroup,
+              "], got ", group);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> alias_table_build_cpu(
+    const at::Tensor& weights_in, int64_t group) {
+  const char* op = "alias_table_build";
+  TORCH_CHECK(weights_in.dim() == 1 && weights_in.numel() >= 1, op,
+              ": weights must be a non-empty 1-D tensor, got shape ", weights_in.sizes());
+  TORCH_CHECK(weights_in.scalar_type() == at::kFloat || weights_in.scalar_type() == at::kDouble,
+              op, ": weights must be float32 or float64, got ", weights_in.scalar_type());
+  check_group_size(op, group);
+  const int64_t n = weights_in.numel(), m = num_groups(n, group);
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), op,
+              ": weights may have at most 2^31 - 1 entries, got ", n);
+  const at::Tensor weights = weights_in.contiguous();
+  // Reused once free (memory.h): a rebuilt table gets a freed one's memory, without faulting
+  // (and zeroing) its pages in again. Buffers up to 256 MiB are kept.
+  static auto* const prob_buffer = new ReusableBuffer(int64_t{256} << 20);
+  static auto* const alias_buffer = new ReusableBuffer(int64_t{256} << 20);
+  static auto* const sums_buffer = new ReusableBuffer(int64_t{256} << 20);
+  const auto f64 = weights.options().dtype(at::kDouble);
+  at::Tensor prob = prob_buffer->take({m}, f64);
+  at::Tensor alias = alias_buffer->take({m}, weights.options().dtype(at::kInt));
+  // With groups of one item the draws need no sums.
+  at::Tensor sums = sums_buffer->take({group == 1 ? 0 : m}, f64);
+  advise_huge_pages(prob.data_ptr(), m * sizeof(double));
+  advise_huge_pages(alias.data_ptr(), m * sizeof(int32_t));
+  advise_huge_pages(sums.data_ptr(), m * sizeof(double));
+  double* const sp = sums.data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_build", [&] {
+    const scalar_t* w = weights.const_data_ptr<scalar_t>();
+    if (group == 1) {  // the table of the weights themselves (build_cpu checks them)
+      build_cpu(op, w, n, prob.data_ptr<double>(), alias.data_ptr<int32_t>());
+      return;
+    }
+    const BlockWeights all = group_sums(w, n, group, m, sp);
+    if (!(std::isfinite(all.sum) && all.least >= 0.0)) {
+      check_weights(op, "weights", w, n);  // raises, naming the first invalid weight
+      TORCH_CHECK(false, op, ": the sum of the weights overflows float64");
+    }
+    build_cpu(op, static_cast<const double*>(sp), m, prob.data_ptr<double>(),
+              alias.data_ptr<int32_t>());
+  });
+  return {prob, alias, sums};
+}
+
+void check_table(const char* op, const at::Tensor& prob, const at::Tensor& alias,
+                 const at::Tensor& sums, const at::Tensor& weights, int64_t group) {
+  check_group_size(op, group);
   TORCH_CHECK(prob.dim() == 1 && prob.numel() >= 1 && prob.scalar_type() == at::kDouble &&
                   prob.is_contiguous(),
               op, ": prob must be a contiguous non-empty 1-D float64 tensor, got ",
@@ -596,76 +731,77 @@ void check_table(const char* op, const at::Tensor& prob, const at::Tensor& alias
                   alias.is_contiguous(),
               op, ": alias must be a contiguous int32 tensor of shape ", prob.sizes(), ", got ",
               alias.scalar_type(), " of shape ", alias.sizes());
-  TORCH_CHECK(alias.device() == prob.device(), op,
-              ": alias and prob must be on the same device, got ", alias.device(), " and ",
-              prob.device());
-}
-
-std::tuple<at::Tensor, at::Tensor> alias_table_build_cpu(const at::Tensor& weights_in) {
-  const char* op = "alias_table_build";
-  TORCH_CHECK(weights_in.dim() == 1 && weights_in.numel() >= 1, op,
-              ": weights must be a non-empty 1-D tensor, got shape ", weights_in.sizes());
-  TORCH_CHECK(weights_in.scalar_type() == at::kFloat || weights_in.scalar_type() == at::kDouble,
-              op, ": weights must be float32 or float64, got ", weights_in.scalar_type());
-  const int64_t n = weights_in.numel();
-  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), op,
-              ": weights may have at most 2^31 - 1 entries, got ", n);
-  const at::Tensor weights = weights_in.contiguous();
-  // Reused once free (memory.h): a rebuilt table gets a freed one's memory, without faulting
-  // (and zeroing) 12 bytes per item in again. Buffers up to 256 MiB are kept.
-  static auto* const prob_buffer = new ReusableBuffer(int64_t{256} << 20);
-  static auto* const alias_buffer = new ReusableBuffer(int64_t{256} << 20);
-  at::Tensor prob = prob_buffer->take({n}, weights.options().dtype(at::kDouble));
-  at::Tensor alias = alias_buffer->take({n}, weights.options().dtype(at::kInt));
-  advise_huge_pages(prob.data_ptr(), n * sizeof(double));
-  advise_huge_pages(alias.data_ptr(), n * sizeof(int32_t));
-  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_build", [&] {
-    build_cpu(op, weights.const_data_ptr<scalar_t>(), n, prob.data_ptr<double>(),
-              alias.data_ptr<int32_t>());
-  });
-  return {prob, alias};
+  const int64_t sums_size = group == 1 ? 0 : prob.numel();
+  TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.dim() == 1 &&
+                  sums.numel() == sums_size && sums.is_contiguous(),
+              op, ": sums must be a contiguous float64 tensor of shape [", sums_size,
+              "], got ", sums.scalar_type(), " of shape ", sums.sizes());
+  TORCH_CHECK((weights.scalar_type() == at::kFloat || weights.scalar_type() == at::kDouble) &&
+                  weights.dim() == 1 && weights.is_contiguous() &&
+                  num_groups(weights.numel(), group) == prob.numel(),
+              op, ": weights must be a contiguous 1-D float32 or float64 tensor in ",
+              prob.numel(), " groups of ", group, ", got ", weights.scalar_type(), " of shape ",
+              weights.sizes());
+  for (const at::Tensor* t : {&alias, &sums, &weights}) {
+    TORCH_CHECK(t->device() == prob.device(), op,
+                ": the table's tensors must be on one device, got ", prob.device(), " and ",
+                t->device());
+  }
 }
 
 at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alias,
-                                  const at::Tensor& u) {
+                                  const at::Tensor& sums, const at::Tensor& weights,
+                                  const at::Tensor& u, int64_t group) {
   const char* op = "alias_table_sample";
-  check_table(op, prob, alias);
-  TORCH_CHECK(u.scalar_type() == at::kDouble && u.dim() == 2 && u.size(0) == 2, op,
-              ": u must be float64 of shape [2, n], got ", u.scalar_type(), " of shape ",
+  check_table(op, prob, alias, sums, weights, group);
+  TORCH_CHECK(u.scalar_type() == at::kDouble && u.dim() == 2 && u.size(0) == 3, op,
+              ": u must be float64 of shape [3, n], got ", u.scalar_type(), " of shape ",
               u.sizes());
   TORCH_CHECK(u.device() == prob.device(), op, ": u must be on the table's device ",
               prob.device(), ", got ", u.device());
   const at::Tensor uc = u.contiguous();
-  const int64_t n = uc.size(1), size = prob.numel();
+  const int64_t n = uc.size(1), m = prob.numel(), size = weights.numel();
   const double* up = uc.data_ptr<double>();
-  for (int64_t i = 0; i < 2 * n; ++i) {
+  for (int64_t i = 0; i < 3 * n; ++i) {
     TORCH_CHECK(up[i] >= 0.0 && up[i] < 1.0, op, ": u[", i / n, ", ", i % n, "] = ", up[i],
                 " is not in [0, 1)");
   }
   at::Tensor out = at::empty({n}, prob.options().dtype(at::kLong));
   const double* pp = prob.data_ptr<double>();
   const int32_t* ap = alias.data_ptr<int32_t>();
+  const double* sp = sums.data_ptr<double>();
   int64_t* o = out.data_ptr<int64_t>();
-  const double dsize = static_cast<double>(size);
-  // u * size < size in exact arithmetic, but may round up to size.
-  const auto bucket = [&](int64_t i) {
-    return std::min(static_cast<int64_t>(up[i] * dsize), size - 1);
-  };
-  // Draws hit random entries of a table larger than the caches: each one prefetches the
-  // entry of the draw kPrefetch ahead, so that the misses overlap; and the threads share
-  // the draws from 2 * kGrain on (4096 draws at N = 2^20: 84 us on one thread with
-  // kPrefetch 16, 67 with 32, 43 on two threads).
+  const double dm = static_cast<double>(m);
+  // u * m < m in exact arithmetic, but may round up to m.
+  const auto bucket = [&](int64_t i) { return std::min(static_cast<int64_t>(up[i] * dm), m - 1); };
+  // Draws hit random entries of tables larger than the caches: each one prefetches what the
+  // draw kPrefetch ahead reads, so that the misses overlap. The first pass draws the groups
+  // (prefetching the bucket entries), the second the items (prefetching the group's
+  // weights); the threads share the draws from 2 * kGrain on.
   constexpr int64_t kPrefetch = 32, kGrain = 1024;
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (i + kPrefetch < end) {
-        const int64_t ahead = bucket(i + kPrefetch);
-        __builtin_prefetch(pp + ahead);
-        __builtin_prefetch(ap + ahead);
+  AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_sample", [&] {
+    const scalar_t* w = weights.const_data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetch < end) {
+          const int64_t ahead = bucket(i + kPrefetch);
+          __builtin_prefetch(pp + ahead);
+          __builtin_prefetch(ap + ahead);
+        }
+        const int64_t k = bucket(i);
+        o[i] = up[n + i] < pp[k] ? k : static_cast<int64_t>(ap[k]);
       }
-      const int64_t k = bucket(i);
-      o[i] = up[n + i] < pp[k] ? k : static_cast<int64_t>(ap[k]);
-    }
+      if (group == 1) return;  // the group is the item
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetch < end) {
+          const int64_t ahead = o[i + kPrefetch];
+          __builtin_prefetch(sp + ahead);
+          __builtin_prefetch(w + ahead * group);
+        }
+        const int64_t g = o[i];
+        o[i] = pick(w, g * group, std::min(size, (g + 1) * group), up[2 * n + i] * sp[g]);
+      }
+    });
   });
   return out;
 }
@@ -673,8 +809,9 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
-  m.def("alias_table_build(Tensor weights) -> (Tensor, Tensor)");
-  m.def("alias_table_sample(Tensor prob, Tensor alias, Tensor u) -> Tensor");
+  m.def("alias_table_build(Tensor weights, int group_size) -> (Tensor, Tensor, Tensor)");
+  m.def("alias_table_sample(Tensor prob, Tensor alias, Tensor sums, Tensor weights, Tensor u, "
+        "int group_size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {

@@ -1,7 +1,13 @@
 """Triton kernels of the alias table ops (the CUDA implementation; method in
 csrc/alias_table.cpp).
 
-Parallel build: p = w * N / W; the prefix sums D (light deficits 1 - p) and E (heavy
+Groups: one program sums BLOCK groups of ``group_size`` weights, each in index order in
+float64 (as the C++ build and the draws' walks add), and the table is built over those sums.
+A draw picks a group from the table, then walks the group's weights: the first item whose
+running sum exceeds u * (the group's sum), or, if u * sum rounds up to the sum, the group's
+last item of positive weight.
+
+Parallel build (of the table of the group sums): p = w * N / W; the prefix sums D (light deficits 1 - p) and E (heavy
 excesses p - 1) and the running count of heavies are ``torch.cumsum`` scans (parallel on the
 GPU); then every item finds its own table entry with binary searches in those scans, all in
 parallel: a light its heavy (the first h with E(h) > D(i - 1)), a heavy the light during
@@ -66,21 +72,50 @@ def _build_kernel(PR, CUM_D, CUM_E, CUM_H, LAST_H, PROB, ALIAS, n, STEPS: tl.con
 
 
 @triton.jit
-def _sample_kernel(PROB, ALIAS, U, OUT, n, size, BLOCK: tl.constexpr):
+def _group_sums_kernel(W, SUMS, n, m, group, BLOCK: tl.constexpr):
+    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = g < m
+    acc = tl.zeros([BLOCK], tl.float64)
+    for k in range(group):
+        i = g * group + k
+        acc += tl.load(W + i, mask=mask & (i < n), other=0.0).to(tl.float64)
+    tl.store(SUMS + g, acc, mask=mask)
+
+
+@triton.jit
+def _sample_kernel(PROB, ALIAS, SUMS, W, U, OUT, n, m, size, group, ONE: tl.constexpr,
+                   BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     u0 = tl.load(U + offs, mask=mask, other=0.0)
     u1 = tl.load(U + n + offs, mask=mask, other=0.0)
-    # u0 * size < size in exact arithmetic, but may round up to size.
-    k = tl.minimum((u0 * size).to(tl.int64), size - 1)
+    # u0 * m < m in exact arithmetic, but may round up to m.
+    k = tl.minimum((u0 * m).to(tl.int64), m - 1)
     prob = tl.load(PROB + k, mask=mask, other=0.0)
     alias = tl.load(ALIAS + k, mask=mask, other=0).to(tl.int64)
-    tl.store(OUT + offs, tl.where(u1 < prob, k, alias), mask=mask)
+    g = tl.where(u1 < prob, k, alias)
+    if ONE:
+        tl.store(OUT + offs, g, mask=mask)
+    else:
+        u2 = tl.load(U + 2 * n + offs, mask=mask, other=0.0)
+        r = u2 * tl.load(SUMS + g, mask=mask, other=0.0)
+        acc = tl.zeros([BLOCK], tl.float64)
+        found = offs < 0
+        pick = g * group
+        last = g * group
+        for j in range(group):
+            i = g * group + j
+            x = tl.load(W + i, mask=mask & (i < size), other=0.0).to(tl.float64)
+            acc += x
+            hit = (acc > r) & ~found
+            pick = tl.where(hit, i, pick)
+            found = found | hit
+            last = tl.where(x > 0.0, i, last)
+        tl.store(OUT + offs, tl.where(found, pick, last), mask=mask)
 
 
-def build(weights: torch.Tensor):
-    """(prob float64 [N], alias int32 [N]) for valid weights with a positive sum."""
-    w = weights.contiguous().to(torch.float64)
+def _table(w: torch.Tensor):
+    """(prob float64 [N], alias int32 [N]) of the float64 weights w (valid, positive sum)."""
     n = w.numel()
     p = w * (n / w.sum())
     heavy = p > 1.0
@@ -96,12 +131,29 @@ def build(weights: torch.Tensor):
     return prob, alias
 
 
-def sample(prob: torch.Tensor, alias: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """int64 draws for the float64 uniforms u ([2, n]: bucket, coin)."""
+def build(weights: torch.Tensor, group_size: int):
+    """(prob, alias, sums) of the groups of valid weights with a positive sum."""
+    w = weights.contiguous()
+    if group_size == 1:
+        prob, alias = _table(w.to(torch.float64))
+        return prob, alias, torch.empty(0, dtype=torch.float64, device=w.device)
+    n = w.numel()
+    m = -(-n // group_size)
+    sums = torch.empty(m, dtype=torch.float64, device=w.device)
+    _group_sums_kernel[(triton.cdiv(m, BLOCK),)](w, sums, n, m, group_size, BLOCK=BLOCK,
+                                                 num_warps=4)
+    prob, alias = _table(sums)
+    return prob, alias, sums
+
+
+def sample(prob: torch.Tensor, alias: torch.Tensor, sums: torch.Tensor, weights: torch.Tensor,
+           u: torch.Tensor, group_size: int) -> torch.Tensor:
+    """int64 draws for the float64 uniforms u ([3, n]: bucket, coin, item in the group)."""
     u = u.contiguous()
     n = u.shape[1]
     out = torch.empty(n, dtype=torch.int64, device=prob.device)
     if n > 0:
-        _sample_kernel[(triton.cdiv(n, BLOCK),)](prob, alias, u, out, n, prob.numel(),
-                                                 BLOCK=BLOCK, num_warps=4)
+        _sample_kernel[(triton.cdiv(n, BLOCK),)](prob, alias, sums, weights.contiguous(), u, out,
+                                                 n, prob.numel(), weights.numel(), group_size,
+                                                 ONE=group_size == 1, BLOCK=BLOCK, num_warps=4)
     return out

@@ -70,9 +70,16 @@ def cases():
                               "CUM_H": "*i64", "LAST_H": "*i64", "PROB": "*fp64",
                               "ALIAS": "*i32", "n": "i64", "STEPS": "constexpr",
                               "BLOCK": "constexpr"}, {"STEPS": 21, "BLOCK": at.BLOCK})
-    yield (at._sample_kernel, {"PROB": "*fp64", "ALIAS": "*i32", "U": "*fp64", "OUT": "*i64",
-                               "n": "i64", "size": "i64", "BLOCK": "constexpr"},
-           {"BLOCK": at.BLOCK})
+    for weight in ("fp32", "fp64"):
+        yield (at._group_sums_kernel, {"W": f"*{weight}", "SUMS": "*fp64", "n": "i64",
+                                       "m": "i64", "group": "i64", "BLOCK": "constexpr"},
+               {"BLOCK": at.BLOCK})
+        for one in (True, False):
+            yield (at._sample_kernel,
+                   {"PROB": "*fp64", "ALIAS": "*i32", "SUMS": "*fp64", "W": f"*{weight}",
+                    "U": "*fp64", "OUT": "*i64", **{name: "i64" for name in
+                                                    ("n", "m", "size", "group")},
+                    "ONE": "constexpr", "BLOCK": "constexpr"}, {"ONE": one, "BLOCK": at.BLOCK})
 
 
 def compile_all() -> int:

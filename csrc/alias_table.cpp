@@ -701,7 +701,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> alias_table_build_cpu(
   at::Tensor sums = sums_buffer->take({group == 1 ? 0 : m}, f64);
   advise_huge_pages(prob.data_ptr(), m * sizeof(double));
   advise_huge_pages(alias.data_ptr(), m * sizeof(int32_t));
-  advise_huge_pages(sums.data_ptr(), m * sizeof(double));
+  advise_huge_pages(sums.data_ptr(), sums.numel() * sizeof(double));
   double* const sp = sums.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_build", [&] {
     const scalar_t* w = weights.const_data_ptr<scalar_t>();

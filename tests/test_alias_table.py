@@ -261,8 +261,8 @@ def test_opcheck(group):
                                                            generator=g), group))
 
 
-# The CPU build works on groups of 4 sums, blocks of 1024 and parts of 16 blocks: sizes
-# around them (in sums: the tests build the plain table, group_size 1).
+# The CPU build of the table works on vectors of 4 entries, blocks of 1024 and parts of 16
+# blocks: sizes around them (of the plain table, group_size 1, whose entries are the items).
 SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 3 * 1024 + 5, 16383, 16384, 16385,
          (1 << 16) - 1, (1 << 16) + 1, 5 * 16384 + 1027]
 

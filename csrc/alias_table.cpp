@@ -13,11 +13,12 @@
 // float32 weights; G = 1 is the plain alias table.
 //
 // The table, built over the group sums (called items and weights from here on). With
-// p_i = w_i * N / W (mean 1), item i is light if p_i <= 1, heavy otherwise. Vose's sweep over the lights and the heavies in index order has a closed form in two
-// non-decreasing sequences of keys (Hübschle-Schneider & Sanders 2019; the Triton build uses
-// the same form): X_a, the sum of the deficits 1 - p of the lights before light a, and E_b,
-// the sum of the excesses p - 1 of the heavies up to heavy b. The sweep is the merge of the
-// two sequences, light a coming before heavy b iff E_b > X_a, and then
+// p_i = w_i * N / W (mean 1), item i is light if p_i <= 1, heavy otherwise. Vose's sweep over
+// the lights and the heavies in index order has a closed form in two non-decreasing
+// sequences of keys (Hübschle-Schneider & Sanders 2019; the Triton build uses the same form):
+// X_a, the sum of the deficits 1 - p of the lights before light a, and E_b, the sum of the
+// excesses p - 1 of the heavies up to heavy b. The sweep is the merge of the two sequences,
+// light a coming before heavy b iff E_b > X_a, and then
 //   light a: prob = p_a, alias = the heavy current at a (the first b with E_b > X_a);
 //   heavy b: prob = 1 - (X_a - E_b) with a the light after b in the merge (b runs out of
 //     excess during light a - 1, whose deficits end at X_a), alias = the next heavy. The last

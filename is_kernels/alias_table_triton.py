@@ -7,13 +7,14 @@ A draw picks a group from the table, then walks the group's weights: the first i
 running sum exceeds u * (the group's sum), or, if u * sum rounds up to the sum, the group's
 last item of positive weight.
 
-Parallel build (of the table of the group sums): p = w * N / W; the prefix sums D (light deficits 1 - p) and E (heavy
-excesses p - 1) and the running count of heavies are ``torch.cumsum`` scans (parallel on the
-GPU); then every item finds its own table entry with binary searches in those scans, all in
-parallel: a light its heavy (the first h with E(h) > D(i - 1)), a heavy the light during
-which it ran out of excess (the first l with D(l) >= E(h)) and the next heavy. This is the
-sweep of Hübschle-Schneider & Sanders (2019) cut into chunks of one item each. No host sync.
-The launchers also run on CPU tensors under ``TRITON_INTERPRET=1``.
+Parallel build (of the table of the group sums): p = w * N / W; the prefix sums D (light
+deficits 1 - p) and E (heavy excesses p - 1) and the running count of heavies are
+``torch.cumsum`` scans (parallel on the GPU); then every item finds its own table entry with
+binary searches in those scans, all in parallel: a light its heavy (the first h with
+E(h) > D(i - 1)), a heavy the light during which it ran out of excess (the first l with
+D(l) >= E(h)) and the next heavy. This is the sweep of Hübschle-Schneider & Sanders (2019)
+cut into chunks of one item each. No host sync. The launchers also run on CPU tensors under
+``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 

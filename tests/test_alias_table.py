@@ -247,7 +247,7 @@ def test_bad_arguments():
         draw(t, table._weights, torch.rand(2, 5, dtype=torch.float64))
     with pytest.raises(RuntimeError, match=r"weights must be a contiguous 1-D .* in 3 groups"):
         draw(t, torch.ones(60), torch.rand(3, 5, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match=r"sums must be a contiguous float64 tensor of shape \[3\]"):
+    with pytest.raises(RuntimeError, match=r"sums must be .* float64 tensor of shape \[3\]"):
         draw((t[0], t[1], t[2][:2]), table._weights, torch.rand(3, 5, dtype=torch.float64))
 
 

@@ -367,7 +367,7 @@ def test_sum_overflow(group):
 
 @interpreted
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single"])
+@pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single", "float64"])
 def test_triton_build_and_sample(name, group):
     from is_kernels import alias_table_triton as at
 

@@ -15,13 +15,18 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 GROUPS = [1, 5, 16]  # the plain table, a size that divides nothing, the default
 
 
-def group_sums(w: torch.Tensor, group: int) -> torch.Tensor:
-    """Every group's float64 sum, added in index order (as the build and the walks add)."""
+def grouped(w: torch.Tensor, group: int) -> torch.Tensor:
+    """The weights as float64 [m, group] on CPU, the last group padded with zeros."""
     m = -(-w.numel() // group)
     padded = torch.zeros(m * group, dtype=torch.float64)
     padded[:w.numel()] = w.double().cpu()
-    padded = padded.view(m, group)
-    total = torch.zeros(m, dtype=torch.float64)
+    return padded.view(m, group)
+
+
+def group_sums(w: torch.Tensor, group: int) -> torch.Tensor:
+    """Every group's float64 sum, added in index order (as the build and the walks add)."""
+    padded = grouped(w, group)
+    total = torch.zeros(padded.shape[0], dtype=torch.float64)
     for k in range(group):
         total += padded[:, k]
     return total
@@ -35,9 +40,7 @@ def table_probs(w: torch.Tensor, prob: torch.Tensor, alias: torch.Tensor,
     mass = p.clone()
     mass.index_add_(0, alias.long().cpu(), 1.0 - p)
     mass /= p.numel()
-    sums = w.double().cpu().new_zeros(p.numel() * group)
-    sums[:w.numel()] = w.double().cpu()
-    sums = sums.view(-1, group).sum(1)
+    sums = grouped(w, group).sum(1)
     share = torch.where(sums > 0, mass / sums, 0.0).repeat_interleave(group)[:w.numel()]
     return w.double().cpu() * share
 
@@ -124,9 +127,7 @@ def test_zero_weights_never_drawn_adversarial_uniforms(group):
     # Buckets at their edges, coins at their extremes, and the item uniform at every
     # cumulative edge of every group.
     u0 = edge_uniforms(torch.arange(m, dtype=torch.float64) / m)
-    padded = torch.zeros(m * group, dtype=torch.float64)
-    padded[:w.numel()] = w.double()
-    c = torch.cumsum(padded.view(m, group), 1)
+    c = torch.cumsum(grouped(w, group), 1)
     u2 = edge_uniforms((c / c[:, -1:]).flatten().nan_to_num(0.0).unique())
     for coin in (0.0, 1 - 2**-53):
         for item in u2[torch.randperm(u2.numel(), generator=torch.Generator().manual_seed(0))[:8]]:

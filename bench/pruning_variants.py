@@ -17,7 +17,7 @@ from typing import List, Optional, Type
 import torch
 
 from bench import pruning_e2e
-from is_kernels.pruning import ImportancePruningSampler
+from is_kernels.samplers import ImportancePruningSampler
 from is_kernels.train.methods import METHODS, MethodFactory
 
 

@@ -1,5 +1,6 @@
-// Alias table ops (schemas + CPU kernels): O(N) build and O(1) draws (ALGORITHMS.md section 5).
-// The CUDA kernels of the same ops are Triton: is_kernels/alias_table_triton.py.
+// Alias table ops (schemas + CPU kernels): O(N) build and O(1) draws
+// (docs/algorithms.md, "Weighted sampling").
+// The CUDA kernels of the same ops are Triton: is_kernels/ops/alias_table_triton.py.
 //
 // Groups. The items are taken in groups of G = group_size consecutive items (the last one may
 // be shorter), and the alias table is built over the m = ceil(N / G) group sums S_g. A draw

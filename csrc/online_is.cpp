@@ -1,9 +1,9 @@
 // Online importance sampling ops (schemas + CPU kernels): one draw and one memory update of
-// OnlineImportanceSampler (is_kernels/online_is.py, ALGORITHMS.md section 3) as one op each,
+// OnlineImportanceSampler (is_kernels/samplers/online.py) as one op each,
 // so that a training step pays two op calls for the sampler instead of some thirty small
 // tensor ops. Both build on the sum tree ops (csrc/sum_tree.cpp), called through the
-// dispatcher. On CUDA the draw is one Triton kernel (is_kernels/online_is_triton.py) and the
-// update a composition of tensor ops and the Triton sum tree update (is_kernels/online_is.py);
+// dispatcher. On CUDA the draw is one Triton kernel (is_kernels/ops/online_is_triton.py) and the
+// update a composition of tensor ops and the Triton sum tree update (is_kernels/ops/online_is.py);
 // the arithmetic is the same, step by step in float32.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>

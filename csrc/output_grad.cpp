@@ -1,6 +1,6 @@
 // Fused output-gradient ops (schemas + CPU kernels): loss, per-sample importance score
 // ||dloss_i/dz_i||_2 and the gradient of the logits, from one pass over each row.
-// The CUDA kernels of the same ops are Triton: is_kernels/output_grad_triton.py.
+// The CUDA kernels of the same ops are Triton: is_kernels/ops/output_grad_triton.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -77,7 +77,7 @@ struct RowOut {
 // Exponents are taken against m2 = max_{j!=y} z_j, so e_j <= 1 with max 1 and sums of e_j^2
 // never underflow; with t = exp(-|z_y - m2|), 1 - p_y = S_{j!=y} / S is formed without
 // cancellation: scores of well-learned rows (p_y -> 1) keep their relative precision
-// (ALGORITHMS.md section 1).
+// (docs/algorithms.md, "The importance score").
 template <typename T>
 RowOut<T> ce_row(const T* z, T* e, int64_t C, int64_t y, T eps, T scale, bool write_grad,
                  const T* ahead) {

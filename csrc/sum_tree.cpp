@@ -1,6 +1,7 @@
 // Sum tree ops (schemas + CPU kernels): build, batched update and i.i.d. sampling of leaf
-// indices with probability proportional to the leaf weights (ALGORITHMS.md section 5).
-// The CUDA kernels of the same ops are Triton: is_kernels/sum_tree_triton.py.
+// indices with probability proportional to the leaf weights
+// (docs/algorithms.md, "Weighted sampling").
+// The CUDA kernels of the same ops are Triton: is_kernels/ops/sum_tree_triton.py.
 //
 // Layout: P = max(2, next power of two >= capacity) heap slots. `inner` (float64, [P]) holds
 // the internal nodes at heap positions 1..P-1 (root 1, children of x at 2x and 2x+1; slot 0

@@ -3,16 +3,12 @@
 Ops live under ``torch.ops.is_kernels``; this package holds their thin Python wrappers,
 the samplers built on them and their DataLoader / DDP integration.
 """
-from .alias_table import AliasTable
-from .data import ImportanceBatchSampler, IndexedDataset
-from .distributed import ShardedSampler
-from .online_is import LossImportanceSampler, OnlineImportanceSampler
-from .dlis import (PresampleImportanceSampler, equivalent_batch_increment, measure_step_costs,
-                   tau_threshold)
-from .pruning import ImportancePruningSampler, InfoBatchSampler
-from .output_grad import cross_entropy_with_score, mse_with_score, output_grad_norm
-from .samplers import Sampler, UniformSampler
-from .sum_tree import SumTree
+from .integrations import ImportanceBatchSampler, IndexedDataset, ShardedSampler
+from .ops import AliasTable, SumTree, cross_entropy_with_score, mse_with_score, output_grad_norm
+from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanceSampler,
+                       OnlineImportanceSampler, PresampleImportanceSampler, Sampler,
+                       UniformSampler, equivalent_batch_increment, measure_step_costs,
+                       tau_threshold)
 
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",

@@ -4,9 +4,9 @@ import torch
 
 from is_kernels import AliasTable
 
-from sampler_helpers import check_seeded_draws
+from helpers.samplers import check_seeded_draws
 from test_sum_tree import adversarial_weights, gof_pvalue, skewed, sparse
-from triton_env import interpreted
+from helpers.triton_env import interpreted
 
 ops = torch.ops.is_kernels
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -370,7 +370,7 @@ def test_sum_overflow(group):
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single", "float64"])
 def test_triton_build_and_sample(name, group):
-    from is_kernels import alias_table_triton as at
+    from is_kernels.ops import alias_table_triton as at
 
     g = torch.Generator().manual_seed(7)
     w = WEIGHTS[name](g)[:2000]
@@ -385,7 +385,7 @@ def test_triton_build_and_sample(name, group):
 def test_triton_equals_cpp_on_exact_sums(group):
     # Small integer weights summing to 2 * N: every p is a multiple of 1/2 and every prefix sum
     # is exact, so the builds (which add in different orders) give the same table.
-    from is_kernels import alias_table_triton as at
+    from is_kernels.ops import alias_table_triton as at
 
     # (For groups, those are the group sums, each split into two integer weights.)
     g = torch.Generator().manual_seed(8)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from chisquare import chi2_sf, chisquare
+from helpers.chisquare import chi2_sf, chisquare
 
 
 @pytest.mark.parametrize("x", [0.0, 0.5, 3.0, 40.0])

@@ -10,10 +10,10 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
-from triton_env import INTERPRETER_WORKS, interpreted
+from helpers.triton_env import INTERPRETER_WORKS, interpreted
 
 import is_kernels
-from is_kernels import output_grad_triton
+from is_kernels.ops import output_grad_triton
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 REDUCTIONS = ["mean", "sum", "none"]

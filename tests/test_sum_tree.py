@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from chisquare import chisquare
-from sampler_helpers import check_seeded_draws
-from triton_env import interpreted
+from helpers.chisquare import chisquare
+from helpers.samplers import check_seeded_draws
+from helpers.triton_env import interpreted
 
 import is_kernels
 from is_kernels import SumTree
-from is_kernels.sum_tree import heap_size
+from is_kernels.ops.sum_tree import heap_size
 
 ops = torch.ops.is_kernels
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -452,7 +452,7 @@ def test_public_exports():
 @pytest.mark.parametrize("cap", [1, 2, 5, 1000])
 @pytest.mark.parametrize("fused_max", [1 << 14, 64])
 def test_triton_matches_cpp(cap, fused_max):
-    from is_kernels import sum_tree_triton as st
+    from is_kernels.ops import sum_tree_triton as st
 
     g = torch.Generator().manual_seed(cap)
     w = sparse(cap, g) if cap > 1 else torch.ones(1)
@@ -478,7 +478,7 @@ def test_triton_matches_cpp(cap, fused_max):
 
 @interpreted
 def test_triton_adversarial_and_all_zero():
-    from is_kernels import sum_tree_triton as st
+    from is_kernels.ops import sum_tree_triton as st
 
     w = adversarial_weights()
     inner = st.build(w)

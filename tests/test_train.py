@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from idx_files import write_fashion_mnist
+from helpers.idx_files import write_fashion_mnist
 
 # The train extra (`pip install -e '.[train]'`); a bare GPU image may lack it.
 pytest.importorskip("tqdm")

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from idx_files import write_fashion_mnist, write_idx
+from helpers.idx_files import write_fashion_mnist, write_idx
 
 from is_kernels.train.data import DEFAULT_DATA_DIR, FILES, load_fashion_mnist, read_idx
 from is_kernels.train.models import MODELS, build_model

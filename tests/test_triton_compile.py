@@ -24,10 +24,10 @@ def ce_signature(logits: str, acc: str, rows: bool) -> dict:
 
 
 def cases():
-    from is_kernels import alias_table_triton as at
-    from is_kernels import online_is_triton as oi
-    from is_kernels import output_grad_triton as og
-    from is_kernels import sum_tree_triton as st
+    from is_kernels.ops import alias_table_triton as at
+    from is_kernels.ops import online_is_triton as oi
+    from is_kernels.ops import output_grad_triton as og
+    from is_kernels.ops import sum_tree_triton as st
 
     for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")]:
         f64 = acc == "fp64"

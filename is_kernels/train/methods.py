@@ -11,10 +11,9 @@ from typing import Dict, Protocol
 
 import torch
 
-from ..dlis import PresampleImportanceSampler
-from ..online_is import LossImportanceSampler, OnlineImportanceSampler
-from ..pruning import ImportancePruningSampler, InfoBatchSampler
-from ..samplers import Sampler, UniformSampler
+from ..samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanceSampler,
+                        OnlineImportanceSampler, PresampleImportanceSampler, Sampler,
+                        UniformSampler)
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "MethodFactory", "make_sampler"]
 

@@ -1,8 +1,9 @@
-"""Sum tree: weighted sampling of indices from N changing weights (ALGORITHMS.md section 5).
+"""Sum tree: weighted sampling of indices from N changing weights (docs/algorithms.md,
+"Weighted sampling").
 
 Public API: :class:`SumTree`. It wraps three ``torch.ops.is_kernels`` custom ops, C++ on CPU
 (``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
-(``is_kernels/sum_tree_triton.py``), with fake kernels for ``torch.compile``:
+(``is_kernels/ops/sum_tree_triton.py``), with fake kernels for ``torch.compile``:
 
 - ``sum_tree_build(leaves) -> inner``: the float64 inner nodes of a tree with these leaves;
 - ``sum_tree_update(leaves!, inner!, indices, values)``: batched update in place;
@@ -21,10 +22,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from ._weights import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
-                       check_weight_dtype, max_leaf, raise_invalid_weights, uniforms,
-                       weights_valid)
+from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
+                       check_weight_dtype, max_leaf, raise_invalid_weights, weights_valid)
 
 __all__ = ["SumTree"]
 
@@ -43,7 +43,7 @@ def _check_leaves(op: str, leaves: torch.Tensor) -> None:
         raise ValueError(f"{op}: leaves must be contiguous")
 
 
-def _check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor) -> None:
+def check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor) -> None:
     _check_leaves(op, leaves)
     p = heap_size(leaves.shape[0])
     if inner.dim() != 1 or inner.shape[0] != p:
@@ -57,7 +57,7 @@ def _check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor) -> None:
 
 
 def _check_update(op: str, leaves, inner, indices, values) -> None:
-    _check_tree(op, leaves, inner)
+    check_tree(op, leaves, inner)
     if indices.dtype != torch.int64:
         raise TypeError(f"{op}: indices must be int64, got {indices.dtype}")
     if indices.dim() != 1:
@@ -74,7 +74,7 @@ def _check_update(op: str, leaves, inner, indices, values) -> None:
 
 
 def _check_sample(op: str, leaves, inner, u) -> None:
-    _check_tree(op, leaves, inner)
+    check_tree(op, leaves, inner)
     if u.dtype != torch.float64 or u.dim() != 1:
         raise ValueError(f"{op}: u must be 1-D float64, got {u.dtype} of shape "
                          f"{tuple(u.shape)}")
@@ -332,7 +332,7 @@ class SumTree:
                                        "sample (pass empty='minus_one' to get -1 draws)")
             else:
                 self._errors.record(torch.where(self._inner[1] > 0, 0, _EMPTY))
-        u = uniforms((n,), generator, self.device)
+        u = torch.rand(n, generator=generator, device=self.device, dtype=torch.float64)
         return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
 
     def raise_errors(self) -> None:

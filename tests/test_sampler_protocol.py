@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from chisquare import chisquare
+from helpers.chisquare import chisquare
 
 from is_kernels import LossImportanceSampler, OnlineImportanceSampler
 from is_kernels.samplers import Sampler, UniformSampler
@@ -289,7 +289,7 @@ def _same(a, b) -> bool:
 def _driven(kind: str, seed: int = 0) -> Sampler:
     from is_kernels import ImportancePruningSampler, InfoBatchSampler, PresampleImportanceSampler
 
-    from sampler_helpers import drive
+    from helpers.samplers import drive
 
     g = torch.Generator().manual_seed(seed)
     s = {"uniform": lambda: UniformSampler(N, B, generator=g),

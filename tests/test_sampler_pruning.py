@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from chisquare import chi2_sf, chisquare
-from idx_files import write_fashion_mnist
-from sampler_helpers import drive
+from helpers.chisquare import chi2_sf, chisquare
+from helpers.idx_files import write_fashion_mnist
+from helpers.samplers import drive
 from torch.utils.data import DataLoader, TensorDataset
 
 import is_kernels

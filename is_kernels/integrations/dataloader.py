@@ -27,7 +27,7 @@ from typing import Any, Iterator, List, Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
-from .samplers import Sampler, ScoreFn
+from ..samplers.base import Sampler, ScoreFn
 
 __all__ = ["ImportanceBatchSampler", "IndexedDataset"]
 

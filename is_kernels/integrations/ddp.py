@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .samplers import Sampler, ScoreFn, int_at_least
+from .._checks import int_at_least
+from ..samplers.base import Sampler, ScoreFn
 
 __all__ = ["ShardedSampler"]
 

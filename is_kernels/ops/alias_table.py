@@ -1,8 +1,9 @@
-"""Alias table: O(N) build, O(1) i.i.d. draws from fixed weights (ALGORITHMS.md section 5).
+"""Alias table: O(N) build, O(1) i.i.d. draws from fixed weights (docs/algorithms.md,
+"Weighted sampling").
 
 Public API: :class:`AliasTable`. It wraps two ``torch.ops.is_kernels`` custom ops, C++ on
 CPU (``csrc/alias_table.cpp``, where the method is described) and Triton on CUDA
-(``is_kernels/alias_table_triton.py``), with fake kernels for ``torch.compile``. The items
+(``is_kernels/ops/alias_table_triton.py``), with fake kernels for ``torch.compile``. The items
 are taken in groups of ``group_size`` consecutive items; the alias table is built over the
 ``m = ceil(N / group_size)`` group sums, and a draw picks a group from it, then an item of
 the group by a walk over its weights:
@@ -24,9 +25,9 @@ from typing import Optional
 
 import torch
 
-from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
-from ._weights import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
-                       raise_invalid_weights, uniforms, weights_valid)
+from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .._checks import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
+                       raise_invalid_weights, weights_valid)
 
 __all__ = ["AliasTable"]
 
@@ -217,7 +218,7 @@ class AliasTable:
         generator): the same seed gives the same draws on a device."""
         check_num_draws("AliasTable.sample", n)
         self._check_unmodified("AliasTable.sample")
-        u = uniforms((3, n), generator, self.device)
+        u = torch.rand((3, n), generator=generator, device=self.device, dtype=torch.float64)
         draws = torch.ops.is_kernels.alias_table_sample(
             self._prob, self._alias, self._sums, self._weights, u, self.group_size)
         return draws if self._valid is None else torch.where(self._valid, draws, -1)

@@ -2,7 +2,7 @@
 
 Public API: :func:`cross_entropy_with_score`, :func:`mse_with_score`, :func:`output_grad_norm`.
 Each wraps a ``torch.ops.is_kernels`` custom op: C++ on CPU (``csrc/output_grad.cpp``),
-Triton on CUDA (``is_kernels/output_grad_triton.py``), with fake kernels for
+Triton on CUDA (``is_kernels/ops/output_grad_triton.py``), with fake kernels for
 ``torch.compile`` and an autograd formula whose backward scales the gradient the forward
 kernel already wrote (in place when the graph is freed after the backward: the buffer is
 donated, see :func:`_can_donate`).
@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from . import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 
 __all__ = ["cross_entropy_with_score", "mse_with_score", "output_grad_norm"]
 

@@ -1,6 +1,6 @@
 """DLIS (Katharopoulos & Fleuret 2018): presample B > b, score, select b, switch on by τ.
 
-Algorithm 1 as the reference code runs it (ALGORITHMS.md §2):
+Algorithm 1 as the reference code runs it (docs/algorithms.md, "DLIS"):
 
 - IS off: b uniform indices (with replacement), weights 1; τ is updated from the scores of
   the training forward pass (:meth:`PresampleImportanceSampler.update`);
@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .samplers import DeviceLike, Sampler, ScoreFn, real, state_float, state_int
+from .._checks import real, state_float, state_int
+from .base import DeviceLike, Sampler, ScoreFn
 
 __all__ = ["PresampleImportanceSampler", "equivalent_batch_increment", "tau_threshold",
            "measure_step_costs"]

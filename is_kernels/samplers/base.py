@@ -23,78 +23,19 @@ from __future__ import annotations
 import abc
 import collections
 import math
-import numbers
-import operator
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-__all__ = ["Sampler", "UniformSampler", "ScoreFn"]
+from .._checks import int_at_least, state_int
+
+__all__ = ["Sampler", "ScoreFn", "DeviceLike"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 """``score_fn(idx) -> scores``: float32 ``[len(idx)]`` importance scores of the given samples."""
 
 SCORE_TYPES = ("output_grad", "loss")
 DeviceLike = Union[torch.device, str, None]
-
-
-def int_at_least(owner: str, name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``, or a TypeError / ValueError naming ``name``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def real(owner: str, name: str, value: Any) -> float:
-    """``value`` (a real number or a 0-dim real tensor) as a float, or a TypeError naming
-    ``name`` (a bool or not a real number)."""
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and \
-            not value.dtype.is_complex and value.dtype != torch.bool:
-        return float(value.item())
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def state_int(op: str, state_dict: Dict[str, Any], key: str, lo: int,
-              hi: Optional[int] = None) -> int:
-    """``state_dict[key]`` if it is an int in ``[lo, hi]``, else a ValueError naming it."""
-    value = state_dict[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or \
-            (hi is not None and value > hi):
-        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{op}: state_dict[{key!r}] must be an int {bounds}, got {value!r}")
-    return value
-
-
-def state_float(op: str, state_dict: Dict[str, Any], key: str, lo: float,
-                finite: bool = True) -> float:
-    """``state_dict[key]`` if it is a number >= ``lo`` (finite, or also +inf), else a
-    ValueError naming it."""
-    value = state_dict[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not (lo <= value < math.inf if finite else lo <= value):
-        kind = "a finite number" if finite else "a number"
-        raise ValueError(f"{op}: state_dict[{key!r}] must be {kind} >= {lo}, got {value!r}")
-    return float(value)
-
-
-def state_indices(op: str, state_dict: Dict[str, Any], key: str, n: int) -> torch.Tensor:
-    """``state_dict[key]`` if it is a 1-D int64 tensor of distinct indices in ``[0, n)``."""
-    value = state_dict[key]
-    if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.dtype != torch.int64 \
-            or value.numel() > n or (value.numel() and not (
-                0 <= int(value.min()) and int(value.max()) < n
-                and value.unique().numel() == value.numel())):
-        raise ValueError(f"{op}: state_dict[{key!r}] must be a 1-D int64 tensor of distinct "
-                         f"indices in [0, {n})")
-    return value
 
 
 def _canonical_device(device: DeviceLike) -> torch.device:
@@ -312,76 +253,3 @@ class Sampler(abc.ABC):
         """Applies a checked ``state_dict`` (subclasses extend it, calling ``super()``)."""
         self.generator.set_state(state_dict["generator"])
         self.epoch = state_dict["epoch"]
-
-
-class UniformSampler(Sampler):
-    """Uniform sampling, weights 1: the baseline every importance sampler is compared to.
-
-    Without replacement (default) each epoch is a fresh random permutation, cut into
-    ``len(self)`` batches (the last one holds ``N mod b`` indices when b does not divide N),
-    like ``torch.utils.data.RandomSampler``; drawing past the end of the permutation starts
-    the next epoch. With replacement every draw is b i.i.d. uniform indices.
-    """
-
-    score_type = "output_grad"
-
-    def __init__(self, num_samples: int, batch_size: int, *, replacement: bool = False,
-                 device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
-        super().__init__(num_samples, batch_size, device=device, generator=generator)
-        if not replacement and self.batch_size > self.num_samples:
-            raise ValueError(f"UniformSampler: batch_size ({self.batch_size}) must not exceed "
-                             f"num_samples ({self.num_samples}) without replacement")
-        self.replacement = bool(replacement)
-        self._perm: Optional[torch.Tensor] = None
-        self._pos = 0
-
-    def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Draws the next batch (``score_fn`` is ignored); weights are all 1."""
-        if self.replacement:
-            idx = torch.randint(self.num_samples, (self.batch_size,), device=self.device,
-                                generator=self.generator)
-        else:
-            if self._perm is None or self._pos >= self.num_samples:
-                if self._perm is not None:
-                    self.epoch += 1
-                self._perm = torch.randperm(self.num_samples, device=self.device,
-                                            generator=self.generator)
-                self._pos = 0
-            idx = self._perm[self._pos:self._pos + self.batch_size].clone()
-            self._pos += idx.shape[0]
-        return idx, torch.ones(idx.shape[0], dtype=torch.float32, device=self.device)
-
-    def probabilities(self) -> torch.Tensor:
-        """Uniform ``1/N`` (marginally, also for a draw inside a permutation)."""
-        return torch.full((self.num_samples,), 1.0 / self.num_samples, dtype=torch.float32,
-                          device=self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Starts epoch ``epoch``: the next draw begins a fresh permutation."""
-        super().set_epoch(epoch)
-        self._perm, self._pos = None, 0
-
-    def state_dict(self) -> Dict[str, Any]:
-        sd = super().state_dict()
-        sd.update(replacement=self.replacement, position=self._pos,
-                  permutation=None if self._perm is None else self._perm.cpu().clone())
-        return sd
-
-    def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
-        super()._check_state_dict(op, state_dict)
-        if state_dict.get("replacement") != self.replacement:
-            raise ValueError(f"{op}: state_dict['replacement'] is "
-                             f"{state_dict.get('replacement')!r}, this sampler has "
-                             f"{self.replacement!r}")
-        if state_dict["permutation"] is not None and \
-                state_indices(op, state_dict, "permutation", self.num_samples).numel() \
-                != self.num_samples:
-            raise ValueError(f"{op}: state_dict['permutation'] must be a permutation of "
-                             f"{self.num_samples} indices")
-        state_int(op, state_dict, "position", 0, self.num_samples)
-
-    def _load_state(self, state_dict: Dict[str, Any]) -> None:
-        super()._load_state(state_dict)
-        perm = state_dict["permutation"]
-        self._perm = None if perm is None else perm.to(self.device, copy=True)
-        self._pos = int(state_dict["position"])

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from chisquare import chisquare
+from helpers.chisquare import chisquare
 
 import is_kernels
 from is_kernels import PresampleImportanceSampler, equivalent_batch_increment, tau_threshold

@@ -1,6 +1,8 @@
-// Sum tree ops (schemas + CPU kernels): build, batched update and i.i.d. sampling of leaf
-// indices with probability proportional to the leaf weights
-// (docs/algorithms.md, "Weighted sampling").
+// Sum and min tree ops (schemas + CPU kernels). Sum tree: build, batched update, range sums,
+// i.i.d. sampling of leaf indices with probability proportional to the leaf weights
+// (docs/algorithms.md, "Weighted sampling") and the lower-bound search over prefix sums.
+// Min tree: build, batched update and range minima (the normalisation of prioritized
+// replay's weights, docs/replay.md).
 // The CUDA kernels of the same ops are Triton: is_kernels/ops/sum_tree_triton.py.
 //
 // Layout: P = max(2, next power of two >= capacity) heap slots. `inner` (float64, [P]) holds
@@ -11,6 +13,9 @@
 // delta propagation), so sums cannot drift and a node is > 0 iff its subtree holds a leaf
 // of weight > 0. The descent only ever enters children of sum > 0, which is why a leaf of
 // weight 0 is never returned, whatever the rounding of u * total.
+//
+// The min tree has the same layout, with inner nodes in the leaf dtype (a minimum is exact),
+// each the minimum of its two children, and padding leaves of +inf.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -48,53 +53,108 @@ void check_leaves(const char* op, const at::Tensor& leaves) {
   TORCH_CHECK(leaves.is_contiguous(), op, ": leaves must be contiguous");
 }
 
-void check_tree(const char* op, const at::Tensor& leaves, const at::Tensor& inner) {
+void check_tree(const char* op, const at::Tensor& leaves, const at::Tensor& inner,
+                at::ScalarType inner_dtype) {
   check_leaves(op, leaves);
   const int64_t p = heap_size(leaves.numel());
   TORCH_CHECK(inner.dim() == 1 && inner.numel() == p, op, ": inner must have shape [", p,
               "] for ", leaves.numel(), " leaves, got ", inner.sizes());
-  TORCH_CHECK(inner.scalar_type() == at::kDouble, op, ": inner must be float64, got ",
-              inner.scalar_type());
+  TORCH_CHECK(inner.scalar_type() == inner_dtype, op, ": inner must be ", inner_dtype,
+              ", got ", inner.scalar_type());
   TORCH_CHECK(inner.is_contiguous(), op, ": inner must be contiguous");
   TORCH_CHECK(inner.device() == leaves.device(), op,
               ": inner and leaves must be on the same device, got ", inner.device(), " and ",
               leaves.device());
 }
 
-// Sum of the two children of inner node x (children are leaves when 2x >= P).
+// The combine rules of the two trees, over leaves of type T: a node of the sum tree is the
+// float64 sum of its children (padding 0), one of the min tree their minimum (padding +inf).
 template <typename T>
-inline double children_sum(const double* inner, const T* leaves, int64_t p, int64_t capacity,
-                           int64_t x) {
-  const int64_t c = 2 * x;
-  if (c < p) return inner[c] + inner[c + 1];
-  const int64_t j = c - p;
-  const double left = j < capacity ? static_cast<double>(leaves[j]) : 0.0;
-  const double right = j + 1 < capacity ? static_cast<double>(leaves[j + 1]) : 0.0;
-  return left + right;
+struct SumOf {
+  using Node = double;
+  static constexpr at::ScalarType kInner = at::kDouble;
+  static Node pad() { return 0.0; }
+  static Node combine(Node a, Node b) { return a + b; }
+};
+
+template <typename T>
+struct MinOf {
+  using Node = T;
+  static constexpr at::ScalarType kInner = c10::CppTypeToScalarType<T>::value;
+  static Node pad() { return std::numeric_limits<T>::infinity(); }
+  static Node combine(Node a, Node b) { return b < a ? b : a; }
+};
+
+// The node at heap position y >= 1: an inner node, a leaf, or padding.
+template <typename Op, typename T>
+inline typename Op::Node node_at(const typename Op::Node* inner, const T* leaves, int64_t p,
+                                 int64_t capacity, int64_t y) {
+  if (y < p) return inner[y];
+  return y - p < capacity ? static_cast<typename Op::Node>(leaves[y - p]) : Op::pad();
+}
+
+// Inner node x recomputed from its two children (leaves when 2x >= P).
+template <typename Op, typename T>
+inline typename Op::Node children_of(const typename Op::Node* inner, const T* leaves, int64_t p,
+                                     int64_t capacity, int64_t x) {
+  return Op::combine(node_at<Op>(inner, leaves, p, capacity, 2 * x),
+                     node_at<Op>(inner, leaves, p, capacity, 2 * x + 1));
 }
 
 // Recomputes every inner node, bottom-up, level by level.
-template <typename T>
-void rebuild_all(double* inner, const T* leaves, int64_t p, int64_t capacity) {
+template <typename Op, typename T>
+void rebuild_all(typename Op::Node* inner, const T* leaves, int64_t p, int64_t capacity) {
   for (int64_t width = p / 2; width >= 1; width /= 2) {
     at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t x = begin; x < end; ++x) inner[x] = children_sum(inner, leaves, p, capacity, x);
+      for (int64_t x = begin; x < end; ++x) inner[x] = children_of<Op>(inner, leaves, p, capacity, x);
     });
   }
-  inner[0] = 0.0;
+  inner[0] = Op::pad();
+}
+
+// Throws unless no value is NaN (the min tree's values); the error names the first offender.
+template <typename T>
+void check_not_nan(const char* op, const char* name, const T* v, int64_t n) {
+  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
+  for (int64_t i = 0; i < n; ++i) ok &= v[i] == v[i];
+  for (int64_t i = 0; !ok && i < n; ++i) {
+    TORCH_CHECK(v[i] == v[i], op, ": ", name, "[", i, "] = nan is not a valid value "
+                "(min tree values must not be NaN)");
+  }
+}
+
+template <typename T>
+void check_tree_values(const char* op, const char* name, const T* v, int64_t n, int64_t capacity,
+                       SumOf<T>) {
+  check_weights(op, name, v, n, max_leaf<T>(capacity));
+}
+
+template <typename T>
+void check_tree_values(const char* op, const char* name, const T* v, int64_t n, int64_t, MinOf<T>) {
+  check_not_nan(op, name, v, n);
+}
+
+template <template <typename> class Of>
+at::Tensor tree_build_cpu(const char* op, const at::Tensor& leaves) {
+  check_leaves(op, leaves);
+  const int64_t capacity = leaves.numel(), p = heap_size(capacity);
+  at::Tensor inner;
+  AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "tree_build", [&] {
+    using Op = Of<scalar_t>;
+    inner = at::empty({p}, leaves.options().dtype(Op::kInner));
+    check_tree_values(op, "leaves", leaves.data_ptr<scalar_t>(), capacity, capacity, Op{});
+    rebuild_all<Op>(inner.data_ptr<typename Op::Node>(), leaves.data_ptr<scalar_t>(), p,
+                    capacity);
+  });
+  return inner;
 }
 
 at::Tensor sum_tree_build_cpu(const at::Tensor& leaves) {
-  const char* op = "sum_tree_build";
-  check_leaves(op, leaves);
-  const int64_t capacity = leaves.numel(), p = heap_size(capacity);
-  at::Tensor inner = at::empty({p}, leaves.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
-    check_weights(op, "leaves", leaves.data_ptr<scalar_t>(), capacity,
-                  max_leaf<scalar_t>(capacity));
-    rebuild_all(inner.data_ptr<double>(), leaves.data_ptr<scalar_t>(), p, capacity);
-  });
-  return inner;
+  return tree_build_cpu<SumOf>("sum_tree_build", leaves);
+}
+
+at::Tensor min_tree_build_cpu(const at::Tensor& leaves) {
+  return tree_build_cpu<MinOf>("min_tree_build", leaves);
 }
 
 // Prefetch distance (in batch entries) of the update's scattered writes.
@@ -105,27 +165,34 @@ constexpr int64_t kDenseLevel = 4;
 
 // Recomputes the inner nodes [begin, end) of one level from their children, which are inner
 // nodes (not the last inner level): contiguous and vectorisable.
-inline void sum_inner_children(double* inner, int64_t begin, int64_t end) {
-  double* __restrict__ node = inner + begin;
-  const double* __restrict__ child = inner + 2 * begin;  // [2 begin, 2 end): disjoint
-  for (int64_t i = 0; i < end - begin; ++i) node[i] = child[2 * i] + child[2 * i + 1];
+template <typename Op>
+inline void combine_inner_children(typename Op::Node* inner, int64_t begin, int64_t end) {
+  typename Op::Node* __restrict__ node = inner + begin;
+  const typename Op::Node* __restrict__ child = inner + 2 * begin;  // [2 begin, 2 end): disjoint
+  for (int64_t i = 0; i < end - begin; ++i) node[i] = Op::combine(child[2 * i], child[2 * i + 1]);
 }
 
-void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor& indices,
-                         const at::Tensor& values) {
-  const char* op = "sum_tree_update";
-  check_tree(op, leaves, inner);
-  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": indices must be int64, got ",
+void check_indices(const char* op, const at::Tensor& leaves, const at::Tensor& indices,
+                   const char* name) {
+  TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
               indices.scalar_type());
-  TORCH_CHECK(indices.dim() == 1, op, ": indices must be 1-D, got shape ", indices.sizes());
+  TORCH_CHECK(indices.dim() == 1, op, ": ", name, " must be 1-D, got shape ", indices.sizes());
+  TORCH_CHECK(indices.device() == leaves.device(), op, ": ", name,
+              " must be on the tree's device ", leaves.device(), ", got ", indices.device());
+}
+
+template <template <typename> class Of>
+void tree_update_cpu(const char* op, at::Tensor& leaves, at::Tensor& inner,
+                     const at::Tensor& indices, const at::Tensor& values) {
+  check_leaves(op, leaves);
+  check_indices(op, leaves, indices, "indices");
   TORCH_CHECK(values.scalar_type() == leaves.scalar_type(), op,
               ": values must have the dtype of the tree (", leaves.scalar_type(), "), got ",
               values.scalar_type());
   TORCH_CHECK(values.sizes() == indices.sizes(), op, ": values must have the shape of indices ",
               indices.sizes(), ", got ", values.sizes());
-  TORCH_CHECK(indices.device() == leaves.device() && values.device() == leaves.device(), op,
-              ": indices and values must be on the tree's device ", leaves.device(), ", got ",
-              indices.device(), " and ", values.device());
+  TORCH_CHECK(values.device() == leaves.device(), op, ": values must be on the tree's device ",
+              leaves.device(), ", got ", values.device());
   const at::Tensor idx_t = indices.contiguous(), val_t = values.contiguous();
   const int64_t k = idx_t.numel(), capacity = leaves.numel(), p = heap_size(capacity);
   const int h = log2_exact(p);
@@ -134,12 +201,15 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
     TORCH_CHECK(idx[t] >= 0 && idx[t] < capacity, op, ": indices[", t, "] = ", idx[t],
                 " is out of range for a tree of capacity ", capacity);
   }
-  AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
+  AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "tree_update", [&] {
+    using Op = Of<scalar_t>;
+    using Node = typename Op::Node;
+    check_tree(op, leaves, inner, Op::kInner);
     const scalar_t* val = val_t.data_ptr<scalar_t>();
-    check_weights(op, "values", val, k, max_leaf<scalar_t>(capacity));
+    check_tree_values(op, "values", val, k, capacity, Op{});
     // Everything is valid: mutate.
     scalar_t* lv = leaves.data_ptr<scalar_t>();
-    double* in = inner.data_ptr<double>();
+    Node* in = inner.data_ptr<Node>();
     // Leaves in batch order, each followed by its parent: the last of duplicated indices wins,
     // and the last write below a parent recomputes it from both final leaves. The scattered
     // accesses miss the caches: each entry prefetches (for writing) those of the
@@ -151,7 +221,7 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
         __builtin_prefetch(in + parent(t + kUpdatePrefetch), 1);
       }
       lv[idx[t]] = val[t];
-      in[parent(t)] = children_sum(in, lv, p, capacity, parent(t));
+      in[parent(t)] = children_of<Op>(in, lv, p, capacity, parent(t));
     }
     // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
     // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
@@ -161,7 +231,7 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
       const int64_t width = int64_t{1} << d;
       if (width <= kDenseLevel * k) {
         at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-          sum_inner_children(in, begin, end);
+          combine_inner_children<Op>(in, begin, end);
         });
       } else {
         const int shift = h - d;
@@ -169,11 +239,82 @@ void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor
         for (int64_t t = 0; t < k; ++t) {
           if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
           const int64_t x = ancestor(t);
-          in[x] = in[2 * x] + in[2 * x + 1];
+          in[x] = Op::combine(in[2 * x], in[2 * x + 1]);
         }
       }
     }
   });
+}
+
+void sum_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor& indices,
+                         const at::Tensor& values) {
+  tree_update_cpu<SumOf>("sum_tree_update", leaves, inner, indices, values);
+}
+
+void min_tree_update_cpu(at::Tensor& leaves, at::Tensor& inner, const at::Tensor& indices,
+                         const at::Tensor& values) {
+  tree_update_cpu<MinOf>("min_tree_update", leaves, inner, indices, values);
+}
+
+// ---- range queries --------------------------------------------------------------------------
+
+// The combination of the leaves [start, end): bottom-up, the nodes that cover the range whole,
+// combined left to right except that each level's right node comes after its left one (the
+// order of the Triton kernel, so that both give the same bits). A range that ends at the last
+// leaf is extended over the padding (identity elements), so that [0, capacity) is the root.
+template <typename Op, typename T>
+typename Op::Node query_range(const typename Op::Node* inner, const T* leaves, int64_t p,
+                              int64_t capacity, int64_t start, int64_t end) {
+  typename Op::Node acc = Op::pad();
+  int64_t l = start + p, r = (end == capacity ? p : end) + p;
+  while (l < r) {
+    if (l & 1) acc = Op::combine(acc, node_at<Op>(inner, leaves, p, capacity, l++));
+    if (r & 1) acc = Op::combine(acc, node_at<Op>(inner, leaves, p, capacity, --r));
+    l >>= 1;
+    r >>= 1;
+  }
+  return acc;
+}
+
+template <template <typename> class Of>
+at::Tensor tree_query_cpu(const char* op, const at::Tensor& leaves, const at::Tensor& inner,
+                          const at::Tensor& start, const at::Tensor& end) {
+  check_leaves(op, leaves);
+  check_indices(op, leaves, start, "start");
+  check_indices(op, leaves, end, "end");
+  TORCH_CHECK(start.sizes() == end.sizes(), op, ": start and end must have the same shape, got ",
+              start.sizes(), " and ", end.sizes());
+  const at::Tensor s_t = start.contiguous(), e_t = end.contiguous();
+  const int64_t n = s_t.numel(), capacity = leaves.numel(), p = heap_size(capacity);
+  const int64_t* s = s_t.data_ptr<int64_t>();
+  const int64_t* e = e_t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(0 <= s[i] && s[i] <= e[i] && e[i] <= capacity, op, ": range [start[", i,
+                "], end[", i, "]) = [", s[i], ", ", e[i], ") is not within [0, ", capacity,
+                ") (it needs 0 <= start <= end <= capacity)");
+  }
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "tree_query", [&] {
+    using Op = Of<scalar_t>;
+    using Node = typename Op::Node;
+    check_tree(op, leaves, inner, Op::kInner);
+    out = at::empty({n}, leaves.options().dtype(Op::kInner));
+    Node* o = out.data_ptr<Node>();
+    const Node* in = inner.data_ptr<Node>();
+    const scalar_t* lv = leaves.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = query_range<Op>(in, lv, p, capacity, s[i], e[i]);
+  });
+  return out;
+}
+
+at::Tensor sum_tree_query_cpu(const at::Tensor& leaves, const at::Tensor& inner,
+                              const at::Tensor& start, const at::Tensor& end) {
+  return tree_query_cpu<SumOf>("sum_tree_query", leaves, inner, start, end);
+}
+
+at::Tensor min_tree_query_cpu(const at::Tensor& leaves, const at::Tensor& inner,
+                              const at::Tensor& start, const at::Tensor& end) {
+  return tree_query_cpu<MinOf>("min_tree_query", leaves, inner, start, end);
 }
 
 // ---- sampling: the binary descent, kLanes draws per SIMD vector, a chunk of draws per pass ----
@@ -313,11 +454,12 @@ void descend_chunk(const TreeView<T>& tree, const Plan& plan, int64_t* x, double
   step_chunk<kBlock, true, 0, false>(tree, x, r, n);
 }
 
-// Draws the leaves of u[begin, end) into out, kChunk draws at a time. A chunk is rounded up
-// to whole vectors with padding draws (r = 0: a valid descent) whose leaves are not written.
+// Descends u[begin, end) * scale to their leaves, into out, kChunk draws at a time. A chunk is
+// rounded up to whole vectors with padding draws (r = 0: a valid descent) whose leaves are not
+// written.
 template <typename T>
-void sample_range(const TreeView<T>& tree, const Plan& plan, double total, const double* u,
-                  int64_t begin, int64_t end, int64_t* out) {
+void descend_range(const TreeView<T>& tree, const Plan& plan, double scale, const double* u,
+                   int64_t begin, int64_t end, int64_t* out) {
   alignas(64) int64_t x[kChunk];
   alignas(64) double r[kChunk];
   for (int64_t c = begin; c < end; c += kChunk) {
@@ -325,51 +467,82 @@ void sample_range(const TreeView<T>& tree, const Plan& plan, double total, const
     const int64_t lanes = (n + kLanes - 1) / kLanes * kLanes;
     for (int64_t i = 0; i < lanes; ++i) {
       x[i] = 1;
-      r[i] = i < n ? u[c + i] * total : 0.0;
+      r[i] = i < n ? u[c + i] * scale : 0.0;
     }
     descend_chunk(tree, plan, x, r, lanes);
     for (int64_t i = 0; i < n; ++i) out[c + i] = x[i] - tree.p;
   }
 }
 
-// Throws unless every u[i] is in [0, 1); the error names the first offender.
-void check_uniforms(const char* op, const double* u, int64_t n) {
-  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
-  for (int64_t i = 0; i < n; ++i) ok &= (u[i] >= 0.0) & (u[i] < 1.0);
-  for (int64_t i = 0; !ok && i < n; ++i) {
-    TORCH_CHECK(u[i] >= 0.0 && u[i] < 1.0, op, ": u[", i, "] = ", u[i], " is not in [0, 1)");
-  }
+// Checks what sample and scan_lower_bound share: the tree, and `name` (their float64 input).
+void check_descent(const char* op, const at::Tensor& leaves, const at::Tensor& inner,
+                   const at::Tensor& x, const char* name) {
+  check_tree(op, leaves, inner, at::kDouble);
+  TORCH_CHECK(x.scalar_type() == at::kDouble, op, ": ", name, " must be float64, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.dim() == 1, op, ": ", name, " must be 1-D, got shape ", x.sizes());
+  TORCH_CHECK(x.device() == leaves.device(), op, ": ", name, " must be on the tree's device ",
+              leaves.device(), ", got ", x.device());
+  TORCH_CHECK(x.numel() <= std::numeric_limits<int32_t>::max(), op,
+              ": at most 2^31 - 1 entries per call, got ", x.numel());
 }
 
-// Returns the leaf of every u (-1 for all when the total is 0: nothing can be drawn).
-at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner,
-                               const at::Tensor& u) {
-  const char* op = "sum_tree_sample";
-  check_tree(op, leaves, inner);
-  TORCH_CHECK(u.scalar_type() == at::kDouble, op, ": u must be float64, got ", u.scalar_type());
-  TORCH_CHECK(u.dim() == 1, op, ": u must be 1-D, got shape ", u.sizes());
-  TORCH_CHECK(u.device() == leaves.device(), op, ": u must be on the tree's device ",
-              leaves.device(), ", got ", u.device());
-  TORCH_CHECK(u.numel() <= std::numeric_limits<int32_t>::max(), op,
-              ": at most 2^31 - 1 draws per call, got ", u.numel());
-  const at::Tensor uc = u.contiguous();
-  const int64_t n = uc.numel(), capacity = leaves.numel(), p = heap_size(capacity);
-  const double* up = uc.data_ptr<double>();
-  check_uniforms(op, up, n);
+// The leaf of every x * scale: the descent from the root (-1 for all when the total is 0:
+// nothing can be drawn). x is contiguous and already checked.
+at::Tensor descend_all(const at::Tensor& leaves, const at::Tensor& inner, const at::Tensor& x,
+                       bool scale_by_total) {
+  const int64_t n = x.numel(), capacity = leaves.numel(), p = heap_size(capacity);
   const double* in = inner.data_ptr<double>();
   const double total = in[1];
   if (!(total > 0.0)) return at::full({n}, -1, leaves.options().dtype(at::kLong));
   at::Tensor out = at::empty({n}, leaves.options().dtype(at::kLong));
   int64_t* op_out = out.data_ptr<int64_t>();
+  const double* xp = x.data_ptr<double>();
+  const double scale = scale_by_total ? total : 1.0;
   const Plan plan = plan_of(log2_exact(p));
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const TreeView<scalar_t> tree{in, leaves.data_ptr<scalar_t>(), p, capacity};
     // One thread below 16384 draws: a fork-join costs more than it saves on a busy machine.
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-      sample_range(tree, plan, total, up, begin, end, op_out);
+      descend_range(tree, plan, scale, xp, begin, end, op_out);
     });
   });
   return out;
+}
+
+// Returns the leaf of every u in [0, 1): the descent of u * total.
+at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner,
+                               const at::Tensor& u) {
+  const char* op = "sum_tree_sample";
+  check_descent(op, leaves, inner, u, "u");
+  const at::Tensor uc = u.contiguous();
+  const double* up = uc.data_ptr<double>();
+  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
+  for (int64_t i = 0; i < uc.numel(); ++i) ok &= (up[i] >= 0.0) & (up[i] < 1.0);
+  for (int64_t i = 0; !ok && i < uc.numel(); ++i) {
+    TORCH_CHECK(up[i] >= 0.0 && up[i] < 1.0, op, ": u[", i, "] = ", up[i], " is not in [0, 1)");
+  }
+  return descend_all(leaves, inner, uc, true);
+}
+
+// Returns the leaf i of every mass m: the one of weight > 0 whose prefix sums satisfy
+// prefix(i - 1) <= m < prefix(i) (the descent of m itself); m >= total gives the last leaf
+// of weight > 0.
+at::Tensor sum_tree_scan_lower_bound_cpu(const at::Tensor& leaves, const at::Tensor& inner,
+                                         const at::Tensor& mass) {
+  const char* op = "sum_tree_scan_lower_bound";
+  check_descent(op, leaves, inner, mass, "mass");
+  const at::Tensor mc = mass.contiguous();
+  const double* m = mc.data_ptr<double>();
+  bool ok = true;
+  for (int64_t i = 0; i < mc.numel(); ++i) {
+    ok &= (m[i] >= 0.0) & (m[i] <= std::numeric_limits<double>::max());
+  }
+  for (int64_t i = 0; !ok && i < mc.numel(); ++i) {
+    TORCH_CHECK(m[i] >= 0.0 && m[i] <= std::numeric_limits<double>::max(), op, ": mass[", i,
+                "] = ", m[i], " is not finite and >= 0");
+  }
+  return descend_all(leaves, inner, mc, false);
 }
 
 }  // namespace
@@ -380,12 +553,24 @@ TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
       "sum_tree_update(Tensor(a!) leaves, Tensor(b!) inner, Tensor indices, Tensor values) "
       "-> ()");
   m.def("sum_tree_sample(Tensor leaves, Tensor inner, Tensor u) -> Tensor");
+  m.def("sum_tree_scan_lower_bound(Tensor leaves, Tensor inner, Tensor mass) -> Tensor");
+  m.def("sum_tree_query(Tensor leaves, Tensor inner, Tensor start, Tensor end) -> Tensor");
+  m.def("min_tree_build(Tensor leaves) -> Tensor");
+  m.def(
+      "min_tree_update(Tensor(a!) leaves, Tensor(b!) inner, Tensor indices, Tensor values) "
+      "-> ()");
+  m.def("min_tree_query(Tensor leaves, Tensor inner, Tensor start, Tensor end) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
   m.impl("sum_tree_build", &sum_tree_build_cpu);
   m.impl("sum_tree_update", &sum_tree_update_cpu);
   m.impl("sum_tree_sample", &sum_tree_sample_cpu);
+  m.impl("sum_tree_scan_lower_bound", &sum_tree_scan_lower_bound_cpu);
+  m.impl("sum_tree_query", &sum_tree_query_cpu);
+  m.impl("min_tree_build", &min_tree_build_cpu);
+  m.impl("min_tree_update", &min_tree_update_cpu);
+  m.impl("min_tree_query", &min_tree_query_cpu);
 }
 
 }  // namespace is_kernels

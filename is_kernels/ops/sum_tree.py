@@ -1,24 +1,33 @@
-"""Sum tree: weighted sampling of indices from N changing weights (docs/algorithms.md,
-"Weighted sampling").
+"""Sum and min trees over N changing values (docs/algorithms.md, "Weighted sampling";
+docs/replay.md).
 
-Public API: :class:`SumTree`. It wraps three ``torch.ops.is_kernels`` custom ops, C++ on CPU
-(``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
+Public API: :class:`SumTree` (weighted sampling, range sums, lower-bound search over prefix
+sums) and :class:`MinTree` (range minima). They wrap ``torch.ops.is_kernels`` custom ops, C++
+on CPU (``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
 (``is_kernels/ops/sum_tree_triton.py``), with fake kernels for ``torch.compile``:
 
 - ``sum_tree_build(leaves) -> inner``: the float64 inner nodes of a tree with these leaves;
 - ``sum_tree_update(leaves!, inner!, indices, values)``: batched update in place;
-- ``sum_tree_sample(leaves, inner, u) -> indices``: one descent per float64 uniform ``u``.
+- ``sum_tree_sample(leaves, inner, u) -> indices``: one descent per float64 uniform ``u``;
+- ``sum_tree_scan_lower_bound(leaves, inner, mass) -> indices``: one descent per float64
+  mass (the leaf whose prefix-sum interval holds it);
+- ``sum_tree_query(leaves, inner, start, end) -> sums``: float64 sums of leaf ranges;
+- ``min_tree_build``, ``min_tree_update``, ``min_tree_query``: the same for minima (inner
+  nodes in the leaf dtype).
 
-The ops never synchronise with the host on CUDA: the CUDA update kernel drops a batch with an
-index out of range or an invalid value (it writes nothing), the CUDA build does not check
-its values, and ``sum_tree_sample`` returns -1 for every draw of an all-zero tree (on every
-device). The C++ CPU kernels check everything and raise before mutating. When a check costs
-a sync, :class:`SumTree` decides (``check_values``) whether to raise at once or to record
-the error on the device for :meth:`SumTree.raise_errors`.
+The ops never synchronise with the host on CUDA: the CUDA update kernels drop a batch with an
+index out of range or an invalid value (they write nothing), the CUDA builds do not check
+their values, the CUDA queries return NaN for a range out of bounds and the CUDA
+``sum_tree_scan_lower_bound`` returns -1 for a mass that is not finite and >= 0.
+``sum_tree_sample`` and ``sum_tree_scan_lower_bound`` return -1 for every entry of an all-zero
+tree (on every device). The C++ CPU kernels check everything and raise before mutating. When a
+check costs a sync, the trees decide (``check_values``) whether to raise at once or to record
+the error on the device for ``raise_errors()``.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import math
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 
@@ -26,7 +35,9 @@ from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
                        check_weight_dtype, max_leaf, raise_invalid_weights, weights_valid)
 
-__all__ = ["SumTree"]
+__all__ = ["SumTree", "MinTree"]
+
+Index = Union[int, torch.Tensor]
 
 
 def heap_size(capacity: int) -> int:
@@ -43,172 +54,287 @@ def _check_leaves(op: str, leaves: torch.Tensor) -> None:
         raise ValueError(f"{op}: leaves must be contiguous")
 
 
-def check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor) -> None:
+def _inner_dtype(leaves: torch.Tensor, is_min: bool) -> torch.dtype:
+    """float64 for the sum tree's inner nodes, the leaf dtype for the min tree's."""
+    return leaves.dtype if is_min else torch.float64
+
+
+def check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor, is_min: bool = False) -> None:
+    """Checks the leaves and inner nodes of a sum tree (or, with ``is_min``, a min tree)."""
     _check_leaves(op, leaves)
     p = heap_size(leaves.shape[0])
     if inner.dim() != 1 or inner.shape[0] != p:
         raise ValueError(f"{op}: inner must have shape [{p}] for {leaves.shape[0]} leaves, "
                          f"got {tuple(inner.shape)}")
-    if inner.dtype != torch.float64:
-        raise TypeError(f"{op}: inner must be float64, got {inner.dtype}")
+    if inner.dtype != _inner_dtype(leaves, is_min):
+        raise TypeError(f"{op}: inner must be {_inner_dtype(leaves, is_min)}, "
+                        f"got {inner.dtype}")
     if inner.device != leaves.device:
         raise ValueError(f"{op}: inner and leaves must be on the same device, "
                          f"got {inner.device} and {leaves.device}")
 
 
-def _check_update(op: str, leaves, inner, indices, values) -> None:
-    check_tree(op, leaves, inner)
-    if indices.dtype != torch.int64:
-        raise TypeError(f"{op}: indices must be int64, got {indices.dtype}")
-    if indices.dim() != 1:
-        raise ValueError(f"{op}: indices must be 1-D, got shape {tuple(indices.shape)}")
+def _check_index_tensor(op: str, name: str, t: torch.Tensor, leaves: torch.Tensor) -> None:
+    if t.dtype != torch.int64:
+        raise TypeError(f"{op}: {name} must be int64, got {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{op}: {name} must be 1-D, got shape {tuple(t.shape)}")
+    if t.device != leaves.device:
+        raise ValueError(f"{op}: {name} must be on the tree's device {leaves.device}, "
+                         f"got {t.device}")
+
+
+def _check_update(op: str, leaves, inner, indices, values, is_min: bool) -> None:
+    check_tree(op, leaves, inner, is_min)
+    _check_index_tensor(op, "indices", indices, leaves)
     if values.dtype != leaves.dtype:
         raise TypeError(f"{op}: values must have the dtype of the tree ({leaves.dtype}), "
                         f"got {values.dtype}")
     if values.shape != indices.shape:
         raise ValueError(f"{op}: values must have the shape of indices "
                          f"{tuple(indices.shape)}, got {tuple(values.shape)}")
-    if indices.device != leaves.device or values.device != leaves.device:
-        raise ValueError(f"{op}: indices and values must be on the tree's device "
-                         f"{leaves.device}, got {indices.device} and {values.device}")
+    if values.device != leaves.device:
+        raise ValueError(f"{op}: values must be on the tree's device {leaves.device}, "
+                         f"got {values.device}")
 
 
-def _check_sample(op: str, leaves, inner, u) -> None:
-    check_tree(op, leaves, inner)
-    if u.dtype != torch.float64 or u.dim() != 1:
-        raise ValueError(f"{op}: u must be 1-D float64, got {u.dtype} of shape "
-                         f"{tuple(u.shape)}")
-    if u.device != leaves.device:
-        raise ValueError(f"{op}: u must be on the tree's device {leaves.device}, "
-                         f"got {u.device}")
+def _check_query(op: str, leaves, inner, start, end, is_min: bool) -> None:
+    check_tree(op, leaves, inner, is_min)
+    _check_index_tensor(op, "start", start, leaves)
+    _check_index_tensor(op, "end", end, leaves)
+    if start.shape != end.shape:
+        raise ValueError(f"{op}: start and end must have the same shape, "
+                         f"got {tuple(start.shape)} and {tuple(end.shape)}")
+
+
+def _check_descent(op: str, name: str, leaves, inner, x) -> None:
+    check_tree(op, leaves, inner, False)
+    if x.dtype != torch.float64 or x.dim() != 1:
+        raise ValueError(f"{op}: {name} must be 1-D float64, got {x.dtype} of shape "
+                         f"{tuple(x.shape)}")
+    if x.device != leaves.device:
+        raise ValueError(f"{op}: {name} must be on the tree's device {leaves.device}, "
+                         f"got {x.device}")
 
 
 # ---- fake (meta) kernels ------------------------------------------------------------------
 
-@torch.library.register_fake("is_kernels::sum_tree_build")
-def _build_fake(leaves):
-    _check_leaves("sum_tree_build", leaves)
-    return leaves.new_empty((heap_size(leaves.shape[0]),), dtype=torch.float64)
+def _build_fake(op: str) -> Callable:
+    def fake(leaves):
+        _check_leaves(op, leaves)
+        return leaves.new_empty((heap_size(leaves.shape[0]),),
+                                dtype=_inner_dtype(leaves, op.startswith("min_tree")))
+    return fake
 
 
-@torch.library.register_fake("is_kernels::sum_tree_update")
-def _update_fake(leaves, inner, indices, values):
-    _check_update("sum_tree_update", leaves, inner, indices, values)
+def _update_fake(op: str) -> Callable:
+    def fake(leaves, inner, indices, values):
+        _check_update(op, leaves, inner, indices, values, op.startswith("min_tree"))
+    return fake
+
+
+def _query_fake(op: str) -> Callable:
+    def fake(leaves, inner, start, end):
+        is_min = op.startswith("min_tree")
+        _check_query(op, leaves, inner, start, end, is_min)
+        return start.new_empty(start.shape, dtype=_inner_dtype(leaves, is_min))
+    return fake
+
+
+for _tree in ("sum_tree", "min_tree"):
+    torch.library.register_fake(f"is_kernels::{_tree}_build", _build_fake(f"{_tree}_build"))
+    torch.library.register_fake(f"is_kernels::{_tree}_update", _update_fake(f"{_tree}_update"))
+    torch.library.register_fake(f"is_kernels::{_tree}_query", _query_fake(f"{_tree}_query"))
 
 
 @torch.library.register_fake("is_kernels::sum_tree_sample")
 def _sample_fake(leaves, inner, u):
-    _check_sample("sum_tree_sample", leaves, inner, u)
+    _check_descent("sum_tree_sample", "u", leaves, inner, u)
     return u.new_empty(u.shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("is_kernels::sum_tree_scan_lower_bound")
+def _scan_fake(leaves, inner, mass):
+    _check_descent("sum_tree_scan_lower_bound", "mass", leaves, inner, mass)
+    return mass.new_empty(mass.shape, dtype=torch.int64)
 
 
 # ---- CUDA kernels: Triton, imported on first use ------------------------------------------
 
-@torch.library.register_kernel("is_kernels::sum_tree_build", "cuda")
-def _build_cuda(leaves):
-    from . import sum_tree_triton
-
-    _check_leaves("sum_tree_build", leaves)
-    return sum_tree_triton.build(leaves)
-
-
-def _update_error(indices: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
-    """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
-    ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
-    in_range = ((indices >= 0) & (indices < capacity)).all()
-    code = torch.where(weights_valid(values, max_leaf(values.dtype, capacity)), 0, _BAD_VALUE)
-    return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
+def _values_valid(op: str, values: torch.Tensor, capacity: int) -> torch.Tensor:
+    """0-dim bool (no sync): sum tree weights finite, >= 0 and at most max_leaf; min tree
+    values not NaN."""
+    if op.startswith("min_tree"):
+        return ~torch.isnan(values).any()
+    return weights_valid(values, max_leaf(values.dtype, capacity))
 
 
-def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
-                         capacity: int) -> None:
-    """Raises the error naming the first invalid entry of an update batch, if any (a sync)."""
-    out = ~((indices >= 0) & (indices < capacity))
-    if bool(out.any()):
-        bad = int(out.nonzero()[0, 0])
-        raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
-                           f"for a tree of capacity {capacity}")
-    limit = max_leaf(values.dtype, capacity)
-    if not bool(weights_valid(values, limit)):
-        raise_invalid_weights(op, "values", values, limit)
+def _build_cuda(op: str) -> Callable:
+    def kernel(leaves):
+        from . import sum_tree_triton
+
+        _check_leaves(op, leaves)
+        return sum_tree_triton.build(leaves, is_min=op.startswith("min_tree"))
+    return kernel
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_update", "cuda")
-def _update_cuda(leaves, inner, indices, values):
-    from . import sum_tree_triton
+def _update_cuda(op: str) -> Callable:
+    def kernel(leaves, inner, indices, values):
+        from . import sum_tree_triton
 
-    _check_update("sum_tree_update", leaves, inner, indices, values)
-    ok = (_update_error(indices, values, leaves.shape[0]) == 0).to(torch.int32)
-    sum_tree_triton.update(leaves, inner, indices, values, ok)
+        _check_update(op, leaves, inner, indices, values, op.startswith("min_tree"))
+        ok = (_update_error(op, indices, values, leaves.shape[0]) == 0).to(torch.int32)
+        sum_tree_triton.update(leaves, inner, indices, values, ok,
+                               is_min=op.startswith("min_tree"))
+    return kernel
+
+
+def _query_cuda(op: str) -> Callable:
+    def kernel(leaves, inner, start, end):
+        from . import sum_tree_triton
+
+        _check_query(op, leaves, inner, start, end, op.startswith("min_tree"))
+        return sum_tree_triton.query(leaves, inner, start, end,
+                                     is_min=op.startswith("min_tree"))
+    return kernel
+
+
+for _tree in ("sum_tree", "min_tree"):
+    torch.library.register_kernel(f"is_kernels::{_tree}_build", "cuda",
+                                  _build_cuda(f"{_tree}_build"))
+    torch.library.register_kernel(f"is_kernels::{_tree}_update", "cuda",
+                                  _update_cuda(f"{_tree}_update"))
+    torch.library.register_kernel(f"is_kernels::{_tree}_query", "cuda",
+                                  _query_cuda(f"{_tree}_query"))
 
 
 @torch.library.register_kernel("is_kernels::sum_tree_sample", "cuda")
 def _sample_cuda(leaves, inner, u):
     from . import sum_tree_triton
 
-    _check_sample("sum_tree_sample", leaves, inner, u)
+    _check_descent("sum_tree_sample", "u", leaves, inner, u)
     return sum_tree_triton.sample(leaves, inner, u)
+
+
+@torch.library.register_kernel("is_kernels::sum_tree_scan_lower_bound", "cuda")
+def _scan_cuda(leaves, inner, mass):
+    from . import sum_tree_triton
+
+    _check_descent("sum_tree_scan_lower_bound", "mass", leaves, inner, mass)
+    return sum_tree_triton.scan_lower_bound(leaves, inner, mass)
+
+
+# ---- error codes and their checks -----------------------------------------------------------
+
+# Error codes of the trees' ErrorFlag.
+_BAD_INDEX, _BAD_VALUE, _BAD_BUILD, _EMPTY, _BAD_RANGE, _BAD_MASS = 1, 2, 3, 4, 5, 6
+
+
+def _update_error(op: str, indices: torch.Tensor, values: torch.Tensor,
+                  capacity: int) -> torch.Tensor:
+    """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
+    ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
+    in_range = ((indices >= 0) & (indices < capacity)).all()
+    code = torch.where(_values_valid(op, values, capacity), 0, _BAD_VALUE)
+    return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
+
+
+def _raise_invalid_values(op: str, name: str, values: torch.Tensor, capacity: int,
+                          is_min: bool) -> None:
+    """Raises the error naming the first invalid value (call only when there is one)."""
+    if is_min:
+        bad = int(torch.isnan(values).nonzero()[0, 0])
+        raise RuntimeError(f"{op}: {name}[{bad}] = nan is not a valid value "
+                           "(min tree values must not be NaN)")
+    raise_invalid_weights(op, name, values, max_leaf(values.dtype, capacity))
+
+
+def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
+                         capacity: int, is_min: bool) -> None:
+    """Raises the error naming the first invalid entry of an update batch, if any (a sync)."""
+    out = ~((indices >= 0) & (indices < capacity))
+    if bool(out.any()):
+        bad = int(out.nonzero()[0, 0])
+        raise RuntimeError(f"{op}: indices[{bad}] = {int(indices[bad])} is out of range "
+                           f"for a tree of capacity {capacity}")
+    if not bool(_values_valid("min_tree" if is_min else "sum_tree", values, capacity)):
+        _raise_invalid_values(op, "values", values, capacity, is_min)
+
+
+def _range_error(start: torch.Tensor, end: torch.Tensor, capacity: int) -> torch.Tensor:
+    """0-dim bool (no sync): whether some range is not within [0, capacity)."""
+    return ~((start >= 0) & (start <= end) & (end <= capacity)).all()
+
+
+def _raise_range_errors(op: str, start: torch.Tensor, end: torch.Tensor, capacity: int) -> None:
+    bad = ~((start >= 0) & (start <= end) & (end <= capacity))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise RuntimeError(f"{op}: range [start[{i}], end[{i}]) = [{int(start[i])}, "
+                           f"{int(end[i])}) is not within [0, {capacity}) (it needs "
+                           "0 <= start <= end <= capacity)")
 
 
 # ---- public API ---------------------------------------------------------------------------
 
-# Error codes of SumTree's ErrorFlag.
-_BAD_INDEX, _BAD_VALUE, _BAD_BUILD, _EMPTY = 1, 2, 3, 4
-_MESSAGES = {
+_COMMON_MESSAGES = {
     _BAD_INDEX: "an update batch had an index out of range; that batch was dropped "
                 "(the tree is unchanged by it)",
-    _BAD_VALUE: "an update batch had a weight that is not finite and >= 0 (or too large for "
-                "float64 sums); that batch was dropped (the tree is unchanged by it)",
-    _BAD_BUILD: "build() got a weight that is not finite and >= 0 (or too large for float64 "
-                "sums); the build was dropped (the tree is unchanged by it)",
-    _EMPTY: "sample() was called on a tree whose weights are all zero; those draws are -1",
+    _BAD_RANGE: "query() got a range that is not within [0, capacity) (0 <= start <= end "
+                "<= capacity); its result is NaN",
 }
 
 
-class SumTree:
-    """A sum tree over ``capacity`` non-negative leaf weights (all 0 at construction).
+def _as_index(op: str, name: str, x: Index, device: torch.device) -> torch.Tensor:
+    """An int or integer tensor as an int64 tensor on ``device``."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{op}: {name} must be an int or an int64/int32 tensor, "
+                            f"got {x.dtype}")
+        if x.device != device:
+            raise ValueError(f"{op}: {name} must be on the tree's device {device}, "
+                             f"got {x.device}")
+        return x.long()
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{op}: {name} must be an int or an integer tensor, "
+                        f"got {type(x).__name__}")
+    return torch.tensor(x, dtype=torch.int64, device=device)
 
-    Draws are i.i.d. with ``P(i) = values[i] / total``; a leaf of weight 0 is never drawn.
-    Inner nodes are float64, always recomputed from their children (never updated by
-    deltas), so they equal a fresh rebuild bit for bit and cannot drift. Leaves are stored
-    in ``dtype`` (float32 or float64). float64 leaves are at most float64 max /
-    (2 capacity), so that no sum overflows (any finite float32 leaf is fine).
 
-    Invalid input (an index out of range, a weight that is not finite and >= 0 or above that
-    bound, sampling an all-zero tree with ``empty="raise"``) is handled per ``check_values``:
+class _Tree:
+    """What :class:`SumTree` and :class:`MinTree` share: storage, update, build, range
+    queries, error handling and state_dict. Subclasses set the ops' prefix and the fill."""
 
-    - ``True`` (the CPU default): it raises at once, naming the offending entry, and the
-      tree is unchanged. On CUDA this check is a host sync per call (except during CUDA
-      graph capture, where it falls back to the ``False`` behaviour).
-    - ``False`` (the CUDA default): nothing syncs. An invalid update or build writes
-      nothing (the tree is unchanged), an all-zero tree draws -1, and the error is
-      recorded on the device (the first one is kept) until :meth:`raise_errors` (a sync)
-      raises and clears it; :meth:`state_dict` calls it too.
-
-    Args:
-        capacity: number of leaves, 1 <= capacity <= 2**31 - 1.
-        device: where the tree lives (CPU: C++ kernels; CUDA: Triton kernels).
-        dtype: dtype of the leaf weights, float32 or float64.
-        check_values: see above; ``None`` means ``True`` on CPU and ``False`` on CUDA.
-    """
+    _PREFIX: str  # "sum_tree" or "min_tree"
+    _FILL: float  # the value of every leaf at construction
+    _MESSAGES: Dict[int, str]
 
     def __init__(self, capacity: int, *, device: Optional[torch.device | str] = None,
                  dtype: torch.dtype = torch.float32,
                  check_values: Optional[bool] = None) -> None:
+        name = type(self).__name__
         if isinstance(capacity, bool) or not isinstance(capacity, int):
-            raise TypeError(f"SumTree: capacity must be an int, got {type(capacity).__name__}")
+            raise TypeError(f"{name}: capacity must be an int, got {type(capacity).__name__}")
         if not 1 <= capacity <= MAX_SIZE:
-            raise ValueError(f"SumTree: capacity must be in [1, 2**31 - 1], got {capacity}")
+            raise ValueError(f"{name}: capacity must be in [1, 2**31 - 1], got {capacity}")
         if dtype not in WEIGHT_DTYPES:
-            raise TypeError(f"SumTree: dtype must be float32 or float64, got {dtype}")
+            raise TypeError(f"{name}: dtype must be float32 or float64, got {dtype}")
         if check_values is not None and not isinstance(check_values, bool):
-            raise TypeError(f"SumTree: check_values must be None or a bool, "
+            raise TypeError(f"{name}: check_values must be None or a bool, "
                             f"got {type(check_values).__name__}")
-        self._leaves = torch.zeros(capacity, dtype=dtype, device=device)
-        self._inner = torch.zeros(heap_size(capacity), dtype=torch.float64, device=device)
+        self._leaves = torch.full((capacity,), self._FILL, dtype=dtype, device=device)
+        self._inner = torch.full((heap_size(capacity),), self._FILL, device=device,
+                                 dtype=dtype if self._is_min else torch.float64)
         self.check_values = (self.device.type != "cuda" if check_values is None
                              else check_values)
-        self._errors = ErrorFlag("SumTree", _MESSAGES, self.device)
+        self._errors = ErrorFlag(name, self._MESSAGES, self.device)
+
+    @property
+    def _is_min(self) -> bool:
+        return self._PREFIX == "min_tree"
+
+    def _op(self, what: str):
+        return getattr(torch.ops.is_kernels, f"{self._PREFIX}_{what}")
 
     def _raise_now(self) -> bool:
         """Whether invalid input raises at once (else it is recorded on the device)."""
@@ -228,7 +354,7 @@ class SumTree:
 
     @property
     def values(self) -> torch.Tensor:
-        """The leaf weights, ``[capacity]`` (the tree's own storage: do not modify it in
+        """The leaf values, ``[capacity]`` (the tree's own storage: do not modify it in
         place, use :meth:`update` or :meth:`build`)."""
         return self._leaves
 
@@ -238,18 +364,20 @@ class SumTree:
         Args:
             indices: 1-D integer tensor of leaf indices in ``[0, capacity)``, on the tree's
                 device (int32 is widened to int64).
-            values: weights (finite, >= 0) of the tree's dtype, shape of ``indices``.
+            values: values of the tree's dtype, shape of ``indices`` (see the class
+                docstring for which are valid).
 
         Invalid input changes nothing; it raises or is recorded per ``check_values``.
         """
-        op = "SumTree.update"
+        op = f"{type(self).__name__}.update"
+        update_op = self._op("update")
         if (self.check_values and self._leaves.is_cpu and type(indices) is torch.Tensor
                 and indices.dtype == torch.int64):
             # CPU fast path: the C++ kernel checks every argument itself before it writes
             # anything. Only a call that fails goes on to the checks below, which raise the
             # same error as they would have without this path.
             try:
-                torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
+                update_op(self._leaves, self._inner, indices, values)
                 return
             except (RuntimeError, TypeError, ValueError):
                 pass
@@ -258,21 +386,21 @@ class SumTree:
         if indices.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"{op}: indices must be int64 or int32, got {indices.dtype}")
         indices = indices.long()
-        _check_update(op, self._leaves, self._inner, indices, values)
+        _check_update(op, self._leaves, self._inner, indices, values, self._is_min)
         if self._raise_now():
             if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
-                _raise_update_errors(op, indices, values, self.capacity)
+                _raise_update_errors(op, indices, values, self.capacity, self._is_min)
         else:
-            code = _update_error(indices, values, self.capacity)
+            code = _update_error(self._PREFIX, indices, values, self.capacity)
             self._errors.record(code)
             if self.device.type == "cpu" and int(code) != 0:
                 return  # (reading a CPU tensor is no sync) the CUDA kernel drops it itself
-        torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
+        update_op(self._leaves, self._inner, indices, values)
 
     def build(self, values: torch.Tensor) -> None:
         """Replaces all leaves at once (``values``: ``[capacity]``, tree's dtype and device).
-        Invalid weights are handled per ``check_values`` (see the class docstring)."""
-        op = "SumTree.build"
+        Invalid values are handled per ``check_values`` (see the class docstring)."""
+        op = f"{type(self).__name__}.build"
         check_weight_dtype(op, "values", values)
         if values.shape != self._leaves.shape:
             raise ValueError(f"{op}: values must have shape [{self.capacity}], "
@@ -285,25 +413,131 @@ class SumTree:
                              f"got {values.device}")
         values = values.contiguous()
         guard = None  # on CUDA without immediate checks: whether the build may land
-        limit = max_leaf(self.dtype, self.capacity)
         if self._raise_now():
-            if self.device.type != "cpu" and not bool(weights_valid(values, limit)):
-                raise_invalid_weights(op, "values", values, limit)
+            if self.device.type != "cpu" and not bool(
+                    _values_valid(self._PREFIX, values, self.capacity)):
+                _raise_invalid_values(op, "values", values, self.capacity, self._is_min)
         else:
-            ok = weights_valid(values, limit)
+            ok = _values_valid(self._PREFIX, values, self.capacity)
             self._errors.record(torch.where(ok, 0, _BAD_BUILD))
             if self.device.type == "cpu":
                 if not bool(ok):  # reading a CPU tensor is no sync
                     return
             else:
                 guard = ok
-        inner = torch.ops.is_kernels.sum_tree_build(values)  # the C++ kernel checks values
+        inner = self._op("build")(values)  # the C++ kernel checks values
         if guard is None:
             self._leaves.copy_(values)
             self._inner.copy_(inner)
         else:
             self._leaves.copy_(torch.where(guard, values, self._leaves))
             self._inner.copy_(torch.where(guard, inner, self._inner))
+
+    def query(self, start: Index, end: Index) -> torch.Tensor:
+        """The combination (sum, or minimum) of the leaves ``[start, end)``, for every pair of
+        ``start`` and ``end`` (ints or integer tensors on the tree's device, broadcast
+        together): a tensor of their broadcast shape (0-dim for two ints), on the tree's
+        device, no host sync on CUDA with ``check_values=False``. An empty range gives the
+        identity (0, or +inf). A range must satisfy ``0 <= start <= end <= capacity``;
+        otherwise it raises or (per ``check_values``) is recorded and gives NaN."""
+        op = f"{type(self).__name__}.query"
+        s = _as_index(op, "start", start, self.device)
+        e = _as_index(op, "end", end, self.device)
+        try:
+            s, e = torch.broadcast_tensors(s, e)
+        except RuntimeError:
+            raise ValueError(f"{op}: start and end must broadcast together, got shapes "
+                             f"{tuple(s.shape)} and {tuple(e.shape)}") from None
+        shape = s.shape
+        s, e = s.reshape(-1).contiguous(), e.reshape(-1).contiguous()
+        if self._raise_now():
+            if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+                _raise_range_errors(op, s, e, self.capacity)
+        else:
+            bad = _range_error(s, e, self.capacity)
+            self._errors.record(torch.where(bad, _BAD_RANGE, 0))
+            if self.device.type == "cpu" and bool(bad):  # (no sync on CPU)
+                nan = torch.full(shape, math.nan, dtype=self._inner.dtype)
+                ok = (s >= 0) & (s <= e) & (e <= self.capacity)
+                s, e = torch.where(ok, s, 0), torch.where(ok, e, 0)
+                return torch.where(ok.reshape(shape),
+                                   self._op("query")(self._leaves, self._inner, s, e)
+                                   .reshape(shape), nan)
+        return self._op("query")(self._leaves, self._inner, s, e).reshape(shape)
+
+    def raise_errors(self) -> None:
+        """Raises the first error recorded on the device since the last call (only with
+        ``check_values=False``, see the class docstring) and clears it. A host sync on CUDA."""
+        self._errors.raise_errors()
+
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"capacity": int, "values": leaf values (a copy)}``. Calls :meth:`raise_errors`
+        first."""
+        self.raise_errors()
+        return {"capacity": self.capacity, "values": self._leaves.clone()}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores the leaves of :meth:`state_dict` (moved to this tree's device) and
+        rebuilds the inner nodes; capacity and dtype must match this tree."""
+        op = f"{type(self).__name__}.load_state_dict"
+        missing = {"capacity", "values"} - set(state_dict)
+        if missing:
+            raise KeyError(f"{op}: state_dict lacks {sorted(missing)}")
+        if state_dict["capacity"] != self.capacity:
+            raise ValueError(f"{op}: state_dict capacity {state_dict['capacity']} != this "
+                             f"tree's capacity {self.capacity}")
+        self.build(state_dict["values"].to(self.device))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(capacity={self.capacity}, device={self.device}, "
+                f"dtype={self.dtype}, check_values={self.check_values})")
+
+
+class SumTree(_Tree):
+    """A sum tree over ``capacity`` non-negative leaf weights (all 0 at construction).
+
+    Draws are i.i.d. with ``P(i) = values[i] / total``; a leaf of weight 0 is never drawn.
+    Inner nodes are float64, always recomputed from their children (never updated by
+    deltas), so they equal a fresh rebuild bit for bit and cannot drift. Leaves are stored
+    in ``dtype`` (float32 or float64). float64 leaves are at most float64 max /
+    (2 capacity), so that no sum overflows (any finite float32 leaf is fine).
+
+    :meth:`query` gives float64 range sums, :meth:`scan_lower_bound` the leaf whose
+    prefix-sum interval holds a given mass (what cpprb and TorchRL call "find prefix sum
+    index"; :meth:`sample` is it at ``u * total``).
+
+    Invalid input (an index out of range, a weight that is not finite and >= 0 or above that
+    bound, a range out of bounds, a mass that is not finite and >= 0, sampling an all-zero
+    tree with ``empty="raise"``) is handled per ``check_values``:
+
+    - ``True`` (the CPU default): it raises at once, naming the offending entry, and the
+      tree is unchanged. On CUDA this check is a host sync per call (except during CUDA
+      graph capture, where it falls back to the ``False`` behaviour).
+    - ``False`` (the CUDA default): nothing syncs. An invalid update or build writes
+      nothing (the tree is unchanged), an all-zero tree draws -1, a bad range sums to NaN,
+      a bad mass finds -1, and the error is recorded on the device (the first one is kept)
+      until :meth:`raise_errors` (a sync) raises and clears it; :meth:`state_dict` calls it
+      too.
+
+    Args:
+        capacity: number of leaves, 1 <= capacity <= 2**31 - 1.
+        device: where the tree lives (CPU: C++ kernels; CUDA: Triton kernels).
+        dtype: dtype of the leaf weights, float32 or float64.
+        check_values: see above; ``None`` means ``True`` on CPU and ``False`` on CUDA.
+    """
+
+    _PREFIX = "sum_tree"
+    _FILL = 0.0
+    _MESSAGES = {
+        **_COMMON_MESSAGES,
+        _BAD_VALUE: "an update batch had a weight that is not finite and >= 0 (or too large "
+                    "for float64 sums); that batch was dropped (the tree is unchanged by it)",
+        _BAD_BUILD: "build() got a weight that is not finite and >= 0 (or too large for "
+                    "float64 sums); the build was dropped (the tree is unchanged by it)",
+        _EMPTY: "sample() was called on a tree whose weights are all zero; those draws are -1",
+        _BAD_MASS: "scan_lower_bound() got a mass that is not finite and >= 0; its index "
+                   "is -1",
+    }
 
     def total(self) -> torch.Tensor:
         """Sum of all weights: a float64 0-dim tensor on the tree's device (no host sync)."""
@@ -332,32 +566,77 @@ class SumTree:
                                        "sample (pass empty='minus_one' to get -1 draws)")
             else:
                 self._errors.record(torch.where(self._inner[1] > 0, 0, _EMPTY))
-        u = torch.rand(n, generator=generator, device=self.device, dtype=torch.float64)
+        u = torch.rand((n,), generator=generator, device=self.device, dtype=torch.float64)
         return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
 
-    def raise_errors(self) -> None:
-        """Raises the first error recorded on the device since the last call (only with
-        ``check_values=False``, see the class docstring) and clears it. A host sync on CUDA."""
-        self._errors.raise_errors()
+    def scan_lower_bound(self, mass: Union[float, torch.Tensor]) -> torch.Tensor:
+        """For every mass ``m`` (a float, or a real tensor on the tree's device, of any
+        shape), the leaf ``i`` of weight > 0 with ``prefix(i - 1) <= m < prefix(i)``, where
+        ``prefix(i)`` is the sum of the leaves ``0..i`` (the same descent as :meth:`sample`
+        at ``m = u * total``). A mass ``>= total`` gives the last leaf of weight > 0 (so a
+        mass rounded up to the total, as ``u * total`` in float32 can be, still finds a
+        leaf); an all-zero tree gives -1. Returns int64 of the shape of ``mass`` (0-dim for
+        a float). Masses must be finite and >= 0 (else: per ``check_values``)."""
+        op = "SumTree.scan_lower_bound"
+        if isinstance(mass, torch.Tensor):
+            if not (mass.is_floating_point() or mass.dtype in (torch.int32, torch.int64)):
+                raise TypeError(f"{op}: mass must be a real tensor, got {mass.dtype}")
+            if mass.device != self.device:
+                raise ValueError(f"{op}: mass must be on the tree's device {self.device}, "
+                                 f"got {mass.device}")
+            m = mass.to(torch.float64)
+        elif isinstance(mass, (int, float)) and not isinstance(mass, bool):
+            m = torch.tensor(float(mass), dtype=torch.float64, device=self.device)
+        else:
+            raise TypeError(f"{op}: mass must be a float or a tensor, got "
+                            f"{type(mass).__name__}")
+        shape = m.shape
+        m = m.reshape(-1).contiguous()
+        if not self._raise_now():
+            ok = (torch.isfinite(m) & (m >= 0)).all()
+            self._errors.record(torch.where(ok, 0, _BAD_MASS))
+            if self.device.type == "cpu" and not bool(ok):  # (no sync on CPU)
+                good = torch.isfinite(m) & (m >= 0)
+                out = torch.ops.is_kernels.sum_tree_scan_lower_bound(
+                    self._leaves, self._inner, torch.where(good, m, 0.0))
+                return torch.where(good, out, -1).reshape(shape)
+        elif self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            bad = ~(torch.isfinite(m) & (m >= 0))
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0, 0])
+                raise RuntimeError(f"{op}: mass[{i}] = {float(m[i])} is not finite and >= 0")
+        return torch.ops.is_kernels.sum_tree_scan_lower_bound(self._leaves, self._inner,
+                                                              m).reshape(shape)
 
-    def state_dict(self) -> Dict[str, Any]:
-        """``{"capacity": int, "values": leaf weights (a copy)}``. Calls :meth:`raise_errors`
-        first."""
-        self.raise_errors()
-        return {"capacity": self.capacity, "values": self._leaves.clone()}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores the leaves of :meth:`state_dict` (moved to this tree's device) and
-        rebuilds the inner nodes; capacity and dtype must match this tree."""
-        op = "SumTree.load_state_dict"
-        missing = {"capacity", "values"} - set(state_dict)
-        if missing:
-            raise KeyError(f"{op}: state_dict lacks {sorted(missing)}")
-        if state_dict["capacity"] != self.capacity:
-            raise ValueError(f"{op}: state_dict capacity {state_dict['capacity']} != this "
-                             f"tree's capacity {self.capacity}")
-        self.build(state_dict["values"].to(self.device))
+class MinTree(_Tree):
+    """A min tree over ``capacity`` leaf values (all +inf at construction): range minima in
+    O(log N), e.g. the smallest priority of a prioritized replay buffer.
 
-    def __repr__(self) -> str:
-        return (f"SumTree(capacity={self.capacity}, device={self.device}, dtype={self.dtype}, "
-                f"check_values={self.check_values})")
+    Inner nodes have the leaf dtype (a minimum is exact) and are always recomputed from their
+    children, so they equal a fresh rebuild bit for bit. Any value but NaN is valid, +inf
+    included (an empty slot). Same batched update (last duplicate wins), error handling
+    (``check_values``), range :meth:`query` and state_dict as :class:`SumTree`.
+
+    Args:
+        capacity: number of leaves, 1 <= capacity <= 2**31 - 1.
+        device: where the tree lives (CPU: C++ kernels; CUDA: Triton kernels).
+        dtype: dtype of the leaf values, float32 or float64.
+        check_values: as for :class:`SumTree`; ``None`` means ``True`` on CPU and ``False``
+            on CUDA.
+    """
+
+    _PREFIX = "min_tree"
+    _FILL = math.inf
+    _MESSAGES = {
+        **_COMMON_MESSAGES,
+        _BAD_VALUE: "an update batch had a NaN value; that batch was dropped (the tree is "
+                    "unchanged by it)",
+        _BAD_BUILD: "build() got a NaN value; the build was dropped (the tree is unchanged "
+                    "by it)",
+    }
+
+    def min(self) -> torch.Tensor:
+        """Minimum of all values: a 0-dim tensor of the tree's dtype on its device (no host
+        sync)."""
+        return self._inner[1].clone()

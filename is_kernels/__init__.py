@@ -1,10 +1,13 @@
 """is_kernels: fast kernels and samplers for importance sampling of training examples.
 
 Ops live under ``torch.ops.is_kernels``; this package holds their thin Python wrappers,
-the samplers built on them and their DataLoader / DDP integration.
+the samplers built on them, prioritized replay, and their DataLoader / DDP / TorchRL
+integrations.
 """
 from .integrations import ImportanceBatchSampler, IndexedDataset, ShardedSampler
-from .ops import AliasTable, SumTree, cross_entropy_with_score, mse_with_score, output_grad_norm
+from .ops import (AliasTable, MinTree, SumTree, cross_entropy_with_score, mse_with_score,
+                  output_grad_norm)
+from .replay import PrioritizedReplay
 from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanceSampler,
                        OnlineImportanceSampler, PresampleImportanceSampler, Sampler,
                        UniformSampler, equivalent_batch_increment, measure_step_costs,
@@ -12,7 +15,7 @@ from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanc
 
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
-    "SumTree", "AliasTable",
+    "SumTree", "MinTree", "AliasTable", "PrioritizedReplay",
     "Sampler", "UniformSampler", "OnlineImportanceSampler", "LossImportanceSampler",
     "PresampleImportanceSampler", "ImportancePruningSampler", "InfoBatchSampler",
     "equivalent_batch_increment", "tau_threshold", "measure_step_costs",

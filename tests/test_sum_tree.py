@@ -109,8 +109,9 @@ def test_zero_weight_never_returned_adversarial():
         assert (w[out] > 0).all()
 
 
-def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The level-by-level binary descent over a heap of fl64 child sums (the definition)."""
+def reference_descent(w: torch.Tensor, u: torch.Tensor, mass: bool = False) -> torch.Tensor:
+    """The level-by-level binary descent over a heap of fl64 child sums (the definition), of
+    u * total, or (``mass``) of u itself."""
     p = heap_size(w.numel())
     heap = torch.zeros(2 * p, dtype=torch.float64)
     heap[p:p + w.numel()] = w.double()
@@ -119,7 +120,7 @@ def reference_descent(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         heap[width:2 * width] = heap[2 * width:4 * width:2] + heap[2 * width + 1:4 * width:2]
         width //= 2
     x = torch.ones_like(u, dtype=torch.int64)
-    r = u * heap[1]
+    r = u if mass else u * heap[1]
     while bool((x < p).any()):
         left, right = heap[2 * x], heap[2 * x + 1]
         go_right = (right > 0) & (r >= left)
@@ -561,3 +562,275 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert (tree.values[out] > 0).all()
+
+
+# ---- range queries, scan_lower_bound and the min tree ---------------------------------------
+
+def random_ranges(cap: int, n: int, g: torch.Generator):
+    """n ranges [start, end) within [0, cap], with the empty, full and end-at-cap cases."""
+    a = torch.randint(0, cap + 1, (n,), generator=g)
+    b = torch.randint(0, cap + 1, (n,), generator=g)
+    start, end = torch.minimum(a, b), torch.maximum(a, b)
+    extra_s = torch.tensor([0, 0, cap, cap // 2, 0])
+    extra_e = torch.tensor([cap, 0, cap, cap, 1])
+    return torch.cat([start, extra_s]), torch.cat([end, extra_e])
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 7, 100, 1000, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sum_query_equals_float64_reference(cap, dtype):
+    g = torch.Generator().manual_seed(cap)
+    w = (sparse(cap, g) * 1e3).to(dtype)
+    tree = tree_of(w)
+    start, end = random_ranges(cap, 500, g)
+    got = tree.query(start, end)
+    assert got.dtype == torch.float64 and got.shape == start.shape
+    exact = torch.tensor([math.fsum(w[s:e].double().tolist()) for s, e in
+                          zip(start.tolist(), end.tolist())], dtype=torch.float64)
+    assert torch.allclose(got, exact, rtol=1e-12, atol=0)
+    assert float(tree.query(0, cap)) == float(tree.total())  # the root, bit for bit
+    assert float(tree.query(3 % cap, 3 % cap)) == 0.0
+    assert tree.query(0, cap).shape == ()
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 7, 100, 1000, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_min_query_equals_reference(cap, dtype):
+    g = torch.Generator().manual_seed(cap)
+    v = (torch.randn(cap, generator=g, dtype=torch.float64) * 1e3).to(dtype)
+    v[torch.rand(cap, generator=g) < 0.2] = math.inf
+    tree = is_kernels.MinTree(cap, dtype=dtype)
+    tree.build(v)
+    start, end = random_ranges(cap, 500, g)
+    got = tree.query(start, end)
+    assert got.dtype == dtype
+    ref = torch.stack([v[s:e].min() if e > s else torch.tensor(math.inf, dtype=dtype)
+                       for s, e in zip(start.tolist(), end.tolist())])
+    assert torch.equal(got, ref)
+    assert torch.equal(tree.min(), v.min())
+
+
+def test_min_tree_starts_empty():
+    tree = is_kernels.MinTree(5)
+    assert torch.equal(tree.values, torch.full((5,), math.inf))
+    assert float(tree.min()) == math.inf and float(tree.query(1, 4)) == math.inf
+    assert torch.equal(tree._inner, ops.min_tree_build(tree.values))
+
+
+@pytest.mark.parametrize("k, dtype", [(1, torch.float32), (5, torch.float64),
+                                      (300, torch.float32), (4096, torch.float64),
+                                      (70_000, torch.float32)])
+def test_min_update_equals_rebuild(k, dtype):
+    g = torch.Generator().manual_seed(k)
+    cap = 2**17 + 5
+    v = torch.randn(cap, generator=g).to(dtype)
+    tree = is_kernels.MinTree(cap, dtype=dtype)
+    tree.build(v)
+    for _ in range(3):
+        idx = torch.randint(0, cap, (k,), generator=g)
+        idx[k // 2:k // 2 + k // 4] = idx[:k // 4]  # duplicates, with other values
+        val = torch.randn(k, generator=g).to(dtype)
+        val[torch.rand(k, generator=g) < 0.1] = math.inf
+        tree.update(idx, val)
+        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
+        final = last[idx] == torch.arange(k)  # the last entry of each index
+        v[idx[final]] = val[final]
+        assert torch.equal(tree.values, v)
+        assert torch.equal(tree._inner, ops.min_tree_build(v))
+        assert torch.equal(tree.min(), v.min())
+
+
+def test_min_duplicates_last_wins():
+    tree = is_kernels.MinTree(8)
+    tree.update(torch.tensor([3, 5, 3, 3, 5]), torch.tensor([1.0, 2.0, 0.5, 4.0, 7.0]))
+    assert tree.values[3] == 4.0 and tree.values[5] == 7.0 and float(tree.min()) == 4.0
+
+
+@pytest.mark.parametrize("cap", [1, 2, 5, 100, 5000, 2**16 + 3])
+def test_scan_lower_bound_equals_reference(cap):
+    g = torch.Generator().manual_seed(cap)
+    w = sparse(cap, g) if cap > 1 else torch.ones(1)
+    w[torch.randint(0, cap, (1,), generator=g)] = 0.5  # not all zero
+    tree = tree_of(w)
+    total = float(tree.total())
+    edges = boundary_uniforms(w) * total
+    mass = torch.cat([torch.rand(3000, dtype=torch.float64, generator=g) * total, edges,
+                      torch.tensor([0.0, total, total * 1.5, 1e300], dtype=torch.float64)])
+    got = tree.scan_lower_bound(mass)
+    assert torch.equal(got, reference_descent(w, mass, mass=True))
+    assert (w[got] > 0).all()
+    # The definition: prefix(i - 1) <= m < prefix(i), away from rounding at the boundaries.
+    prefix = torch.cumsum(w.double(), 0)
+    leaf = torch.searchsorted(prefix, mass, right=True)
+    below = torch.where(leaf > 0, prefix[(leaf - 1).clamp_min(0)], 0.0)
+    above = prefix[leaf.clamp_max(cap - 1)]
+    inside = (mass < total * (1 - 1e-9)) & (mass - below > 1e-9 * total)
+    inside &= above - mass > 1e-9 * total
+    assert inside.sum() > 2000
+    assert torch.equal(got[inside], leaf[inside])
+    # Masses at or above the total: the last leaf of weight > 0.
+    last = int(w.nonzero().max())
+    assert (got[mass >= total] == last).all()
+    assert tree.scan_lower_bound(0.25).shape == ()
+    assert tree.scan_lower_bound(mass.reshape(-1, 1)[:10]).shape == (10, 1)
+
+
+def test_scan_lower_bound_chisquare_and_zero_tree():
+    g = torch.Generator().manual_seed(20)
+    w = skewed(1000, g)
+    w[::3] = 0
+    tree = tree_of(w)
+    mass = torch.rand(200_000, dtype=torch.float64, generator=g) * tree.total()
+    assert gof_pvalue(tree.scan_lower_bound(mass), w / w.sum()) > 1e-3
+    assert (SumTree(4).scan_lower_bound(torch.tensor([0.0, 1.0])) == -1).all()
+
+
+def test_scan_lower_bound_bad_mass():
+    tree = tree_of(torch.tensor([1.0, 2.0]))
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(RuntimeError, match=r"mass\[1\] = .* is not finite and >= 0"):
+            tree.scan_lower_bound(torch.tensor([0.5, bad]))
+    with pytest.raises(TypeError, match="mass must be a real tensor"):
+        tree.scan_lower_bound(torch.tensor([True]))
+    with pytest.raises(TypeError, match="mass must be a float or a tensor"):
+        tree.scan_lower_bound("1")
+    deferred = SumTree(2, check_values=False)
+    deferred.build(torch.tensor([1.0, 2.0]))
+    assert deferred.scan_lower_bound(torch.tensor([0.5, math.nan, 2.0])).tolist() == [0, -1, 1]
+    with pytest.raises(RuntimeError, match="scan_lower_bound.. got a mass"):
+        deferred.raise_errors()
+
+
+@pytest.mark.parametrize("tree_class", [SumTree, is_kernels.MinTree])
+def test_query_bad_ranges(tree_class):
+    tree = tree_class(5)
+    for s, e in ((-1, 2), (3, 2), (0, 6)):
+        with pytest.raises(RuntimeError, match=r"range \[start\[0\], end\[0\]\) = .* is not "
+                                               r"within \[0, 5\)"):
+            tree.query(s, e)
+    with pytest.raises(TypeError, match="start must be an int"):
+        tree.query(0.0, 2)
+    with pytest.raises(TypeError, match="end must be an int or an int64/int32 tensor"):
+        tree.query(0, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="must broadcast together"):
+        tree.query(torch.tensor([0, 1]), torch.tensor([1, 2, 3]))
+    deferred = tree_class(5, check_values=False)
+    got = deferred.query(torch.tensor([0, 3, 1]), torch.tensor([5, 2, 1]))
+    assert math.isnan(float(got[1])) and not got[[0, 2]].isnan().any()
+    with pytest.raises(RuntimeError, match="query.. got a range"):
+        deferred.raise_errors()
+
+
+def test_min_tree_bad_values_leave_state_unchanged():
+    tree = is_kernels.MinTree(3)
+    tree.build(torch.tensor([1.0, -2.0, math.inf]))  # any value but NaN
+    before = (tree.values.clone(), tree._inner.clone())
+    with pytest.raises(RuntimeError, match=r"values\[1\] = nan is not a valid value"):
+        tree.update(torch.tensor([0, 1]), torch.tensor([5.0, math.nan]))
+    with pytest.raises(RuntimeError, match=r"leaves\[2\] = nan is not a valid value"):
+        tree.build(torch.tensor([1.0, 1.0, math.nan]))
+    with pytest.raises(RuntimeError, match=r"indices\[0\] = 3 is out of range"):
+        tree.update(torch.tensor([3]), torch.tensor([1.0]))
+    with pytest.raises(TypeError, match="values must have the dtype"):
+        tree.update(torch.tensor([0]), torch.tensor([1.0], dtype=torch.float64))
+    assert torch.equal(tree.values, before[0]) and torch.equal(tree._inner, before[1])
+    deferred = is_kernels.MinTree(3, check_values=False)
+    deferred.update(torch.tensor([0]), torch.tensor([math.nan]))
+    deferred.build(torch.tensor([math.nan, 0.0, 0.0]))
+    assert float(deferred.min()) == math.inf
+    with pytest.raises(RuntimeError, match="MinTree: an update batch had a NaN value"):
+        deferred.raise_errors()
+    with pytest.raises(ValueError, match="capacity must be in"):
+        is_kernels.MinTree(0)
+
+
+def test_min_tree_state_dict_round_trip():
+    g = torch.Generator().manual_seed(21)
+    a = is_kernels.MinTree(300, dtype=torch.float64)
+    a.update(torch.randint(0, 300, (100,), generator=g),
+             torch.rand(100, generator=g, dtype=torch.float64))
+    b = is_kernels.MinTree(300, dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.values, b.values) and torch.equal(a._inner, b._inner)
+    assert repr(b) == ("MinTree(capacity=300, device=cpu, dtype=torch.float64, "
+                       "check_values=True)")
+    with pytest.raises(TypeError, match="dtype"):
+        is_kernels.MinTree(300).load_state_dict(a.state_dict())
+
+
+def test_opcheck_queries_and_min_tree():
+    g = torch.Generator().manual_seed(22)
+    leaves = torch.rand(37, generator=g)
+    inner = ops.sum_tree_build(leaves)
+    start, end = torch.tensor([0, 3, 10, 37]), torch.tensor([37, 3, 20, 37])
+    torch.library.opcheck(ops.sum_tree_query, (leaves, inner, start, end))
+    torch.library.opcheck(ops.sum_tree_scan_lower_bound,
+                          (leaves, inner, torch.rand(64, dtype=torch.float64, generator=g) * 5))
+    torch.library.opcheck(ops.min_tree_build, (leaves,))
+    min_inner = ops.min_tree_build(leaves)
+    torch.library.opcheck(ops.min_tree_update, (leaves.clone(), min_inner.clone(),
+                                                torch.tensor([3, 36, 3]),
+                                                torch.tensor([0.5, -1.0, 2.0])))
+    torch.library.opcheck(ops.min_tree_query, (leaves, min_inner, start, end))
+
+
+@interpreted
+@pytest.mark.parametrize("cap", [1, 2, 5, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_queries_and_min_tree_match_cpp(cap, dtype):
+    from is_kernels.ops import sum_tree_triton as st
+
+    g = torch.Generator().manual_seed(cap)
+    w = (sparse(cap, g) if cap > 1 else torch.ones(1)).to(dtype)
+    start, end = random_ranges(cap, 40, g)
+    sum_inner = ops.sum_tree_build(w)
+    assert torch.equal(st.query(w, sum_inner, start, end),
+                       ops.sum_tree_query(w, sum_inner, start, end))
+    mass = torch.cat([torch.rand(200, dtype=torch.float64, generator=g) * sum_inner[1] * 1.1,
+                      boundary_uniforms(w) * sum_inner[1]])
+    assert torch.equal(st.scan_lower_bound(w, sum_inner, mass),
+                       ops.sum_tree_scan_lower_bound(w, sum_inner, mass))
+    bad = torch.tensor([-1.0, math.nan, math.inf, 0.5], dtype=torch.float64)
+    assert st.scan_lower_bound(w, sum_inner, bad)[:3].tolist() == [-1, -1, -1]
+    v = torch.randn(cap, generator=g).to(dtype)
+    v[::3] = math.inf
+    min_inner = st.build(v, is_min=True)
+    assert torch.equal(min_inner, ops.min_tree_build(v))
+    assert torch.equal(st.query(v, min_inner, start, end, is_min=True),
+                       ops.min_tree_query(v, min_inner, start, end))
+    idx = torch.randint(0, cap, (50,), generator=g)
+    val = torch.randn(50, generator=g).to(dtype)
+    ref_l, ref_i = v.clone(), min_inner.clone()
+    ops.min_tree_update(ref_l, ref_i, idx, val)
+    for fused_max in (1 << 14, 16):
+        l, i = v.clone(), min_inner.clone()
+        st.update(l, i, idx, val, torch.tensor(1, dtype=torch.int32), fused_max=fused_max,
+                  is_min=True)
+        assert torch.equal(l, ref_l) and torch.equal(i, ref_i)
+    # Ranges out of bounds give NaN, never an out-of-bounds read.
+    out = st.query(v, min_inner, torch.tensor([-1, 0, 2]), torch.tensor([1, cap + 1, 1]),
+                   is_min=True)
+    assert out.isnan().all()
+
+
+@cuda
+def test_cuda_queries_and_min_tree_match_cpu():
+    g = torch.Generator().manual_seed(23)
+    cap = 100_003
+    v = torch.rand(cap, generator=g)
+    cpu, dev = is_kernels.MinTree(cap), is_kernels.MinTree(cap, device="cuda")
+    cpu.build(v)
+    dev.build(v.cuda())
+    for k in (10, 50_000):
+        idx = torch.randint(0, cap, (k,), generator=g)
+        val = torch.rand(k, generator=g)
+        cpu.update(idx, val)
+        dev.update(idx.cuda(), val.cuda())
+        assert torch.equal(dev._inner.cpu(), cpu._inner)
+    start, end = random_ranges(cap, 1000, g)
+    assert torch.equal(dev.query(start.cuda(), end.cuda()).cpu(), cpu.query(start, end))
+    s = tree_of(v)
+    d = tree_of(v.cuda())
+    assert torch.equal(d.query(start.cuda(), end.cuda()).cpu(), s.query(start, end))
+    mass = torch.rand(10_000, dtype=torch.float64, generator=g) * s.total()
+    assert torch.equal(d.scan_lower_bound(mass.cuda()).cpu(), s.scan_lower_bound(mass))

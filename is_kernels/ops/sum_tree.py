@@ -59,7 +59,8 @@ def _inner_dtype(leaves: torch.Tensor, is_min: bool) -> torch.dtype:
     return leaves.dtype if is_min else torch.float64
 
 
-def check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor, is_min: bool = False) -> None:
+def check_tree(op: str, leaves: torch.Tensor, inner: torch.Tensor,
+               is_min: bool = False) -> None:
     """Checks the leaves and inner nodes of a sum tree (or, with ``is_min``, a min tree)."""
     _check_leaves(op, leaves)
     p = heap_size(leaves.shape[0])

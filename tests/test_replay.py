@@ -1,0 +1,144 @@
+"""Tests of is_kernels.PrioritizedReplay (prioritized experience replay on the sum and min
+trees): distribution, weights against a float64 reference and cpprb, ring buffer, errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers.chisquare import chisquare
+
+from is_kernels import PrioritizedReplay
+
+ALPHA, BETA, EPS = 0.6, 0.4, 1e-4
+
+
+def filled(n: int, capacity: int, g: torch.Generator, **kw) -> tuple:
+    per = PrioritizedReplay(capacity, alpha=kw.pop("alpha", ALPHA), beta=kw.pop("beta", BETA),
+                            eps=kw.pop("eps", EPS), **kw)
+    raw = torch.rand(n, generator=g) * 3
+    per.add(n, raw)
+    return per, raw
+
+
+def reference_priorities(raw: torch.Tensor, alpha=ALPHA, eps=EPS) -> torch.Tensor:
+    """Stored priorities (p + eps)^alpha, rounded to float32 as the buffer stores them."""
+    return (raw.double() + eps).pow(alpha).float().double()
+
+
+def reference_weights(prio: torch.Tensor, idx: torch.Tensor, beta: float) -> torch.Tensor:
+    """(N P(i))^-beta / max over drawable j of (N P(j))^-beta, in float64."""
+    n = prio.numel()
+    p = prio / prio.sum()
+    w = (n * p).pow(-beta)
+    return w[idx] / w[p > 0].max()
+
+
+def test_draws_chisquare():
+    g = torch.Generator().manual_seed(0)
+    per, raw = filled(500, 500, g)
+    prio = reference_priorities(raw)
+    idx, weights = per.sample(200_000, generator=g)
+    counts = torch.bincount(idx, minlength=500).double().numpy()
+    expected = (prio / prio.sum()).numpy() * idx.numel()
+    assert chisquare(counts, expected)[1] > 1e-3
+    assert weights.dtype == torch.float32 and idx.dtype == torch.int64
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
+def test_weights_equal_float64_reference(beta):
+    g = torch.Generator().manual_seed(1)
+    per, raw = filled(1000, 1000, g, beta=beta)
+    idx, weights = per.sample(5000, generator=g)
+    ref = reference_weights(reference_priorities(raw), idx, beta)
+    assert torch.allclose(weights.double(), ref, rtol=1e-6, atol=0)
+    assert float(weights.max()) <= 1.0
+
+
+def test_unbiased_with_beta_one():
+    """With beta = 1 the weighted mean of f over draws is the plain mean of f over the stored
+    items (the weights' normalisation cancels in the ratio)."""
+    g = torch.Generator().manual_seed(2)
+    per, raw = filled(300, 400, g, beta=1.0)
+    f = torch.randn(400, generator=g, dtype=torch.float64)
+    idx, w = per.sample(400_000, generator=g)
+    estimate = float((w.double() * f[idx]).sum() / w.double().sum())
+    exact = float(f[:300].mean())
+    assert abs(estimate - exact) < 0.02
+    assert (idx < 300).all()  # never an unused slot
+
+
+def test_ring_buffer_and_max_priority():
+    per = PrioritizedReplay(4, alpha=1.0, eps=0.0)
+    assert per.add(3).tolist() == [0, 1, 2] and len(per) == 3  # max priority 1 at first
+    assert per.priorities.tolist() == [1.0, 1.0, 1.0, 0.0]
+    per.update(torch.tensor([1]), torch.tensor([5.0]))
+    assert float(per.max_priority) == 5.0
+    assert per.add(3).tolist() == [3, 0, 1] and len(per) == 4  # wraps, overwrites 0 and 1
+    assert per.priorities.tolist() == [5.0, 5.0, 1.0, 5.0]
+    # The minimum follows overwrites: slot 2 (priority 1) is the only one left at 1.
+    assert float(per.weights(torch.tensor([0]), beta=1.0)) == pytest.approx(1 / 5)
+    per.add(1, torch.tensor([0.5]))  # slot 2 overwritten by a smaller priority
+    assert float(per.weights(torch.tensor([0]), beta=1.0)) == pytest.approx(0.5 / 5)
+
+
+def test_zero_priority_never_drawn_nor_in_the_minimum():
+    g = torch.Generator().manual_seed(3)
+    per = PrioritizedReplay(100, alpha=1.0, beta=1.0, eps=0.0)
+    raw = torch.rand(100, generator=g) + 0.5
+    raw[::4] = 0.0
+    per.add(100, raw)
+    idx, w = per.sample(20_000, generator=g)
+    assert (raw[idx] > 0).all()
+    assert torch.isfinite(w).all() and (w > 0).all()
+    positive = raw[raw > 0]
+    assert float(per.weights(torch.tensor([int((raw == positive.min()).nonzero()[0])]))) == 1.0
+
+
+def test_errors():
+    per = PrioritizedReplay(4)
+    with pytest.raises(RuntimeError, match="the buffer is empty"):
+        per.sample(2)
+    with pytest.raises(ValueError, match=r"priorities\[1\] = nan is not finite and >= 0"):
+        per.add(2, torch.tensor([1.0, math.nan]))
+    with pytest.raises(ValueError, match=r"priorities\[0\] = -1.0 is not finite and >= 0"):
+        per.add(1, torch.tensor([-1.0]))
+    assert len(per) == 0 and float(per._sum.total()) == 0  # nothing written
+    with pytest.raises(ValueError, match="n = 5 is more than the capacity 4"):
+        per.add(5)
+    per.add(2)
+    with pytest.raises(ValueError, match=r"indices\[1\] = 2 is not a stored slot"):
+        per.update(torch.tensor([0, 2]), torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="priorities must be a 1-D floating tensor of 1"):
+        per.update(torch.tensor([0]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+        PrioritizedReplay(4, alpha=-1.0)
+    with pytest.raises(TypeError, match="beta must be a real number"):
+        PrioritizedReplay(4, beta="1")
+
+
+def test_state_dict_round_trip():
+    g = torch.Generator().manual_seed(4)
+    a, _ = filled(40, 50, g)
+    a.add(30, torch.rand(30, generator=g))  # wraps
+    a.update(torch.tensor([3, 4]), torch.tensor([9.0, 0.0]))
+    b = PrioritizedReplay(50)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.priorities, b.priorities) and len(b) == 50
+    assert float(b.max_priority) == 9.0
+    assert torch.equal(a.sample(100, generator=torch.Generator().manual_seed(0))[1],
+                       b.sample(100, generator=torch.Generator().manual_seed(0))[1])
+    assert torch.equal(a.add(3), b.add(3))
+
+
+def test_weights_identical_to_cpprb():
+    cpprb = pytest.importorskip("cpprb")
+    rng = np.random.default_rng(5)
+    n = 1000
+    raw = rng.random(n).astype(np.float32)
+    rb = cpprb.PrioritizedReplayBuffer(n, {"obs": {}}, alpha=ALPHA, eps=EPS)
+    rb.add(obs=np.zeros(n, np.float32), priorities=raw)
+    sample = rb.sample(256, beta=BETA)
+    per = PrioritizedReplay(n, alpha=ALPHA, beta=BETA, eps=EPS)
+    per.add(n, torch.from_numpy(raw))
+    ours = per.weights(torch.from_numpy(sample["indexes"].astype(np.int64)))
+    np.testing.assert_allclose(ours.numpy(), sample["weights"], rtol=1e-5)

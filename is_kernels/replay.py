@@ -53,15 +53,27 @@ class PrioritizedReplay:
     def __init__(self, capacity: int, *, alpha: float = 0.6, beta: float = 0.4,
                  eps: float = 1e-4, device: Optional[torch.device | str] = None,
                  dtype: torch.dtype = torch.float32) -> None:
-        self.alpha = _check_real("alpha", alpha, 0.0)
+        self._alpha = _check_real("alpha", alpha, 0.0)
         self.beta = _check_real("beta", beta, 0.0)
-        self.eps = _check_real("eps", eps, 0.0)
+        self._eps = _check_real("eps", eps, 0.0)
         self._sum = SumTree(capacity, device=device, dtype=dtype)
         self._min = MinTree(capacity, device=device, dtype=dtype)
+        self._cpu = self.device.type == "cpu"
+        # Whether a stored priority can be 0: only if eps ** alpha rounds to 0 in dtype.
+        self._zero_possible = not float(torch.tensor(self._eps, dtype=dtype)
+                                        .pow(self._alpha)) > 0
         self._next = 0  # the slot the next add writes first
         self._stored = 0
         # The largest raw priority seen so far, on the device (no sync to update it).
         self._max_priority = torch.ones((), dtype=torch.float64, device=self.device)
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @property
+    def eps(self) -> float:
+        return self._eps
 
     @property
     def capacity(self) -> int:
@@ -85,17 +97,22 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return self._stored
 
-    def _transform(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw priorities -> stored priorities ``(p + eps) ** alpha``, in the trees' dtype."""
-        return (raw.to(torch.float64) + self.eps).pow(self.alpha).to(self._sum.dtype)
-
     def _write(self, slots: torch.Tensor, raw: torch.Tensor) -> None:
-        prio = self._transform(raw)
-        # Zero priorities are never drawn, so the minimum leaves them out (+inf).
+        """Stores ``(raw + eps) ** alpha`` at ``slots``, computed in the trees' dtype (as cpprb
+        does)."""
+        prio = torch.add(raw.to(self._sum.dtype), self._eps).pow_(self._alpha)
+        if not self._cpu:
+            # No host sync: an invalid raw priority becomes NaN, so that both trees drop the
+            # batch and record the error (on CPU, _check_raw has raised).
+            prio = torch.where((raw >= 0) & torch.isfinite(prio), prio, math.nan)
         self._sum.update(slots, prio)
-        self._min.update(slots, torch.where(prio > 0, prio, math.inf))
+        # Zero priorities are never drawn, so the minimum leaves them out (+inf).
+        self._min.update(slots, prio.masked_fill(prio == 0, math.inf) if self._zero_possible
+                         else prio)
 
-    def _check_raw(self, op: str, raw: torch.Tensor, n: int) -> torch.Tensor:
+    def _check_raw(self, op: str, raw: torch.Tensor, n: int) -> None:
+        """Checks raw priorities (on CPU also their values, finite and >= 0: no sync there)
+        and raises the max priority to their maximum."""
         if not isinstance(raw, torch.Tensor):
             raise TypeError(f"{op}: priorities must be a tensor, got {type(raw).__name__}")
         if not raw.is_floating_point() or raw.shape != (n,):
@@ -103,11 +120,19 @@ class PrioritizedReplay:
                              f"got {raw.dtype} of shape {tuple(raw.shape)}")
         if raw.device != self.device:
             raise ValueError(f"{op}: priorities must be on {self.device}, got {raw.device}")
-        if self.device.type == "cpu" and not bool((torch.isfinite(raw) & (raw >= 0)).all()):
+        if n == 0:
+            return
+        lo, hi = torch.aminmax(raw)
+        if not self._cpu:
+            self._max_priority = torch.maximum(self._max_priority, hi)
+            return
+        lo, hi = float(lo), float(hi)
+        if not (lo >= 0 and math.isfinite(hi)):
             bad = int((~(torch.isfinite(raw) & (raw >= 0))).nonzero()[0, 0])
             raise ValueError(f"{op}: priorities[{bad}] = {float(raw[bad])} is not finite "
                              "and >= 0")
-        return raw
+        if hi > float(self._max_priority):
+            self._max_priority.fill_(hi)
 
     def add(self, n: int, priorities: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reserves the next ``n`` ring-buffer slots (overwriting the oldest when full) and
@@ -121,11 +146,11 @@ class PrioritizedReplay:
         if priorities is None:
             raw = self._max_priority.expand(n)
         else:
-            raw = self._check_raw(op, priorities, n)
-            if n:
-                self._max_priority = torch.maximum(self._max_priority,
-                                                   raw.max().to(torch.float64))
-        slots = torch.arange(self._next, self._next + n, device=self.device) % self.capacity
+            raw = priorities
+            self._check_raw(op, raw, n)
+        slots = torch.arange(self._next, self._next + n, device=self.device)
+        if self._next + n > self.capacity:
+            slots %= self.capacity
         self._write(slots, raw)
         self._next = (self._next + n) % self.capacity
         self._stored = min(self.capacity, self._stored + n)
@@ -144,15 +169,16 @@ class PrioritizedReplay:
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")
         idx = self._sum.sample(batch_size, generator=generator)
-        return idx, self.weights(idx, beta=beta)
+        # (-1 draws: an all-zero tree on CUDA, where the error is recorded, not raised.)
+        return idx, self.weights(idx if idx.is_cpu else idx.clamp_min(0), beta=beta)
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:
         """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the slots
-        ``indices`` (computed in float64, returned in the trees' dtype), the minimum over
-        the stored slots of priority > 0."""
+        ``indices`` (int64 ``[k]``), the minimum over the stored slots of priority > 0;
+        computed in the trees' dtype (as cpprb does)."""
         beta = self.beta if beta is None else _check_real("beta", beta, 0.0)
-        prio = self._sum.values[indices].to(torch.float64)
-        return (prio / self._min.min().to(torch.float64)).pow(-beta).to(self._sum.dtype)
+        prio = self._sum.values.index_select(0, indices)
+        return (prio / self._min.min()).pow(-beta)
 
     def update(self, indices: torch.Tensor, priorities: torch.Tensor) -> None:
         """Sets the raw priorities (e.g. ``|TD error|``) of stored slots; the stored priority
@@ -160,15 +186,14 @@ class PrioritizedReplay:
         op = "PrioritizedReplay.update"
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise TypeError(f"{op}: indices must be a 1-D tensor")
-        raw = self._check_raw(op, priorities, indices.shape[0])
-        if self.device.type == "cpu" and indices.numel() and (
-                int(indices.min()) < 0 or int(indices.max()) >= self._stored):
-            bad = int(((indices < 0) | (indices >= self._stored)).nonzero()[0, 0])
-            raise ValueError(f"{op}: indices[{bad}] = {int(indices[bad])} is not a stored "
-                             f"slot (0 <= index < {self._stored})")
-        if raw.numel():
-            self._max_priority = torch.maximum(self._max_priority, raw.max().to(torch.float64))
-        self._write(indices, raw)
+        if self._cpu and indices.numel():
+            lo_i, hi_i = torch.aminmax(indices)
+            if int(lo_i) < 0 or int(hi_i) >= self._stored:
+                bad = int(((indices < 0) | (indices >= self._stored)).nonzero()[0, 0])
+                raise ValueError(f"{op}: indices[{bad}] = {int(indices[bad])} is not a stored "
+                                 f"slot (0 <= index < {self._stored})")
+        self._check_raw(op, priorities, indices.shape[0])
+        self._write(indices, priorities)
 
     def raise_errors(self) -> None:
         """Raises the first error the trees recorded on the device (CUDA: invalid input is
@@ -192,13 +217,17 @@ class PrioritizedReplay:
             raise KeyError(f"{op}: state_dict lacks {sorted(keys - set(state))}")
         if state["capacity"] != self.capacity:
             raise ValueError(f"{op}: capacity {state['capacity']} != {self.capacity}")
+        if (state["alpha"], state["eps"]) != (self._alpha, self._eps):
+            raise ValueError(f"{op}: alpha and eps {state['alpha'], state['eps']} differ from "
+                             f"this buffer's {self._alpha, self._eps} (the stored priorities "
+                             "depend on them)")
         prio = state["priorities"].to(self.device)
         self._sum.build(prio)
         self._min.build(torch.where(prio > 0, prio, math.inf))
         self._next, self._stored = int(state["next"]), int(state["stored"])
         self._max_priority = torch.tensor(float(state["max_priority"]), dtype=torch.float64,
                                           device=self.device)
-        self.alpha, self.beta, self.eps = state["alpha"], state["beta"], state["eps"]
+        self.beta = state["beta"]
 
     def __repr__(self) -> str:
         return (f"PrioritizedReplay(capacity={self.capacity}, stored={self._stored}, "

@@ -48,6 +48,7 @@ setup(
         "test": ["pytest", "triton>=3.6", "tqdm", "matplotlib"],
         "bench": ["pytest", "pytest-benchmark", "triton>=3.6", "cpprb", "tqdm", "matplotlib"],
         "train": ["tqdm", "matplotlib"],
+        "torchrl": ["torchrl>=0.14,<0.15", "tensordict>=0.14.3,<0.15"],
     },
     entry_points={"console_scripts": ["is-kernels-train = is_kernels.train.cli:main"]},
 )

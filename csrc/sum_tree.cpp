@@ -106,7 +106,9 @@ template <typename Op, typename T>
 void rebuild_all(typename Op::Node* inner, const T* leaves, int64_t p, int64_t capacity) {
   for (int64_t width = p / 2; width >= 1; width /= 2) {
     at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t x = begin; x < end; ++x) inner[x] = children_of<Op>(inner, leaves, p, capacity, x);
+      for (int64_t x = begin; x < end; ++x) {
+        inner[x] = children_of<Op>(inner, leaves, p, capacity, x);
+      }
     });
   }
   inner[0] = Op::pad();

@@ -103,8 +103,11 @@ class _SegmentTree:
         return torch.from_numpy(arr.astype(np.int64)).to(self._tree.device), "numpy"
 
     def _check_range(self, idx: torch.Tensor) -> None:
+        if not (idx.is_cpu and idx.numel()):
+            return
         cap = self.capacity
-        if idx.is_cpu and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cap):
+        lo, hi = torch.aminmax(idx)
+        if int(lo) < 0 or int(hi) >= cap:
             bad = idx[(idx < 0) | (idx >= cap)].reshape(-1)[0]
             raise IndexError(f"{type(self).__name__}: index {int(bad)} is out of range for "
                              f"{cap} leaves")
@@ -122,7 +125,7 @@ class _SegmentTree:
     def __getitem__(self, index: Index):
         idx, kind = self._indices(index)
         self._check_range(idx)
-        return self._out(self._tree.values[idx], kind)
+        return self._out(self._tree.values.take(idx), kind)
 
     at = __getitem__
 
@@ -148,6 +151,10 @@ class _SegmentTree:
         """The sum (or minimum) of the leaves ``[start, end)`` as TorchRL's tree: a range
         that covers ``[0, size)`` covers all ``capacity`` leaves, others are intersected with
         ``[0, capacity)``. A Python float for ints, else the tree dtype in the input's kind."""
+        if (isinstance(start, numbers.Integral) and isinstance(end, numbers.Integral)
+                and start <= 0 and end >= self._size):  # the whole tree: its root
+            root = self._tree.min() if self._is_min else self._tree.total()
+            return root.to(self._dtype).item()
         s, kind = self._indices(start)
         e, _ = self._indices(end)
         cap = self.capacity

@@ -444,11 +444,12 @@ class _Tree:
         op = f"{type(self).__name__}.query"
         s = _as_index(op, "start", start, self.device)
         e = _as_index(op, "end", end, self.device)
-        try:
-            s, e = torch.broadcast_tensors(s, e)
-        except RuntimeError:
-            raise ValueError(f"{op}: start and end must broadcast together, got shapes "
-                             f"{tuple(s.shape)} and {tuple(e.shape)}") from None
+        if s.shape != e.shape:
+            try:
+                s, e = torch.broadcast_tensors(s, e)
+            except RuntimeError:
+                raise ValueError(f"{op}: start and end must broadcast together, got shapes "
+                                 f"{tuple(s.shape)} and {tuple(e.shape)}") from None
         shape = s.shape
         s, e = s.reshape(-1).contiguous(), e.reshape(-1).contiguous()
         if self._raise_now():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.chisquare import chisquare
+from helpers.docs import docs_example
 
 from is_kernels import PrioritizedReplay
 
@@ -142,3 +143,9 @@ def test_weights_identical_to_cpprb():
     per.add(n, torch.from_numpy(raw))
     ours = per.weights(torch.from_numpy(sample["indexes"].astype(np.int64)))
     np.testing.assert_allclose(ours.numpy(), sample["weights"], rtol=1e-5)
+
+
+def test_docs_example_runs():
+    scope = {}
+    exec(docs_example("PrioritizedReplay("), scope)
+    assert len(scope["per"]) == 256 and scope["weights"].shape == (256,)

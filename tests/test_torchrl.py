@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.chisquare import chisquare
+from helpers.docs import docs_example
 
 pytest.importorskip("torchrl")
 pytest.importorskip("tensordict")
@@ -175,3 +176,12 @@ def test_state_dict_round_trip(enabled):
     b.load_state_dict(a.state_dict())
     assert b._sum_tree.query(0, 20) == a._sum_tree.query(0, 20)
     assert b._min_tree.query(0, 20) == a._min_tree.query(0, 20)
+
+
+def test_docs_recipe_runs():
+    scope = {}
+    try:
+        exec(docs_example("enable()"), scope)
+    finally:
+        itr.disable()
+    assert scope["sample"]["priority_weight"].shape == (32,)

@@ -25,7 +25,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "weights.h"
 
@@ -174,6 +176,47 @@ inline void combine_inner_children(typename Op::Node* inner, int64_t begin, int6
   for (int64_t i = 0; i < end - begin; ++i) node[i] = Op::combine(child[2 * i], child[2 * i + 1]);
 }
 
+// Writes leaves[idx[t]] = val[t] (k entries, all valid) and recomputes their ancestors.
+template <typename Op, typename T>
+void apply_update(T* lv, typename Op::Node* in, const int64_t* idx, const T* val, int64_t k,
+                  int64_t capacity) {
+  const int64_t p = heap_size(capacity);
+  const int h = log2_exact(p);
+  // Leaves in batch order, each followed by its parent: the last of duplicated indices wins,
+  // and the last write below a parent recomputes it from both final leaves. The scattered
+  // accesses miss the caches: each entry prefetches (for writing) those of the
+  // kUpdatePrefetch-th next one, so that their misses overlap.
+  const auto parent = [&](int64_t t) { return (idx[t] + p) >> 1; };
+  for (int64_t t = 0; t < k; ++t) {
+    if (t + kUpdatePrefetch < k) {
+      __builtin_prefetch(lv + idx[t + kUpdatePrefetch], 1);
+      __builtin_prefetch(in + parent(t + kUpdatePrefetch), 1);
+    }
+    lv[idx[t]] = val[t];
+    in[parent(t)] = children_of<Op>(in, lv, p, capacity, parent(t));
+  }
+  // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
+  // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
+  // ancestors (a duplicated ancestor is recomputed twice from the same, already final,
+  // children: same value).
+  for (int d = h - 2; d >= 0; --d) {
+    const int64_t width = int64_t{1} << d;
+    if (width <= kDenseLevel * k) {
+      at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
+        combine_inner_children<Op>(in, begin, end);
+      });
+    } else {
+      const int shift = h - d;
+      const auto ancestor = [&](int64_t t) { return (idx[t] + p) >> shift; };
+      for (int64_t t = 0; t < k; ++t) {
+        if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
+        const int64_t x = ancestor(t);
+        in[x] = Op::combine(in[2 * x], in[2 * x + 1]);
+      }
+    }
+  }
+}
+
 void check_indices(const char* op, const at::Tensor& leaves, const at::Tensor& indices,
                    const char* name) {
   TORCH_CHECK(indices.scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
@@ -196,8 +239,7 @@ void tree_update_cpu(const char* op, at::Tensor& leaves, at::Tensor& inner,
   TORCH_CHECK(values.device() == leaves.device(), op, ": values must be on the tree's device ",
               leaves.device(), ", got ", values.device());
   const at::Tensor idx_t = indices.contiguous(), val_t = values.contiguous();
-  const int64_t k = idx_t.numel(), capacity = leaves.numel(), p = heap_size(capacity);
-  const int h = log2_exact(p);
+  const int64_t k = idx_t.numel(), capacity = leaves.numel();
   const int64_t* idx = idx_t.data_ptr<int64_t>();
   for (int64_t t = 0; t < k; ++t) {
     TORCH_CHECK(idx[t] >= 0 && idx[t] < capacity, op, ": indices[", t, "] = ", idx[t],
@@ -205,46 +247,12 @@ void tree_update_cpu(const char* op, at::Tensor& leaves, at::Tensor& inner,
   }
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "tree_update", [&] {
     using Op = Of<scalar_t>;
-    using Node = typename Op::Node;
     check_tree(op, leaves, inner, Op::kInner);
     const scalar_t* val = val_t.data_ptr<scalar_t>();
     check_tree_values(op, "values", val, k, capacity, Op{});
     // Everything is valid: mutate.
-    scalar_t* lv = leaves.data_ptr<scalar_t>();
-    Node* in = inner.data_ptr<Node>();
-    // Leaves in batch order, each followed by its parent: the last of duplicated indices wins,
-    // and the last write below a parent recomputes it from both final leaves. The scattered
-    // accesses miss the caches: each entry prefetches (for writing) those of the
-    // kUpdatePrefetch-th next one, so that their misses overlap.
-    const auto parent = [&](int64_t t) { return (idx[t] + p) >> 1; };
-    for (int64_t t = 0; t < k; ++t) {
-      if (t + kUpdatePrefetch < k) {
-        __builtin_prefetch(lv + idx[t + kUpdatePrefetch], 1);
-        __builtin_prefetch(in + parent(t + kUpdatePrefetch), 1);
-      }
-      lv[idx[t]] = val[t];
-      in[parent(t)] = children_of<Op>(in, lv, p, capacity, parent(t));
-    }
-    // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
-    // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
-    // ancestors (a duplicated ancestor is recomputed twice from the same, already final,
-    // children: same value).
-    for (int d = h - 2; d >= 0; --d) {
-      const int64_t width = int64_t{1} << d;
-      if (width <= kDenseLevel * k) {
-        at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-          combine_inner_children<Op>(in, begin, end);
-        });
-      } else {
-        const int shift = h - d;
-        const auto ancestor = [&](int64_t t) { return (idx[t] + p) >> shift; };
-        for (int64_t t = 0; t < k; ++t) {
-          if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
-          const int64_t x = ancestor(t);
-          in[x] = Op::combine(in[2 * x], in[2 * x + 1]);
-        }
-      }
-    }
+    apply_update<Op>(leaves.data_ptr<scalar_t>(), inner.data_ptr<typename Op::Node>(), idx, val,
+                     k, capacity);
   });
 }
 
@@ -512,18 +520,23 @@ at::Tensor descend_all(const at::Tensor& leaves, const at::Tensor& inner, const 
   return out;
 }
 
+// Throws unless every u[i] is in [0, 1); the error names the first offender.
+void check_uniforms(const char* op, const at::Tensor& u) {
+  const double* up = u.data_ptr<double>();
+  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
+  for (int64_t i = 0; i < u.numel(); ++i) ok &= (up[i] >= 0.0) & (up[i] < 1.0);
+  for (int64_t i = 0; !ok && i < u.numel(); ++i) {
+    TORCH_CHECK(up[i] >= 0.0 && up[i] < 1.0, op, ": u[", i, "] = ", up[i], " is not in [0, 1)");
+  }
+}
+
 // Returns the leaf of every u in [0, 1): the descent of u * total.
 at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner,
                                const at::Tensor& u) {
   const char* op = "sum_tree_sample";
   check_descent(op, leaves, inner, u, "u");
   const at::Tensor uc = u.contiguous();
-  const double* up = uc.data_ptr<double>();
-  bool ok = true;  // a vectorisable pass; the offender is looked for only on failure
-  for (int64_t i = 0; i < uc.numel(); ++i) ok &= (up[i] >= 0.0) & (up[i] < 1.0);
-  for (int64_t i = 0; !ok && i < uc.numel(); ++i) {
-    TORCH_CHECK(up[i] >= 0.0 && up[i] < 1.0, op, ": u[", i, "] = ", up[i], " is not in [0, 1)");
-  }
+  check_uniforms(op, uc);
   return descend_all(leaves, inner, uc, true);
 }
 
@@ -547,6 +560,114 @@ at::Tensor sum_tree_scan_lower_bound_cpu(const at::Tensor& leaves, const at::Ten
   return descend_all(leaves, inner, mc, false);
 }
 
+// ---- prioritized replay: priorities into both trees, draws with their weights ------------
+
+// Checks that a min tree (min_leaves, min_inner) pairs with the sum tree of sum_leaves: same
+// capacity, dtype and device.
+void check_tree_pair(const char* op, const at::Tensor& sum_leaves, const at::Tensor& min_leaves,
+                     const at::Tensor& min_inner) {
+  check_tree(op, min_leaves, min_inner, min_leaves.scalar_type());
+  TORCH_CHECK(min_leaves.numel() == sum_leaves.numel() &&
+                  min_leaves.scalar_type() == sum_leaves.scalar_type() &&
+                  min_leaves.device() == sum_leaves.device(),
+              op, ": the min tree must have the capacity, dtype and device of the sum tree, got ",
+              min_leaves.numel(), " ", min_leaves.scalar_type(), " on ", min_leaves.device(),
+              " and ", sum_leaves.numel(), " ", sum_leaves.scalar_type(), " on ",
+              sum_leaves.device());
+}
+
+void check_exponent(const char* op, const char* name, double x) {
+  TORCH_CHECK(x >= 0.0 && x <= std::numeric_limits<double>::max(), op, ": ", name,
+              " must be finite and >= 0, got ", x);
+}
+
+// Sets the priorities of the slots `indices`: (p + eps)^alpha (computed in the leaf dtype) for
+// every raw priority p, in the sum tree, and in the min tree too, but +inf where it is 0 (such a
+// slot is never drawn, so it stays out of the minimum). Every index must be in [0, limit) and
+// every p finite and >= 0; nothing changes otherwise. Returns the largest p (float64 0-dim, 0
+// for none).
+at::Tensor sum_tree_set_priorities_cpu(at::Tensor& sum_leaves, at::Tensor& sum_inner,
+                                       at::Tensor& min_leaves, at::Tensor& min_inner,
+                                       const at::Tensor& indices, const at::Tensor& priorities,
+                                       double alpha, double eps, int64_t limit) {
+  const char* op = "sum_tree_set_priorities";
+  check_tree(op, sum_leaves, sum_inner, at::kDouble);
+  check_tree_pair(op, sum_leaves, min_leaves, min_inner);
+  check_indices(op, sum_leaves, indices, "indices");
+  TORCH_CHECK(priorities.scalar_type() == at::kFloat || priorities.scalar_type() == at::kDouble,
+              op, ": priorities must be float32 or float64, got ", priorities.scalar_type());
+  TORCH_CHECK(priorities.sizes() == indices.sizes(), op,
+              ": priorities must have the shape of indices ", indices.sizes(), ", got ",
+              priorities.sizes());
+  TORCH_CHECK(priorities.device() == sum_leaves.device(), op,
+              ": priorities must be on the tree's device ", sum_leaves.device(), ", got ",
+              priorities.device());
+  check_exponent(op, "alpha", alpha);
+  check_exponent(op, "eps", eps);
+  const int64_t capacity = sum_leaves.numel();
+  TORCH_CHECK(0 <= limit && limit <= capacity, op, ": limit must be in [0, ", capacity,
+              "], got ", limit);
+  const at::Tensor idx_t = indices.contiguous();
+  const at::Tensor raw_t = priorities.to(at::kDouble).contiguous();
+  const int64_t k = idx_t.numel();
+  const int64_t* idx = idx_t.data_ptr<int64_t>();
+  const double* raw = raw_t.data_ptr<double>();
+  double largest = 0.0;
+  for (int64_t t = 0; t < k; ++t) {
+    TORCH_CHECK(idx[t] >= 0 && idx[t] < limit, op, ": indices[", t, "] = ", idx[t],
+                " is out of range [0, ", limit, ")");
+    TORCH_CHECK(raw[t] >= 0.0 && raw[t] <= std::numeric_limits<double>::max(), op,
+                ": priorities[", t, "] = ", raw[t], " is not finite and >= 0");
+    largest = std::max(largest, raw[t]);
+  }
+  AT_DISPATCH_FLOATING_TYPES(sum_leaves.scalar_type(), "set_priorities", [&] {
+    using T = scalar_t;
+    std::vector<T> prio(k), prio_min(k);
+    const T limit_value = max_leaf<T>(capacity);
+    for (int64_t t = 0; t < k; ++t) {
+      prio[t] = std::pow(static_cast<T>(raw[t]) + static_cast<T>(eps), static_cast<T>(alpha));
+      TORCH_CHECK(prio[t] <= limit_value, op, ": priorities[", t, "] = ", raw[t],
+                  " gives the weight (p + eps) ** alpha = ", prio[t], ", above ", limit_value);
+      prio_min[t] = prio[t] > T(0) ? prio[t] : std::numeric_limits<T>::infinity();
+    }
+    // Everything is valid: mutate.
+    apply_update<SumOf<T>>(sum_leaves.data_ptr<T>(), sum_inner.data_ptr<double>(), idx,
+                           prio.data(), k, capacity);
+    apply_update<MinOf<T>>(min_leaves.data_ptr<T>(), min_inner.data_ptr<T>(), idx,
+                           prio_min.data(), k, capacity);
+  });
+  return at::scalar_tensor(largest, sum_leaves.options().dtype(at::kDouble));
+}
+
+// The leaves drawn for the uniforms u (as sum_tree_sample) and their importance weights
+// (leaf / min)^-beta, min the root of the min tree, computed in the leaf dtype; -1 and NaN
+// for every draw of an all-zero tree.
+std::tuple<at::Tensor, at::Tensor> sum_tree_sample_weighted_cpu(
+    const at::Tensor& sum_leaves, const at::Tensor& sum_inner, const at::Tensor& min_leaves,
+    const at::Tensor& min_inner, const at::Tensor& u, double beta) {
+  const char* op = "sum_tree_sample_weighted";
+  check_descent(op, sum_leaves, sum_inner, u, "u");
+  check_tree_pair(op, sum_leaves, min_leaves, min_inner);
+  check_exponent(op, "beta", beta);
+  const at::Tensor uc = u.contiguous();
+  check_uniforms(op, uc);
+  at::Tensor idx = descend_all(sum_leaves, sum_inner, uc, true);
+  at::Tensor weights = at::empty({idx.numel()}, sum_leaves.options());
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(sum_leaves.scalar_type(), "sample_weighted", [&] {
+    using T = scalar_t;
+    const T* lv = sum_leaves.data_ptr<T>();
+    const T smallest = min_inner.data_ptr<T>()[1];
+    const T exponent = static_cast<T>(-beta);
+    T* w = weights.data_ptr<T>();
+    for (int64_t i = 0; i < idx.numel(); ++i) {
+      w[i] = ip[i] >= 0 ? std::pow(lv[ip[i]] / smallest, exponent)
+                        : std::numeric_limits<T>::quiet_NaN();
+    }
+  });
+  return {idx, weights};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
@@ -562,6 +683,13 @@ TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
       "min_tree_update(Tensor(a!) leaves, Tensor(b!) inner, Tensor indices, Tensor values) "
       "-> ()");
   m.def("min_tree_query(Tensor leaves, Tensor inner, Tensor start, Tensor end) -> Tensor");
+  m.def(
+      "sum_tree_set_priorities(Tensor(a!) sum_leaves, Tensor(b!) sum_inner, "
+      "Tensor(c!) min_leaves, Tensor(d!) min_inner, Tensor indices, Tensor priorities, "
+      "float alpha, float eps, int limit) -> Tensor");
+  m.def(
+      "sum_tree_sample_weighted(Tensor sum_leaves, Tensor sum_inner, Tensor min_leaves, "
+      "Tensor min_inner, Tensor u, float beta) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
@@ -573,6 +701,8 @@ TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
   m.impl("min_tree_build", &min_tree_build_cpu);
   m.impl("min_tree_update", &min_tree_update_cpu);
   m.impl("min_tree_query", &min_tree_query_cpu);
+  m.impl("sum_tree_set_priorities", &sum_tree_set_priorities_cpu);
+  m.impl("sum_tree_sample_weighted", &sum_tree_sample_weighted_cpu);
 }
 
 }  // namespace is_kernels

@@ -22,10 +22,18 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ._checks import check_num_draws
+from ._checks import ErrorFlag, check_num_draws
 from .ops.sum_tree import MinTree, SumTree
 
 __all__ = ["PrioritizedReplay"]
+
+# Error codes of PrioritizedReplay's ErrorFlag (CUDA).
+_BAD_BATCH, _ALL_ZERO = 1, 2
+_MESSAGES = {
+    _BAD_BATCH: "add() or update() got an index out of range or a priority that is not finite "
+                "and >= 0; that batch was dropped (the priorities are unchanged by it)",
+    _ALL_ZERO: "sample() was called with all priorities zero; those draws are -1",
+}
 
 
 def _check_real(name: str, value: float, low: float) -> float:
@@ -59,9 +67,7 @@ class PrioritizedReplay:
         self._sum = SumTree(capacity, device=device, dtype=dtype)
         self._min = MinTree(capacity, device=device, dtype=dtype)
         self._cpu = self.device.type == "cpu"
-        # Whether a stored priority can be 0: only if eps ** alpha rounds to 0 in dtype.
-        self._zero_possible = not float(torch.tensor(self._eps, dtype=dtype)
-                                        .pow(self._alpha)) > 0
+        self._errors = ErrorFlag("PrioritizedReplay", _MESSAGES, self.device)
         self._next = 0  # the slot the next add writes first
         self._stored = 0
         # The largest raw priority seen so far, on the device (no sync to update it).
@@ -97,61 +103,46 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return self._stored
 
-    def _write(self, slots: torch.Tensor, raw: torch.Tensor) -> None:
-        """Stores ``(raw + eps) ** alpha`` at ``slots``, computed in the trees' dtype (as cpprb
-        does)."""
-        prio = torch.add(raw.to(self._sum.dtype), self._eps).pow_(self._alpha)
-        if not self._cpu:
-            # No host sync: an invalid raw priority becomes NaN, so that both trees drop the
-            # batch and record the error (on CPU, _check_raw has raised).
-            prio = torch.where((raw >= 0) & torch.isfinite(prio), prio, math.nan)
-        self._sum.update(slots, prio)
-        # Zero priorities are never drawn, so the minimum leaves them out (+inf).
-        self._min.update(slots, prio.masked_fill(prio == 0, math.inf) if self._zero_possible
-                         else prio)
-
-    def _check_raw(self, op: str, raw: torch.Tensor, n: int) -> None:
-        """Checks raw priorities (on CPU also their values, finite and >= 0: no sync there)
-        and raises the max priority to their maximum."""
+    def _set(self, op: str, slots: torch.Tensor, raw: torch.Tensor, limit: int) -> None:
+        """Stores ``(raw + eps) ** alpha`` at ``slots`` (each in ``[0, limit)``) in both trees
+        (``sum_tree_set_priorities``: the C++ kernel checks everything and raises before
+        writing; the CUDA one drops an invalid batch, recorded here) and raises the max
+        priority."""
         if not isinstance(raw, torch.Tensor):
             raise TypeError(f"{op}: priorities must be a tensor, got {type(raw).__name__}")
-        if not raw.is_floating_point() or raw.shape != (n,):
-            raise ValueError(f"{op}: priorities must be a 1-D floating tensor of {n} entries, "
-                             f"got {raw.dtype} of shape {tuple(raw.shape)}")
+        if raw.dtype not in (torch.float32, torch.float64) or raw.shape != slots.shape:
+            raise ValueError(f"{op}: priorities must be a float32/float64 tensor of shape "
+                             f"{tuple(slots.shape)}, got {raw.dtype} of shape "
+                             f"{tuple(raw.shape)}")
         if raw.device != self.device:
             raise ValueError(f"{op}: priorities must be on {self.device}, got {raw.device}")
-        if n == 0:
-            return
-        lo, hi = torch.aminmax(raw)
-        if not self._cpu:
-            self._max_priority = torch.maximum(self._max_priority, hi)
-            return
-        lo, hi = float(lo), float(hi)
-        if not (lo >= 0 and math.isfinite(hi)):
-            bad = int((~(torch.isfinite(raw) & (raw >= 0))).nonzero()[0, 0])
-            raise ValueError(f"{op}: priorities[{bad}] = {float(raw[bad])} is not finite "
-                             "and >= 0")
-        if hi > float(self._max_priority):
-            self._max_priority.fill_(hi)
+        try:
+            hi = torch.ops.is_kernels.sum_tree_set_priorities(
+                self._sum.values, self._sum.inner_nodes, self._min.values, self._min.inner_nodes, slots,
+                raw, self._alpha, self._eps, limit)
+        except RuntimeError as e:
+            raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
+        if self._cpu:
+            if float(hi) > float(self._max_priority):
+                self._max_priority.fill_(float(hi))
+        else:
+            self._errors.record(torch.where(torch.isnan(hi), _BAD_BATCH, 0))
+            self._max_priority = torch.fmax(self._max_priority, hi)
 
     def add(self, n: int, priorities: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reserves the next ``n`` ring-buffer slots (overwriting the oldest when full) and
         returns them (int64 ``[n]``, on the device): write the transitions there. Their
-        priority is the largest raw priority seen so far, or ``priorities`` (raw, ``[n]``).
-        ``n`` is at most ``capacity``."""
+        priority is the largest raw priority seen so far, or ``priorities`` (raw, ``[n]``,
+        finite and >= 0). ``n`` is at most ``capacity``."""
         op = "PrioritizedReplay.add"
         check_num_draws(op, n)
         if n > self.capacity:
             raise ValueError(f"{op}: n = {n} is more than the capacity {self.capacity}")
-        if priorities is None:
-            raw = self._max_priority.expand(n)
-        else:
-            raw = priorities
-            self._check_raw(op, raw, n)
         slots = torch.arange(self._next, self._next + n, device=self.device)
         if self._next + n > self.capacity:
             slots %= self.capacity
-        self._write(slots, raw)
+        self._set(op, slots, self._max_priority.expand(n) if priorities is None else priorities,
+                  self.capacity)
         self._next = (self._next + n) % self.capacity
         self._stored = min(self.capacity, self._stored + n)
         return slots
@@ -162,15 +153,23 @@ class PrioritizedReplay:
 
         Returns:
             ``(indices, weights)``: int64 ``[batch_size]`` slots and their importance weights
-            ``(priority_i / min_j priority_j) ** -beta`` (the trees' dtype, in (0, 1]).
+            ``(priority_i / min_j priority_j) ** -beta`` (the trees' dtype, in (0, 1]; on
+            CUDA, all-zero priorities give -1 and NaN, and an error for :meth:`raise_errors`).
         """
         op = "PrioritizedReplay.sample"
         check_num_draws(op, batch_size)
+        beta = self.beta if beta is None else _check_real("beta", beta, 0.0)
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")
-        idx = self._sum.sample(batch_size, generator=generator)
-        # (-1 draws: an all-zero tree on CUDA, where the error is recorded, not raised.)
-        return idx, self.weights(idx if idx.is_cpu else idx.clamp_min(0), beta=beta)
+        u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
+        idx, weights = torch.ops.is_kernels.sum_tree_sample_weighted(
+            self._sum.values, self._sum.inner_nodes, self._min.values, self._min.inner_nodes, u, beta)
+        if self._cpu:
+            if batch_size and int(idx[0]) < 0:
+                raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")
+        else:
+            self._errors.record(torch.where(self._sum.total() > 0, 0, _ALL_ZERO))
+        return idx, weights
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:
         """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the slots
@@ -181,25 +180,21 @@ class PrioritizedReplay:
         return (prio / self._min.min()).pow(-beta)
 
     def update(self, indices: torch.Tensor, priorities: torch.Tensor) -> None:
-        """Sets the raw priorities (e.g. ``|TD error|``) of stored slots; the stored priority
-        is ``(p + eps) ** alpha``. For a duplicated index the last one wins."""
+        """Sets the raw priorities (e.g. ``|TD error|``, finite and >= 0) of stored slots
+        (``0 <= index < len(self)``); the stored priority is ``(p + eps) ** alpha``. For a
+        duplicated index the last one wins."""
         op = "PrioritizedReplay.update"
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise TypeError(f"{op}: indices must be a 1-D tensor")
-        if self._cpu and indices.numel():
-            lo_i, hi_i = torch.aminmax(indices)
-            if int(lo_i) < 0 or int(hi_i) >= self._stored:
-                bad = int(((indices < 0) | (indices >= self._stored)).nonzero()[0, 0])
-                raise ValueError(f"{op}: indices[{bad}] = {int(indices[bad])} is not a stored "
-                                 f"slot (0 <= index < {self._stored})")
-        self._check_raw(op, priorities, indices.shape[0])
-        self._write(indices, priorities)
+        if indices.device != self.device or indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{op}: indices must be int64 or int32 on {self.device}, got "
+                             f"{indices.dtype} on {indices.device}")
+        self._set(op, indices.long(), priorities, self._stored)
 
     def raise_errors(self) -> None:
-        """Raises the first error the trees recorded on the device (CUDA: invalid input is
-        recorded there, not raised, to avoid a host sync). A host sync."""
-        self._sum.raise_errors()
-        self._min.raise_errors()
+        """Raises the first error recorded on the device (CUDA: invalid input is recorded
+        there, not raised, to avoid a host sync) and clears it. A host sync."""
+        self._errors.raise_errors()
 
     def state_dict(self) -> Dict[str, Any]:
         """The priorities, ring position, stored count, max priority and hyperparameters."""

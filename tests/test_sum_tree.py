@@ -834,3 +834,108 @@ def test_cuda_queries_and_min_tree_match_cpu():
     assert torch.equal(d.query(start.cuda(), end.cuda()).cpu(), s.query(start, end))
     mass = torch.rand(10_000, dtype=torch.float64, generator=g) * s.total()
     assert torch.equal(d.scan_lower_bound(mass.cuda()).cpu(), s.scan_lower_bound(mass))
+
+
+# ---- prioritized replay's ops: sum_tree_set_priorities, sum_tree_sample_weighted ------------
+
+def tree_pair(cap: int, dtype: torch.dtype):
+    s, m = SumTree(cap, dtype=dtype), is_kernels.MinTree(cap, dtype=dtype)
+    return s, m, (s.values, s.inner_nodes, m.values, m.inner_nodes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_set_priorities_equals_reference(dtype):
+    g = torch.Generator().manual_seed(30)
+    cap, alpha, eps = 1000, 0.6, 1e-4
+    s, m, trees = tree_pair(cap, dtype)
+    expected = torch.zeros(cap, dtype=dtype)
+    for k in (1, 300, 2000):
+        idx = torch.randint(0, cap, (k,), generator=g)
+        raw = torch.rand(k, generator=g, dtype=torch.float64) * 5
+        raw[::7] = 0.0
+        largest = ops.sum_tree_set_priorities(*trees, idx, raw, alpha, eps, cap)
+        assert largest.dtype == torch.float64 and float(largest) == float(raw.max())
+        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
+        final = last[idx] == torch.arange(k)  # the last entry of each index wins
+        expected[idx[final]] = (raw[final].to(dtype) + eps).pow(alpha)
+        assert torch.allclose(s.values, expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
+        assert torch.equal(s.inner_nodes, ops.sum_tree_build(s.values))
+        on_min = torch.where(s.values > 0, s.values, math.inf)
+        assert torch.equal(m.values[expected > 0], on_min[expected > 0])
+        assert torch.equal(m.inner_nodes, ops.min_tree_build(m.values))
+
+
+def test_set_priorities_zero_goes_to_inf_and_errors_change_nothing():
+    s, m, trees = tree_pair(8, torch.float32)
+    ops.sum_tree_set_priorities(*trees, torch.tensor([1, 2]), torch.tensor([0.0, 3.0]),
+                                1.0, 0.0, 8)
+    assert s.values[1] == 0 and m.values[1] == math.inf and float(m.min()) == 3.0
+    before = [t.clone() for t in trees]
+    bad = [(torch.tensor([0, 5]), torch.tensor([1.0, 1.0]), r"indices\[1\] = 5 is out of range "
+            r"\[0, 4\)"),
+           (torch.tensor([0, 1]), torch.tensor([1.0, math.nan]), r"priorities\[1\] = nan is not"),
+           (torch.tensor([0]), torch.tensor([-1.0]), r"priorities\[0\] = -1 is not finite"),
+           (torch.tensor([0]), torch.tensor([1e30]), r"gives the weight .* = inf")]
+    for idx, raw, msg in bad:
+        with pytest.raises(RuntimeError, match=msg):
+            ops.sum_tree_set_priorities(*trees, idx, raw, 2.0, 0.0, 4)
+    assert all(torch.equal(a, b) for a, b in zip(trees, before))
+    with pytest.raises(RuntimeError, match="alpha must be finite and >= 0"):
+        ops.sum_tree_set_priorities(*trees, torch.tensor([0]), torch.tensor([1.0]), -1.0, 0.0, 8)
+    with pytest.raises(RuntimeError, match="min tree must have the capacity"):
+        other = is_kernels.MinTree(9)
+        ops.sum_tree_set_priorities(trees[0], trees[1], other.values, other.inner_nodes,
+                                    torch.tensor([0]), torch.tensor([1.0]), 1.0, 0.0, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_weighted_equals_sample_and_reference(dtype):
+    g = torch.Generator().manual_seed(31)
+    s, m, trees = tree_pair(500, dtype)
+    raw = torch.rand(500, generator=g, dtype=torch.float64)
+    raw[::5] = 0.0
+    ops.sum_tree_set_priorities(*trees, torch.arange(500), raw, 0.7, 0.0, 500)
+    u = torch.rand(4000, dtype=torch.float64, generator=g)
+    idx, w = ops.sum_tree_sample_weighted(*trees, u, 0.4)
+    assert torch.equal(idx, ops.sum_tree_sample(s.values, s.inner_nodes, u))
+    prio = s.values.double()
+    ref = (prio[idx] / prio[prio > 0].min()).pow(-0.4)
+    assert w.dtype == dtype and torch.allclose(w.double(), ref, rtol=1e-5, atol=0)
+    zero = tree_pair(4, dtype)[2]
+    idx, w = ops.sum_tree_sample_weighted(*zero, u[:3], 0.4)
+    assert (idx == -1).all() and w.isnan().all()
+
+
+def test_opcheck_prioritized_replay_ops():
+    g = torch.Generator().manual_seed(32)
+    _, _, trees = tree_pair(37, torch.float32)
+    raw = torch.rand(37, generator=g)
+    torch.library.opcheck(ops.sum_tree_set_priorities,
+                          (*[t.clone() for t in trees], torch.tensor([3, 36, 3]),
+                           torch.tensor([0.5, 0.0, 2.0]), 0.6, 1e-4, 37))
+    ops.sum_tree_set_priorities(*trees, torch.arange(37), raw, 0.6, 1e-4, 37)
+    torch.library.opcheck(ops.sum_tree_sample_weighted,
+                          (*trees, torch.rand(64, dtype=torch.float64, generator=g), 0.4))
+
+
+@cuda
+def test_cuda_prioritized_replay_ops_match_cpu():
+    g = torch.Generator().manual_seed(33)
+    cap = 10_007
+    cpu = tree_pair(cap, torch.float32)[2]
+    s, m = SumTree(cap, device="cuda"), is_kernels.MinTree(cap, device="cuda")
+    dev = (s.values, s.inner_nodes, m.values, m.inner_nodes)
+    idx = torch.randint(0, cap, (3000,), generator=g)
+    raw = torch.rand(3000, generator=g)
+    ops.sum_tree_set_priorities(*cpu, idx, raw, 0.6, 1e-4, cap)
+    largest = ops.sum_tree_set_priorities(*dev, idx.cuda(), raw.cuda(), 0.6, 1e-4, cap)
+    assert float(largest) == float(raw.max())
+    assert torch.equal(dev[3].cpu(), cpu[3])
+    assert torch.allclose(dev[0].cpu(), cpu[0], rtol=1e-6)
+    bad = ops.sum_tree_set_priorities(*dev, idx[:2].cuda(), torch.tensor([1.0, -1.0]).cuda(),
+                                      0.6, 1e-4, cap)
+    assert bad.isnan() and torch.allclose(dev[0].cpu(), cpu[0], rtol=1e-6)
+    u = torch.rand(1000, dtype=torch.float64, generator=g)
+    i_dev, w_dev = ops.sum_tree_sample_weighted(*dev, u.cuda(), 0.4)
+    assert torch.equal(i_dev.cpu(), ops.sum_tree_sample(dev[0].cpu(), dev[1].cpu(), u))
+    assert torch.isfinite(w_dev).all() and float(w_dev.max()) <= 1.0

@@ -13,7 +13,13 @@ on CPU (``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
   mass (the leaf whose prefix-sum interval holds it);
 - ``sum_tree_query(leaves, inner, start, end) -> sums``: float64 sums of leaf ranges;
 - ``min_tree_build``, ``min_tree_update``, ``min_tree_query``: the same for minima (inner
-  nodes in the leaf dtype).
+  nodes in the leaf dtype);
+- ``sum_tree_set_priorities(sum_leaves!, sum_inner!, min_leaves!, min_inner!, indices,
+  priorities, alpha, eps, limit) -> max``: prioritized replay's update, ``(p + eps) ** alpha``
+  into a sum tree and a min tree at once (+inf in the min tree where it is 0); on CUDA an
+  invalid batch is dropped and its returned maximum is NaN;
+- ``sum_tree_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u, beta) ->
+  (indices, weights)``: draws with their importance weights ``(leaf / min) ** -beta``.
 
 The ops never synchronise with the host on CUDA: the CUDA update kernels drop a batch with an
 index out of range or an invalid value (they write nothing), the CUDA builds do not check
@@ -225,6 +231,81 @@ def _scan_cuda(leaves, inner, mass):
     return sum_tree_triton.scan_lower_bound(leaves, inner, mass)
 
 
+# ---- prioritized replay: priorities into both trees, draws with their weights --------------
+
+def _check_pair(op: str, sum_leaves, sum_inner, min_leaves, min_inner) -> None:
+    check_tree(op, sum_leaves, sum_inner)
+    check_tree(op, min_leaves, min_inner, is_min=True)
+    if (min_leaves.shape != sum_leaves.shape or min_leaves.dtype != sum_leaves.dtype
+            or min_leaves.device != sum_leaves.device):
+        raise ValueError(f"{op}: the min tree must have the capacity, dtype and device of the "
+                         "sum tree")
+
+
+def _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities):
+    op = "sum_tree_set_priorities"
+    _check_pair(op, sum_leaves, sum_inner, min_leaves, min_inner)
+    _check_index_tensor(op, "indices", indices, sum_leaves)
+    if priorities.dtype not in WEIGHT_DTYPES or priorities.shape != indices.shape:
+        raise ValueError(f"{op}: priorities must be float32 or float64 of the shape of "
+                         f"indices {tuple(indices.shape)}, got {priorities.dtype} of shape "
+                         f"{tuple(priorities.shape)}")
+    if priorities.device != sum_leaves.device:
+        raise ValueError(f"{op}: priorities must be on the tree's device {sum_leaves.device}, "
+                         f"got {priorities.device}")
+
+
+@torch.library.register_fake("is_kernels::sum_tree_set_priorities")
+def _set_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
+                         alpha, eps, limit):
+    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
+    return sum_leaves.new_empty((), dtype=torch.float64)
+
+
+@torch.library.register_kernel("is_kernels::sum_tree_set_priorities", "cuda")
+def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
+                         alpha, eps, limit):
+    """Tensor ops around the Triton updates, no host sync: an invalid batch (an index out of
+    [0, limit), a priority not finite and >= 0) becomes NaN values, which both updates drop,
+    and its returned maximum is NaN."""
+    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
+    if indices.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=sum_leaves.device)
+    prio = (priorities.to(sum_leaves.dtype) + eps).pow(alpha)
+    ok = (((indices >= 0) & (indices < limit)).all()
+          & (torch.isfinite(priorities) & (priorities >= 0)).all()
+          & weights_valid(prio, max_leaf(prio.dtype, sum_leaves.shape[0])))
+    prio = torch.where(ok, prio, math.nan)
+    safe = torch.where(ok, indices, 0)
+    torch.ops.is_kernels.sum_tree_update(sum_leaves, sum_inner, safe, prio)
+    torch.ops.is_kernels.min_tree_update(min_leaves, min_inner, safe,
+                                         prio.masked_fill(prio == 0, math.inf))
+    return torch.where(ok, priorities.max().to(torch.float64), math.nan)
+
+
+def _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u) -> None:
+    op = "sum_tree_sample_weighted"
+    _check_descent(op, "u", sum_leaves, sum_inner, u)
+    _check_pair(op, sum_leaves, sum_inner, min_leaves, min_inner)
+
+
+@torch.library.register_fake("is_kernels::sum_tree_sample_weighted")
+def _sample_weighted_fake(sum_leaves, sum_inner, min_leaves, min_inner, u, beta):
+    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u)
+    return (u.new_empty(u.shape, dtype=torch.int64),
+            u.new_empty(u.shape, dtype=sum_leaves.dtype))
+
+
+@torch.library.register_kernel("is_kernels::sum_tree_sample_weighted", "cuda")
+def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, u, beta):
+    from . import sum_tree_triton
+
+    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u)
+    idx = sum_tree_triton.sample(sum_leaves, sum_inner, u)
+    ratio = sum_leaves[idx.clamp_min(0)] / min_inner[1]
+    return idx, torch.where(idx >= 0, ratio.pow(-beta), math.nan)
+
+
 # ---- error codes and their checks -----------------------------------------------------------
 
 # Error codes of the trees' ErrorFlag.
@@ -358,6 +439,12 @@ class _Tree:
         """The leaf values, ``[capacity]`` (the tree's own storage: do not modify it in
         place, use :meth:`update` or :meth:`build`)."""
         return self._leaves
+
+    @property
+    def inner_nodes(self) -> torch.Tensor:
+        """The inner nodes, ``[P]`` (heap positions 1..P-1, layout in csrc/sum_tree.cpp), for
+        the ops that take a tree (the tree's own storage: read only)."""
+        return self._inner
 
     def update(self, indices: torch.Tensor, values: torch.Tensor) -> None:
         """Sets ``values[indices] = values``; for a duplicated index the last one wins.

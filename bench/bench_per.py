@@ -11,7 +11,9 @@ importance weights of cpprb, ``(priority_i / min over stored priorities) ** -bet
   torch tensors) against cpprb 11's ``PrioritizedReplayBuffer`` and a buffer of dense
   priorities drawn by ``torch.multinomial`` (minimum by a scan);
 - group ``TorchRL PER step``: TorchRL's ``TensorDictPrioritizedReplayBuffer`` (with
-  ``is_kernels.integrations.torchrl.enable()``) against cpprb.
+  ``is_kernels.integrations.torchrl.enable()``) against cpprb, and for scale TorchRL's
+  uniform ``TensorDictReplayBuffer`` doing only the add and the sample (TorchRL's storage
+  and TensorDict handling, without priorities).
 
 Our entries record ``extra_info["paired_ratios"]``: the steps run alternately with each
 alternative (``bench/paired.py``), the ratio robust to the drift of a shared machine.
@@ -174,6 +176,26 @@ class TorchRLBuffer:
         return sample
 
 
+class TorchRLUniformBuffer(TorchRLBuffer):
+    """TorchRL's TensorDictReplayBuffer with its uniform RandomSampler: extend and sample only
+    (no priorities), the cost of TorchRL's storage and TensorDict handling alone."""
+
+    def __init__(self, data: Data) -> None:
+        pytest.importorskip("torchrl")
+        from tensordict import TensorDict
+        from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+        self.data = data
+        self.rb = TensorDictReplayBuffer(storage=LazyTensorStorage(N), batch_size=B)
+        self.rb.extend(TensorDict(torch_dict(data.fill), batch_size=[N]))
+        self.batches = [TensorDict(torch_dict(b), batch_size=[B]) for b in data.batches]
+
+    def step(self):
+        self.data.next()
+        self.rb.extend(self.batches[self.data.i])
+        return self.rb.sample()
+
+
 ALTERNATIVES = {"cpprb": CpprbBuffer, "multinomial": MultinomialBuffer}
 
 
@@ -210,6 +232,10 @@ def test_torchrl_on_is_kernels(benchmark):
 
 def test_cpprb(benchmark):
     _run(benchmark, TORCHRL_GROUP, CpprbBuffer, {})
+
+
+def test_torchrl_uniform_no_priorities(benchmark):
+    _run(benchmark, TORCHRL_GROUP, TorchRLUniformBuffer, {})
 
 
 def _has(module: str) -> bool:

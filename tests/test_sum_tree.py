@@ -216,27 +216,38 @@ def test_no_drift_million_updates():
     assert abs(float(tree.total()) - exact) <= 1e-12 * exact
 
 
+def min_values(n: int, g: torch.Generator) -> torch.Tensor:
+    """Values of either sign, 10% +inf (empty slots of a min tree)."""
+    v = torch.randn(n, generator=g)
+    v[torch.rand(n, generator=g) < 0.1] = math.inf
+    return v
+
+
 @pytest.mark.parametrize("k, dtype", [(1, torch.float32), (5, torch.float64),
                                       (300, torch.float32), (4096, torch.float64),
                                       (70_000, torch.float32)])
-def test_update_equals_rebuild(k, dtype):
+@pytest.mark.parametrize("kind", ["sum", "min"])
+def test_update_equals_rebuild(k, dtype, kind):
     # The CPU update recomputes a level whole when it is at most 4k wide (on two threads when
     # wider than 2^14 nodes) and only at the batch's ancestors above that; the leaves' parents
     # right after each leaf. Batches with duplicated indices: the last value wins.
     g = torch.Generator().manual_seed(k)
     cap = 2**17 + 5
-    w = sparse(cap, g).to(dtype)
-    tree = tree_of(w)
+    tree_class, values, build = ((SumTree, sparse, ops.sum_tree_build) if kind == "sum" else
+                                 (is_kernels.MinTree, min_values, ops.min_tree_build))
+    w = values(cap, g).to(dtype)
+    tree = tree_class(cap, dtype=dtype)
+    tree.build(w)
     for _ in range(3):
         idx = torch.randint(0, cap, (k,), generator=g)
         idx[k // 2:k // 2 + k // 4] = idx[:k // 4]  # duplicates, with other values
-        val = sparse(k, g).to(dtype)
+        val = values(k, g).to(dtype)
         tree.update(idx, val)
         last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
         final = last[idx] == torch.arange(k)  # the last entry of each index
         w[idx[final]] = val[final]
         assert torch.equal(tree.values, w)
-        assert torch.equal(tree._inner, ops.sum_tree_build(w))
+        assert torch.equal(tree._inner, build(w))
 
 
 def test_inner_nodes_are_child_sums():
@@ -615,29 +626,6 @@ def test_min_tree_starts_empty():
     assert torch.equal(tree.values, torch.full((5,), math.inf))
     assert float(tree.min()) == math.inf and float(tree.query(1, 4)) == math.inf
     assert torch.equal(tree._inner, ops.min_tree_build(tree.values))
-
-
-@pytest.mark.parametrize("k, dtype", [(1, torch.float32), (5, torch.float64),
-                                      (300, torch.float32), (4096, torch.float64),
-                                      (70_000, torch.float32)])
-def test_min_update_equals_rebuild(k, dtype):
-    g = torch.Generator().manual_seed(k)
-    cap = 2**17 + 5
-    v = torch.randn(cap, generator=g).to(dtype)
-    tree = is_kernels.MinTree(cap, dtype=dtype)
-    tree.build(v)
-    for _ in range(3):
-        idx = torch.randint(0, cap, (k,), generator=g)
-        idx[k // 2:k // 2 + k // 4] = idx[:k // 4]  # duplicates, with other values
-        val = torch.randn(k, generator=g).to(dtype)
-        val[torch.rand(k, generator=g) < 0.1] = math.inf
-        tree.update(idx, val)
-        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
-        final = last[idx] == torch.arange(k)  # the last entry of each index
-        v[idx[final]] = val[final]
-        assert torch.equal(tree.values, v)
-        assert torch.equal(tree._inner, ops.min_tree_build(v))
-        assert torch.equal(tree.min(), v.min())
 
 
 def test_min_duplicates_last_wins():

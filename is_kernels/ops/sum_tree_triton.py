@@ -254,27 +254,25 @@ def query(leaves: torch.Tensor, inner: torch.Tensor, start: torch.Tensor, end: t
     return out
 
 
+def _descend(kernel, leaves: torch.Tensor, inner: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """int64 leaf indices of the descents of x ([n] float64) by a descent kernel."""
+    x = x.contiguous()
+    n = x.numel()
+    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
+    if n > 0:
+        p = inner.numel()
+        kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, x, out, n, leaves.numel(), p,
+                                         heap_depth(p), BLOCK=BLOCK, num_warps=4)
+    return out
+
+
 def scan_lower_bound(leaves: torch.Tensor, inner: torch.Tensor,
                      mass: torch.Tensor) -> torch.Tensor:
     """int64 leaf indices for the float64 masses ([n]); -1 for a mass that is not finite and
     >= 0, and for all of them where total == 0."""
-    mass = mass.contiguous()
-    n = mass.numel()
-    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
-    if n > 0:
-        p = inner.numel()
-        _scan_kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, mass, out, n, leaves.numel(), p,
-                                               heap_depth(p), BLOCK=BLOCK, num_warps=4)
-    return out
+    return _descend(_scan_kernel, leaves, inner, mass)
 
 
 def sample(leaves: torch.Tensor, inner: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """int64 leaf indices for the float64 uniforms u ([n], in [0, 1)); -1 where total == 0."""
-    u = u.contiguous()
-    n = u.numel()
-    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
-    if n > 0:
-        p = inner.numel()
-        _sample_kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, u, out, n, leaves.numel(), p,
-                                                 heap_depth(p), BLOCK=BLOCK, num_warps=4)
-    return out
+    return _descend(_sample_kernel, leaves, inner, u)

@@ -198,7 +198,7 @@ void apply_update(T* lv, typename Op::Node* in, const int64_t* idx, const T* val
   // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
   // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
   // ancestors (a duplicated ancestor is recomputed twice from the same, already final,
-  // children: same value).
+  // children: same value; once if the duplicates are adjacent, as in a run of slots).
   for (int d = h - 2; d >= 0; --d) {
     const int64_t width = int64_t{1} << d;
     if (width <= kDenseLevel * k) {
@@ -208,9 +208,12 @@ void apply_update(T* lv, typename Op::Node* in, const int64_t* idx, const T* val
     } else {
       const int shift = h - d;
       const auto ancestor = [&](int64_t t) { return (idx[t] + p) >> shift; };
+      int64_t last = 0;  // an ancestor shared with the previous entry is already final
       for (int64_t t = 0; t < k; ++t) {
         if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
         const int64_t x = ancestor(t);
+        if (x == last) continue;
+        last = x;
         in[x] = Op::combine(in[2 * x], in[2 * x + 1]);
       }
     }

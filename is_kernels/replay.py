@@ -66,6 +66,9 @@ class PrioritizedReplay:
         self._eps = _check_real("eps", eps, 0.0)
         self._sum = SumTree(capacity, device=device, dtype=dtype)
         self._min = MinTree(capacity, device=device, dtype=dtype)
+        # The trees' storage, as the ops take it (updated in place, never reallocated).
+        self._trees = (self._sum.values, self._sum.inner_nodes, self._min.values,
+                       self._min.inner_nodes)
         self._cpu = self.device.type == "cpu"
         self._errors = ErrorFlag("PrioritizedReplay", _MESSAGES, self.device)
         self._next = 0  # the slot the next add writes first
@@ -117,9 +120,8 @@ class PrioritizedReplay:
         if raw.device != self.device:
             raise ValueError(f"{op}: priorities must be on {self.device}, got {raw.device}")
         try:
-            hi = torch.ops.is_kernels.sum_tree_set_priorities(
-                self._sum.values, self._sum.inner_nodes, self._min.values, self._min.inner_nodes, slots,
-                raw, self._alpha, self._eps, limit)
+            hi = torch.ops.is_kernels.sum_tree_set_priorities(*self._trees, slots, raw,
+                                                               self._alpha, self._eps, limit)
         except RuntimeError as e:
             raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
         if self._cpu:
@@ -162,8 +164,7 @@ class PrioritizedReplay:
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")
         u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
-        idx, weights = torch.ops.is_kernels.sum_tree_sample_weighted(
-            self._sum.values, self._sum.inner_nodes, self._min.values, self._min.inner_nodes, u, beta)
+        idx, weights = torch.ops.is_kernels.sum_tree_sample_weighted(*self._trees, u, beta)
         if self._cpu:
             if batch_size and int(idx[0]) < 0:
                 raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")

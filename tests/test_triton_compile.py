@@ -45,18 +45,27 @@ def cases():
         yield (og._mse_kernel, sig, {"ROWS": 4, "BLOCK_D": 512, "WRITE_GRAD": True,
                                      "MEAN": True, "SUM": False, "F64": acc == "fp64"})
     for leaf in ("fp32", "fp64"):
+        for is_min in (False, True):  # the min tree's inner nodes have the leaf dtype
+            tree = {"LEAVES": f"*{leaf}", "INNER": f"*{leaf}" if is_min else "*fp64"}
+            yield (st._level_kernel, {**tree, "width": "i64", "P": "i64", "capacity": "i64",
+                                      "IS_MIN": "constexpr", "BLOCK": "constexpr"},
+                   {"IS_MIN": is_min, "BLOCK": st.BLOCK})
+            ints = ("k", "capacity", "P", "H", "d_first", "n_levels", "d_dense", "per_prog")
+            for write in (True, False):
+                yield (st._update_kernel,
+                       {**tree, "IDX": "*i64", "VAL": f"*{leaf}", "KEEP": "*i8", "OK": "*i32",
+                        **{name: "i64" for name in ints}, "WRITE_LEAVES": "constexpr",
+                        "IS_MIN": "constexpr", "BLOCK": "constexpr"},
+                       {"WRITE_LEAVES": write, "IS_MIN": is_min, "BLOCK": st.BLOCK})
+            yield (st._query_kernel,
+                   {**tree, "START": "*i64", "END": "*i64", "OUT": tree["INNER"],
+                    **{name: "i64" for name in ("n", "capacity", "P", "H")},
+                    "IS_MIN": "constexpr", "BLOCK": "constexpr"},
+                   {"IS_MIN": is_min, "BLOCK": st.BLOCK})
         tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
-        yield (st._level_kernel, {**tree, "width": "i64", "P": "i64", "capacity": "i64",
-                                  "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
-        ints = ("k", "capacity", "P", "H", "d_first", "n_levels", "d_dense", "per_prog")
-        for write in (True, False):
-            yield (st._update_kernel,
-                   {**tree, "IDX": "*i64", "VAL": f"*{leaf}", "KEEP": "*i8", "OK": "*i32",
-                    **{name: "i64" for name in ints}, "WRITE_LEAVES": "constexpr",
-                    "BLOCK": "constexpr"}, {"WRITE_LEAVES": write, "BLOCK": st.BLOCK})
-        yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "n": "i64",
-                                   "capacity": "i64", "P": "i64", "H": "i64",
-                                   "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+        for kernel, x in ((st._sample_kernel, "U"), (st._scan_kernel, "MASS")):
+            yield (kernel, {**tree, x: "*fp64", "OUT": "*i64", "n": "i64", "capacity": "i64",
+                            "P": "i64", "H": "i64", "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
     for unbiased in (True, False):
         yield (oi._draw_kernel,
                {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",

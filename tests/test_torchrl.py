@@ -185,3 +185,13 @@ def test_docs_recipe_runs():
     finally:
         itr.disable()
     assert scope["sample"]["priority_weight"].shape == (32,)
+
+
+@pytest.mark.parametrize("cls", [itr.CudaSumSegmentTreeFp32, itr.CudaMinSegmentTreeFp64])
+def test_cuda_twins_take_a_device(cls):
+    # TorchRL builds them as Cls(size, device); on CUDA they run the Triton kernels, here
+    # the same classes on CPU check the constructor and the device attribute.
+    tree = cls(8, torch.device("cpu"))
+    assert tree.device == torch.device("cpu") and len(tree) == 8
+    tree[torch.tensor([1, 2])] = torch.tensor([2.0, 3.0])
+    assert tree.query(0, 8) == (2.0 if "Min" in cls.__name__ else 5.0)

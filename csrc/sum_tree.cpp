@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -315,9 +316,11 @@ void descend_chunk(const TreeView<T>& tree, const Plan& plan, int64_t* x, double
 
 // Draws the leaves of u[begin, end) into out, kChunk draws at a time. A chunk is rounded up
 // to whole vectors with padding draws (r = 0: a valid descent) whose leaves are not written.
+// Returns the first drawn leaf that is padding or of weight 0, or -1 if none: a consistent
+// tree never draws one, inner nodes that do not match the leaves can.
 template <typename T>
-void sample_range(const TreeView<T>& tree, const Plan& plan, double total, const double* u,
-                  int64_t begin, int64_t end, int64_t* out) {
+int64_t sample_range(const TreeView<T>& tree, const Plan& plan, double total, const double* u,
+                     int64_t begin, int64_t end, int64_t* out) {
   alignas(64) int64_t x[kChunk];
   alignas(64) double r[kChunk];
   for (int64_t c = begin; c < end; c += kChunk) {
@@ -328,8 +331,17 @@ void sample_range(const TreeView<T>& tree, const Plan& plan, double total, const
       r[i] = i < n ? u[c + i] * total : 0.0;
     }
     descend_chunk(tree, plan, x, r, lanes);
-    for (int64_t i = 0; i < n; ++i) out[c + i] = x[i] - tree.p;
+    bool ok = true;  // the leaf's line was read by the last step: this costs no miss
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = x[i] - tree.p;
+      out[c + i] = j;
+      ok &= tree.template node<true>(x[i]) > 0.0;  // 0 for the padding j >= capacity
+    }
+    for (int64_t i = 0; !ok && i < n; ++i) {
+      if (!(tree.template node<true>(x[i]) > 0.0)) return x[i] - tree.p;
+    }
   }
+  return -1;
 }
 
 // Throws unless every u[i] is in [0, 1); the error names the first offender.
@@ -362,13 +374,20 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
   at::Tensor out = at::empty({n}, leaves.options().dtype(at::kLong));
   int64_t* op_out = out.data_ptr<int64_t>();
   const Plan plan = plan_of(log2_exact(p));
+  std::atomic<int64_t> bad_leaf{-1};
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const TreeView<scalar_t> tree{in, leaves.data_ptr<scalar_t>(), p, capacity};
     // One thread below 16384 draws: a fork-join costs more than it saves on a busy machine.
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-      sample_range(tree, plan, total, up, begin, end, op_out);
+      const int64_t j = sample_range(tree, plan, total, up, begin, end, op_out);
+      if (j >= 0) bad_leaf = j;
     });
   });
+  TORCH_CHECK_VALUE(bad_leaf < 0, op, ": inner does not match leaves (a descent reached leaf ",
+                    bad_leaf.load(), ", which is ",
+                    bad_leaf >= capacity ? "padding" : "of weight 0", ", of ", capacity,
+                    " leaves); build inner with sum_tree_build and change it only through "
+                    "sum_tree_update");
   return out;
 }
 

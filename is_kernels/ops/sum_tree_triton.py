@@ -90,7 +90,8 @@ def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first
 @triton.jit
 def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
     """The leaf of every uniform u (float64 [BLOCK]), descending from the root: never enters
-    a child of sum 0. -1 for every u if the total is 0."""
+    a child of sum 0. -1 for every u if the total is 0, and -1 for a descent that ends on the
+    padding (inner nodes that do not match the leaves): never an index out of range."""
     P64 = P.to(tl.int64)
     total = tl.load(INNER + 1)
     r = u * total
@@ -100,7 +101,8 @@ def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
         go_right = (right > 0.0) & (r >= left)
         r = tl.where(go_right, r - left, r)
         x = 2 * x + go_right.to(tl.int64)
-    return tl.where(total > 0.0, x - P64, -1)
+    leaf = tl.where(x - P64 < capacity, x - P64, -1)
+    return tl.where(total > 0.0, leaf, -1)
 
 
 @triton.jit

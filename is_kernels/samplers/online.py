@@ -148,15 +148,20 @@ class OnlineImportanceSampler(Sampler):
         self._active_idx = active_idx
         self.tree.build(torch.where(self._active, self._memory, 0.0))
 
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
+    def _set_epoch(self, epoch: int) -> None:
+        super()._set_epoch(epoch)
         self._step_in_epoch = 0
-        self._warmup.set_epoch(epoch)
+        self._warmup._set_epoch(epoch)
+
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "momentum": self.momentum,
+                "uniform_mix": self.uniform_mix, "unbiased": self.unbiased,
+                "warmup_epochs": self.warmup_epochs}
 
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draws b indices (a permutation slice during warm-up) and their weights."""
         if self._step_in_epoch >= len(self):
-            self.set_epoch(self.epoch + 1)
+            self._set_epoch(self.epoch + 1)
         warmup = self.in_warmup
         self._step_in_epoch += 1
         if warmup:

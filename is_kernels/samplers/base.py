@@ -306,13 +306,15 @@ class Sampler(abc.ABC):
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         """Raises ``ValueError`` if ``state_dict`` does not fit this sampler; changes nothing.
         Subclasses with more state extend it (calling ``super()``)."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{op}: state_dict must be a dict, got {type(state_dict).__name__}")
         missing = [k for k in self._state_keys() if k not in state_dict]
         if missing:
             raise ValueError(f"{op}: state_dict lacks {', '.join(map(repr, missing))}")
         expected = {"type": type(self).__name__, "num_samples": self.num_samples,
                     "batch_size": self.batch_size}
         for key, value in expected.items():
-            if state_dict[key] != value:
+            if type(state_dict[key]) is not type(value) or state_dict[key] != value:
                 raise ValueError(f"{op}: state_dict[{key!r}] is {state_dict[key]!r}, "
                                  f"this sampler has {value!r}")
         config = state_dict["config"]

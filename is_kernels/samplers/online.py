@@ -191,9 +191,12 @@ class OnlineImportanceSampler(Sampler):
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value) and
         the sum-tree leaves of the active ones: one ``online_is_update`` op."""
-        torch.ops.is_kernels.online_is_update(
-            self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner,
-            idx.contiguous(), scores.to(torch.float32).contiguous(), self.momentum)
+        try:
+            torch.ops.is_kernels.online_is_update(
+                self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner,
+                idx.contiguous(), scores.to(torch.float32).contiguous(), self.momentum)
+        except ValueError as e:  # the op checks before it writes: nothing changed
+            raise ValueError(f"{type(self).__name__}.update: {e}") from None
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
@@ -218,6 +221,9 @@ class OnlineImportanceSampler(Sampler):
         if not bool(state_dict["active"].any()):
             raise ValueError(f"{op}: state_dict['active'] must keep at least one sample active")
         state_int(op, state_dict, "step_in_epoch", 0)
+        if not isinstance(state_dict["warmup"], dict):
+            raise TypeError(f"{op}: state_dict['warmup'] must be a dict, "
+                            f"got {type(state_dict['warmup']).__name__}")
         self._warmup._check_state_dict(op, state_dict["warmup"])
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:

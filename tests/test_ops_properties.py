@@ -169,7 +169,8 @@ def test_alias_table_build(data):
     dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
     weights = data.draw(vectors(n, dtype))
     group = data.draw(st.sampled_from([1, 3, 16]))
-    table = raises_naming("AliasTable|alias_table_build", lambda: is_kernels.AliasTable(weights, group_size=group))
+    table = raises_naming("AliasTable|alias_table_build",
+                          lambda: is_kernels.AliasTable(weights, group_size=group))
     w = weights.double()
     valid = bool((torch.isfinite(w) & (w >= 0)).all()) and float(w.sum()) > 0 \
         and math.isfinite(float(w.sum()))

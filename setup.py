@@ -45,7 +45,8 @@ setup(
     install_requires=["torch>=2.11", "numpy"],
     extras_require={
         "triton": ["triton>=3.6"],
-        "test": ["pytest", "triton>=3.6", "tqdm", "matplotlib"],
+        "test": ["pytest", "triton>=3.6", "tqdm", "matplotlib", "torchdata==0.11.0",
+                 "hypothesis"],
         "bench": ["pytest", "pytest-benchmark", "triton>=3.6", "cpprb", "tqdm", "matplotlib"],
         "train": ["tqdm", "matplotlib"],
         "torchrl": ["torchrl>=0.14,<0.15", "tensordict>=0.14.3,<0.15"],

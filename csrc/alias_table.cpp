@@ -572,6 +572,16 @@ void build_cpu(const char* op, const T* w, int64_t n, double* prob, int32_t* ali
   }
   TORCH_CHECK(total > 0.0, op, ": all weights are zero, there is nothing to sample");
   const double scale = static_cast<double>(n) / total;
+  if (!std::isfinite(scale)) {
+    // Tiny (e.g. subnormal float64) weights: n / total overflows. The table of the weights
+    // times 2^shift (exact: no product overflows, as each weight is at most the total) is the
+    // same table.
+    const int shift = -std::ilogb(total);
+    std::vector<double> scaled(n);
+    for (int64_t i = 0; i < n; ++i) scaled[i] = std::ldexp(static_cast<double>(w[i]), shift);
+    build_cpu(op, scaled.data(), n, prob, alias);
+    return;
+  }
 
   // (2) The key offsets (long double: 64-bit significand on x86-64, so the rounded running
   // sums carry no error that grows with the number of blocks).
@@ -780,10 +790,15 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
   // draw kPrefetch ahead reads, so that the misses overlap. The first pass draws the groups
   // (prefetching the bucket entries), the second the items (prefetching the group's
   // weights); the threads share the draws from 2 * kGrain on.
+  // Every drawn group is checked against [0, m) before the second pass reads with it: the
+  // table is an input of a public op, and an alias entry out of range must raise, not read
+  // out of bounds (one unsigned compare per draw).
   constexpr int64_t kPrefetch = 32, kGrain = 1024;
+  std::atomic<bool> out_of_range{false};
   AT_DISPATCH_FLOATING_TYPES(weights.scalar_type(), "alias_table_sample", [&] {
     const scalar_t* w = weights.const_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      bool bad = false;
       for (int64_t i = begin; i < end; ++i) {
         if (i + kPrefetch < end) {
           const int64_t ahead = bucket(i + kPrefetch);
@@ -792,6 +807,11 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
         }
         const int64_t k = bucket(i);
         o[i] = up[n + i] < pp[k] ? k : static_cast<int64_t>(ap[k]);
+        bad |= static_cast<uint64_t>(o[i]) >= static_cast<uint64_t>(m);
+      }
+      if (bad) {
+        out_of_range = true;
+        return;
       }
       if (group == 1) return;  // the group is the item
       for (int64_t i = begin; i < end; ++i) {
@@ -805,6 +825,12 @@ at::Tensor alias_table_sample_cpu(const at::Tensor& prob, const at::Tensor& alia
       }
     });
   });
+  if (out_of_range) {
+    int64_t k = 0;
+    while (ap[k] >= 0 && ap[k] < m) ++k;
+    TORCH_CHECK_INDEX(false, op, ": alias[", k, "] = ", ap[k], " is out of range for a table of ",
+                      m, " entries (not a table built by alias_table_build)");
+  }
   return out;
 }
 

@@ -4,7 +4,7 @@
 // tensor ops. Both build on the sum tree ops (csrc/sum_tree.cpp), called through the
 // dispatcher. On CUDA the draw is one Triton kernel (is_kernels/ops/online_is_triton.py) and the
 // update a composition of tensor ops and the Triton sum tree update (is_kernels/ops/online_is.py);
-// the arithmetic is the same, step by step in float32.
+// the arithmetic is the same, step by step (q / total in float64, the rest in float32).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -78,9 +78,10 @@ std::tuple<at::Tensor, at::Tensor> online_is_draw_cpu(const at::Tensor& leaves,
   int64_t* out = idx.data_ptr<int64_t>();
   float* w = weights.data_ptr<float>();
   const float* q = memory.data_ptr<float>();
-  // float32 steps as in OnlineImportanceSampler._mixture: total in float32, q / total,
+  // float32 steps as in ops/online_is.py's mixture, but for the total, which stays float64 (a
+  // sum of float32 scores may exceed float32 max): q / total in float64, rounded to float32,
   // (1 - λ) * that + λ / n, then 1 / (n * p).
-  const float total = static_cast<float>(inner.data_ptr<double>()[1]);
+  const double total = inner.data_ptr<double>()[1];
   const float keep = static_cast<float>(1.0 - uniform_mix);
   const float floor_p = static_cast<float>(uniform_mix / static_cast<double>(n));
   const float empty_share = static_cast<float>(1.0 / static_cast<double>(n));
@@ -95,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor> online_is_draw_cpu(const at::Tensor& leaves,
                       active[k]);
     out[t] = uniform ? active[k] : tree_draw[t];
     if (unbiased) {
-      const float share = total > 0.0f ? q[out[t]] / total : empty_share;
+      const float share =
+          total > 0.0 ? static_cast<float>(static_cast<double>(q[out[t]]) / total) : empty_share;
       w[t] = 1.0f / (fn * (keep * share + floor_p));
     } else {
       w[t] = 1.0f;

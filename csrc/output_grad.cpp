@@ -289,6 +289,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mse_with_score_cpu(
 
 }  // namespace
 
+// Contract of cross_entropy_with_score and mse_with_score: (loss, score, grad), grad the
+// gradient of the loss (as reduced) w.r.t. the input, [N, C] (empty when compute_grad is
+// false). grad is donated to autograd: the op's registered backward scales it in place by the
+// incoming gradient and returns it as the input's gradient, when that backward is eager, on
+// plain tensors, without create_graph and with the graph freed after it (see
+// is_kernels/ops/output_grad.py). A caller of the raw op that reads grad after such a
+// backward reads the input's gradient, not the forward's grad; clone grad first to keep it.
+// The public wrappers (cross_entropy_with_score, mse_with_score) never hand grad out.
 TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
   m.def(
       "cross_entropy_with_score(Tensor logits, Tensor target, int ignore_index, "

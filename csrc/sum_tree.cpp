@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -469,10 +470,11 @@ void descend_chunk(const TreeView<T>& tree, const Plan& plan, int64_t* x, double
 
 // Descends u[begin, end) * scale to their leaves, into out, kChunk draws at a time. A chunk is
 // rounded up to whole vectors with padding draws (r = 0: a valid descent) whose leaves are not
-// written.
+// written. Returns the first leaf reached that is padding or of weight 0, or -1 if none: a
+// consistent tree never reaches one, inner nodes that do not match the leaves can.
 template <typename T>
-void descend_range(const TreeView<T>& tree, const Plan& plan, double scale, const double* u,
-                   int64_t begin, int64_t end, int64_t* out) {
+int64_t descend_range(const TreeView<T>& tree, const Plan& plan, double scale, const double* u,
+                      int64_t begin, int64_t end, int64_t* out) {
   alignas(64) int64_t x[kChunk];
   alignas(64) double r[kChunk];
   for (int64_t c = begin; c < end; c += kChunk) {
@@ -483,8 +485,17 @@ void descend_range(const TreeView<T>& tree, const Plan& plan, double scale, cons
       r[i] = i < n ? u[c + i] * scale : 0.0;
     }
     descend_chunk(tree, plan, x, r, lanes);
-    for (int64_t i = 0; i < n; ++i) out[c + i] = x[i] - tree.p;
+    bool ok = true;  // the leaf's line was read by the last step: this costs no miss
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = x[i] - tree.p;
+      out[c + i] = j;
+      ok &= tree.template node<true>(x[i]) > 0.0;  // 0 for the padding j >= capacity
+    }
+    for (int64_t i = 0; !ok && i < n; ++i) {
+      if (!(tree.template node<true>(x[i]) > 0.0)) return x[i] - tree.p;
+    }
   }
+  return -1;
 }
 
 // Checks what sample and scan_lower_bound share: the tree, and `name` (their float64 input).
@@ -501,9 +512,10 @@ void check_descent(const char* op, const at::Tensor& leaves, const at::Tensor& i
 }
 
 // The leaf of every x * scale: the descent from the root (-1 for all when the total is 0:
-// nothing can be drawn). x is contiguous and already checked.
-at::Tensor descend_all(const at::Tensor& leaves, const at::Tensor& inner, const at::Tensor& x,
-                       bool scale_by_total) {
+// nothing can be drawn). x is contiguous and already checked. Raises if a descent reaches
+// padding or a leaf of weight 0: inner nodes that do not match the leaves.
+at::Tensor descend_all(const char* op, const at::Tensor& leaves, const at::Tensor& inner,
+                       const at::Tensor& x, bool scale_by_total) {
   const int64_t n = x.numel(), capacity = leaves.numel(), p = heap_size(capacity);
   const double* in = inner.data_ptr<double>();
   const double total = in[1];
@@ -513,13 +525,20 @@ at::Tensor descend_all(const at::Tensor& leaves, const at::Tensor& inner, const 
   const double* xp = x.data_ptr<double>();
   const double scale = scale_by_total ? total : 1.0;
   const Plan plan = plan_of(log2_exact(p));
+  std::atomic<int64_t> bad_leaf{-1};
   AT_DISPATCH_FLOATING_TYPES(leaves.scalar_type(), "sum_tree", [&] {
     const TreeView<scalar_t> tree{in, leaves.data_ptr<scalar_t>(), p, capacity};
     // One thread below 16384 draws: a fork-join costs more than it saves on a busy machine.
     at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-      descend_range(tree, plan, scale, xp, begin, end, op_out);
+      const int64_t j = descend_range(tree, plan, scale, xp, begin, end, op_out);
+      if (j >= 0) bad_leaf = j;
     });
   });
+  TORCH_CHECK_VALUE(bad_leaf < 0, op, ": inner does not match leaves (a descent reached leaf ",
+                    bad_leaf.load(), ", which is ",
+                    bad_leaf >= capacity ? "padding" : "of weight 0", ", of ", capacity,
+                    " leaves); build inner with sum_tree_build and change it only through "
+                    "sum_tree_update");
   return out;
 }
 
@@ -540,7 +559,7 @@ at::Tensor sum_tree_sample_cpu(const at::Tensor& leaves, const at::Tensor& inner
   check_descent(op, leaves, inner, u, "u");
   const at::Tensor uc = u.contiguous();
   check_uniforms(op, uc);
-  return descend_all(leaves, inner, uc, true);
+  return descend_all(op, leaves, inner, uc, true);
 }
 
 // Returns the leaf i of every mass m: the one of weight > 0 whose prefix sums satisfy
@@ -560,7 +579,7 @@ at::Tensor sum_tree_scan_lower_bound_cpu(const at::Tensor& leaves, const at::Ten
     TORCH_CHECK(m[i] >= 0.0 && m[i] <= std::numeric_limits<double>::max(), op, ": mass[", i,
                 "] = ", m[i], " is not finite and >= 0");
   }
-  return descend_all(leaves, inner, mc, false);
+  return descend_all(op, leaves, inner, mc, false);
 }
 
 // ---- prioritized replay: priorities into both trees, draws with their weights ------------
@@ -654,7 +673,7 @@ std::tuple<at::Tensor, at::Tensor> sum_tree_sample_weighted_cpu(
   check_exponent(op, "beta", beta);
   const at::Tensor uc = u.contiguous();
   check_uniforms(op, uc);
-  at::Tensor idx = descend_all(sum_leaves, sum_inner, uc, true);
+  at::Tensor idx = descend_all(op, sum_leaves, sum_inner, uc, true);
   at::Tensor weights = at::empty({idx.numel()}, sum_leaves.options());
   const int64_t* ip = idx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(sum_leaves.scalar_type(), "sample_weighted", [&] {

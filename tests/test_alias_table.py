@@ -420,3 +420,42 @@ def test_cuda():
         table.sample(1000)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("group", [1, 2, 16])
+@pytest.mark.parametrize("bad", [2**24, 7, -1])
+def test_sample_op_rejects_an_alias_entry_out_of_range(group, bad):
+    """A table that alias_table_build did not make: the op raises instead of returning an
+    index out of range (group_size 1) or reading past the sums and weights (larger groups)."""
+    w = torch.rand(7 * group, dtype=torch.float64) + 0.1
+    prob, alias, sums = ops.alias_table_build(w, group)
+    m = prob.numel()
+    alias[3] = bad if bad != 7 else m  # m: the first entry past the table
+    prob[3] = 0.0  # every draw of bucket 3 takes its alias
+    u = torch.rand((3, 2000), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(IndexError, match=r"alias\[3\] = .* is out of range for a table of 7"):
+        ops.alias_table_sample(prob, alias, sums, w, u, group)
+
+
+@pytest.mark.parametrize("group", [1, 16])
+def test_subnormal_weights(group):
+    """float64 weights far below the smallest normal float64: N / total overflows unless the
+    build rescales; the table, .probs and the draws follow the weights."""
+    w = torch.full((40,), 1e-320, dtype=torch.float64)
+    w[5] = 3e-320
+    table = AliasTable(w, group_size=group)
+    expected = w / w.sum()
+    torch.testing.assert_close(table.probs, expected, rtol=1e-12, atol=0)
+    assert abs(float(table.probs[5]) - 3 / 42) < 1e-12
+    draws = table.sample(200_000, generator=torch.Generator().manual_seed(1))
+    assert abs(float((draws == 5).double().mean()) - 3 / 42) < 0.005
+
+
+def test_in_place_writes_the_version_counter_misses_never_read_out_of_bounds():
+    """Writes through .data or numpy bypass the version counter (documented); the draws stay
+    in range whatever the weights became."""
+    w = torch.rand(100, dtype=torch.float64) + 0.1
+    table = AliasTable(w)
+    w.numpy()[:] = float("nan")
+    draws = table.sample(5000, generator=torch.Generator().manual_seed(0))
+    assert bool(((draws >= 0) & (draws < 100)).all())

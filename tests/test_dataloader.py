@@ -53,8 +53,26 @@ def test_update_rejects_indices_of_no_draw():
     with pytest.raises(ValueError, match="idx must be the indices of a draw"):
         sampler.update((idx + 1) % 50, torch.ones(8))
     sampler.update(idx, torch.ones(8))
-    with pytest.raises(ValueError, match="idx must be the indices of a draw"):
-        sampler.update(idx, torch.ones(8))  # already updated
+    with pytest.raises(ValueError, match="idx is draw 1, which was already updated"):
+        sampler.update(idx, torch.ones(8))
+
+
+def test_update_of_a_retired_or_dropped_draw_says_what_happened():
+    sampler = is_kernels.UniformSampler(50, 8, replacement=True)
+    first, _ = sampler.sample()
+    second, _ = sampler.sample()
+    sampler.update(second, torch.ones(8))
+    with pytest.raises(ValueError, match="idx is draw 1, which was already retired without an "
+                                         "update when the later draw 2 was updated"):
+        sampler.update(first, torch.ones(8))
+    oldest, _ = sampler.sample()  # draw 3
+    with pytest.warns(RuntimeWarning, match="draw 3, is dropped"):
+        for _ in range(sampler.MAX_PENDING):
+            sampler.sample()
+    assert len(sampler.outstanding_draws()) == sampler.MAX_PENDING
+    with pytest.raises(ValueError, match="idx is draw 3, which was already dropped from the "
+                                         "outstanding draws: more than MAX_PENDING = 64"):
+        sampler.update(oldest, torch.ones(8))
 
 
 def test_batch_sampler_argument_checks():

@@ -152,3 +152,41 @@ def test_ops_opcheck():
     torch.library.opcheck(torch.ops.is_kernels.online_is_update,
                           (memory, seen, active, leaves, inner, torch.tensor([4, 9, 4]),
                            torch.tensor([0.5, 2.0, 1.5]), 0.2))
+
+
+def test_draw_op_rejects_inner_nodes_that_do_not_match_the_leaves():
+    """N = 5: heap slots 5..7 are padding. Inner nodes leading there made the draw read memory
+    out of bounds (and return index 6 with weight inf); the op raises instead. The CUDA
+    descent (run here on CPU tensors) returns -1 there, so the draw falls back to a uniform
+    pick: never an index out of range."""
+    memory, _, active, leaves, inner = _op_state(n=5)
+    bad = torch.zeros_like(inner)
+    bad[1] = bad[3] = bad[7] = 1.0  # root -> 3 -> 7: leaf 7 - 8 + 8 = padding slot 6
+    active_idx = active.nonzero().squeeze(1)
+    u = torch.rand((3, 64), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="inner does not match leaves"):
+        torch.ops.is_kernels.online_is_draw(leaves, bad, memory, active_idx, u, 0.1, True)
+    if INTERPRETER_WORKS:
+        from is_kernels.ops import online_is_triton
+
+        idx, w = online_is_triton.draw(leaves, bad, memory, active_idx, u, 0.1, True)
+        assert bool(((idx >= 0) & (idx < 5)).all()) and bool(torch.isfinite(w).all())
+
+
+@pytest.mark.parametrize("impl", range(2))
+def test_draw_op_total_beyond_float32_max(impl):
+    """Scores whose sum passes float32 max: the total stays float64, so the weights are
+    1/(n p) of the true mixture (not 1/λ for all, from a float32 total of inf)."""
+    impls = draw_implementations()
+    if impl >= len(impls):
+        pytest.skip("the Triton interpreter does not run here")
+    n = 8
+    memory = torch.full((n,), 3e38)
+    memory[0] = 1e38
+    leaves = memory.clone()
+    inner = torch.ops.is_kernels.sum_tree_build(leaves)
+    u = torch.rand((3, 500), dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    idx, w = impls[impl](leaves, inner, memory, torch.arange(n), u, 0.1, True)
+    p = 0.9 * memory.double() / memory.double().sum() + 0.1 / n
+    torch.testing.assert_close(w, (1.0 / (n * p[idx])).float(), rtol=1e-6, atol=0)
+    assert bool((w < 5).all())

@@ -316,3 +316,18 @@ def test_set_active_rejects_bad_masks_and_keeps_state(mask, exc, match):
     for key in ("memory", "active"):
         assert torch.equal(after[key], before[key])
     assert torch.equal(s.tree.values, torch.where(before["active"], before["memory"], 0.0))
+
+
+def test_probabilities_with_a_total_beyond_float32_max():
+    """Scores of 3e38: their sum overflows float32, not the sampler's probabilities."""
+    s = make(n=8, b=8, warmup_epochs=0)
+    idx, _ = s.sample()
+    s.update(idx, torch.full((8,), 3e38))
+    p = s.probabilities()
+    assert abs(float(p.double().sum()) - 1.0) < 1e-6
+    scored = torch.zeros(8, dtype=torch.bool)
+    scored[idx] = True  # their memory is 3e38, the others' 1
+    want = (torch.where(scored, 0.9 / int(scored.sum()), 0.0) + 0.1 / 8).double()
+    torch.testing.assert_close(p.double(), want, rtol=1e-6, atol=0)
+    idx, w = s.sample()
+    torch.testing.assert_close(w, (1.0 / (8 * want[idx])).float(), rtol=1e-6, atol=0)

@@ -927,3 +927,33 @@ def test_cuda_prioritized_replay_ops_match_cpu():
     i_dev, w_dev = ops.sum_tree_sample_weighted(*dev, u.cuda(), 0.4)
     assert torch.equal(i_dev.cpu(), ops.sum_tree_sample(dev[0].cpu(), dev[1].cpu(), u))
     assert torch.isfinite(w_dev).all() and float(w_dev.max()) <= 1.0
+
+
+@pytest.mark.parametrize("cap", [5, 100, 3000])
+def test_sample_op_rejects_inner_nodes_that_do_not_match_the_leaves(cap):
+    """Inner nodes that claim weight where the leaves have none (the padding, or a leaf of
+    weight 0): the descent would end there; the op raises instead of returning it."""
+    leaves = torch.rand(cap, dtype=torch.float64) + 0.1
+    inner = torch.ops.is_kernels.sum_tree_build(leaves)
+    p = inner.numel()
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)[:-1]
+    padded = inner.clone()
+    if cap < p:  # all weight on the last heap node: the descent ends in the padding
+        padded[1:] = 0.0
+        x = p - 1
+        while x >= 1:
+            padded[x] = 1.0
+            x //= 2
+        with pytest.raises(ValueError, match="inner does not match leaves .* padding"):
+            torch.ops.is_kernels.sum_tree_sample(leaves, padded, u)
+    # Leaves zeroed behind the tree's back: the stale inner nodes lead to leaves of weight 0.
+    with pytest.raises(ValueError, match="inner does not match leaves .* of weight 0"):
+        torch.ops.is_kernels.sum_tree_sample(torch.zeros_like(leaves), inner, u)
+
+
+def test_load_state_dict_type_errors_name_the_field():
+    tree = SumTree(4)
+    with pytest.raises(TypeError, match=r"state_dict\['values'\] must be a torch.Tensor"):
+        tree.load_state_dict({"capacity": 4, "values": [1.0, 2.0, 3.0, 4.0]})
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        tree.load_state_dict([("capacity", 4)])

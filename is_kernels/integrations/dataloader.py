@@ -19,14 +19,21 @@ come from the same distribution. The loader prefetches a few batches ahead, so a
 precede the updates of the batches still in flight; that changes which distribution is
 used, not the unbiasedness of the weights (each batch is weighted by the distribution it was
 drawn from). No monkey-patching of PyTorch is involved.
+
+Mid-epoch resume (docs/resume.md): :class:`ImportanceBatchSampler` has ``state_dict`` /
+``load_state_dict``, which torchdata's ``StatefulDataLoader`` saves and restores with its own
+state. After a resume the first batches are the draws the saved run had made ahead
+(prefetched) and not trained on yet, taken from the sampler's outstanding draws: none is
+lost or drawn twice.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import Dataset
 
+from .._checks import state_int
 from ..samplers.base import Sampler, ScoreFn
 
 __all__ = ["ImportanceBatchSampler", "IndexedDataset"]
@@ -39,7 +46,15 @@ class ImportanceBatchSampler(torch.utils.data.Sampler[List[Key]]):
 
     Each batch is a list of ``(index, weight)`` keys; wrap the dataset in
     :class:`IndexedDataset` so each item comes back as ``(item, index, weight)``.
-    One iteration yields ``len(sampler)`` batches (an epoch).
+    One iteration yields ``len(sampler)`` batches (an epoch); a resumed one, the rest of the
+    saved iteration.
+
+    :meth:`state_dict` holds the progress of the current iteration: its length, the batches
+    handed to the loader so far and the serial number of the last one
+    (:attr:`~is_kernels.Sampler.num_draws`). :meth:`load_state_dict` makes the next
+    iteration continue it: first the sampler's outstanding draws made after that serial (the
+    loader had prefetched them), then new draws. Load the sampler's own state first: both
+    must come from the same checkpoint.
 
     Args:
         sampler: any :class:`~is_kernels.Sampler` (on CPU: keys go to the workers).
@@ -56,14 +71,70 @@ class ImportanceBatchSampler(torch.utils.data.Sampler[List[Key]]):
                              f"GPU use the tensor loop instead")
         self.sampler = sampler
         self.score_fn = score_fn
+        self._length = 0  # of the current iteration
+        self._yielded = 0  # batches handed out in it
+        self._serial = 0  # the serial number of the last of them
+        self._resume: Optional[Dict[str, int]] = None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[List[Key]]:
-        for _ in range(len(self.sampler)):
-            idx, w = self.sampler.sample(self.score_fn)
+        # The resume is taken here, the rest when the first batch is asked for: a loader may
+        # create iterators it never runs (a restoring StatefulDataLoader does).
+        resume, self._resume = self._resume, None
+        return self._batches(resume)
+
+    def _prefetched(self, serial: int) -> List[Any]:
+        """The sampler's outstanding draws after ``serial``: those the saved loader had
+        drawn ahead and not handed to the training loop."""
+        name = "ImportanceBatchSampler"
+        ahead = [d for d in self.sampler.outstanding_draws() if d.serial > serial]
+        made = self.sampler.num_draws - serial
+        if made < 0 or len(ahead) != made or made > self._length - self._yielded:
+            raise RuntimeError(
+                f"{name}: the sampler's state does not continue the loader's (the loader "
+                f"handed out draws up to {serial}, the sampler made {self.sampler.num_draws} "
+                f"and has {len(ahead)} of those after {serial} outstanding); load the "
+                f"sampler's state_dict saved together with the loader's, before iterating")
+        return ahead
+
+    def _batches(self, resume: Optional[Dict[str, int]]) -> Iterator[List[Key]]:
+        if resume is None:
+            self._length, self._yielded, self._serial = len(self.sampler), 0, 0
+            prefetched = []
+        else:
+            self._length, self._yielded, self._serial = \
+                resume["length"], resume["yielded"], resume["serial"]
+            prefetched = self._prefetched(resume["serial"])
+        while self._yielded < self._length:
+            if prefetched:
+                draw = prefetched.pop(0)
+                idx, w, serial = draw.idx, draw.weights, draw.serial
+            else:
+                idx, w = self.sampler.sample(self.score_fn)
+                serial = self.sampler.num_draws
+            self._yielded += 1
+            self._serial = serial
             yield list(zip(idx.tolist(), w.tolist()))
+
+    def state_dict(self) -> Dict[str, int]:
+        """The progress of the current iteration (see the class docs)."""
+        return {"length": self._length, "yielded": self._yielded, "serial": self._serial}
+
+    def load_state_dict(self, state_dict: Dict[str, int]) -> None:
+        """Makes the next iteration continue the one of ``state_dict``."""
+        op = "ImportanceBatchSampler.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{op}: state_dict must be a dict, got {type(state_dict).__name__}")
+        for key in ("length", "yielded", "serial"):
+            if key not in state_dict:
+                raise ValueError(f"{op}: state_dict lacks {key!r}")
+            state_int(op, state_dict, key, 0)
+        state_int(op, state_dict, "yielded", 0, state_dict["length"])
+        # An iteration that handed out nothing yet starts afresh (its length is taken then).
+        self._resume = None if state_dict["yielded"] == 0 else \
+            {key: state_dict[key] for key in ("length", "yielded", "serial")}
 
 
 class IndexedDataset(Dataset):

@@ -134,7 +134,10 @@ class AliasTable:
     is never drawn.
 
     The table keeps a reference to ``weights`` (no copy): modifying them in place afterwards
-    makes :meth:`sample` raise.
+    makes :meth:`sample` raise. The check reads autograd's version counter, which writes
+    through ``.data``, ``.numpy()`` or DLPack do not advance: after such a write the draws
+    follow neither the old nor the new weights (they stay in ``[0, N)``), so build a new table
+    instead.
 
     Args:
         weights: 1-D float32/float64 tensor of finite weights >= 0, not all 0, at most
@@ -208,9 +211,11 @@ class AliasTable:
         mass /= self._prob.shape[0]
         if self.group_size == 1:
             return mass
-        # A group of sum 0 has mass 0.
-        per_weight = torch.where(self._sums > 0, mass / self._sums, 0.0)
-        return self._weights.double() * per_weight.repeat_interleave(self.group_size)[:len(self)]
+        # A group of sum 0 has mass 0. Each weight's share of its group first: mass / sum
+        # would overflow for subnormal sums.
+        sums = self._sums.repeat_interleave(self.group_size)[:len(self)]
+        share = torch.where(sums > 0, self._weights.double() / sums, 0.0)
+        return share * mass.repeat_interleave(self.group_size)[:len(self)]
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` i.i.d. indices (int64 ``[n]``; all -1 for a table of invalid weights, see

@@ -118,7 +118,10 @@ def _sample_kernel(PROB, ALIAS, SUMS, W, U, OUT, n, m, size, group, ONE: tl.cons
 def _table(w: torch.Tensor):
     """(prob float64 [N], alias int32 [N]) of the float64 weights w (valid, positive sum)."""
     n = w.numel()
-    p = w * (n / w.sum())
+    total = w.sum()
+    scale = n / total
+    # n / total overflows for tiny (subnormal) weights; w / total * n does not (no host sync).
+    p = torch.where(torch.isfinite(scale), w * scale, w / total * n)
     heavy = p > 1.0
     cum_d = torch.cumsum(torch.where(heavy, 0.0, 1.0 - p), 0)
     cum_e = torch.cumsum(torch.where(heavy, p - 1.0, 0.0), 0)

@@ -20,9 +20,11 @@ from .sum_tree import check_tree
 __all__ = ["mixture", "update_with_tensor_ops"]
 
 def mixture(q: torch.Tensor, total: torch.Tensor, n: int, uniform_mix: float) -> torch.Tensor:
-    """``p = (1-λ)·q/total + λ/n`` (float32; ``q/total`` reads ``1/n`` when ``total = 0``)."""
-    total = total.float()
-    share = torch.where(total > 0, q / total, 1.0 / n)
+    """``p = (1-λ)·q/total + λ/n`` in the dtype of ``q`` (``q/total`` reads ``1/n`` when
+    ``total = 0``). ``q/total`` is divided in float64 and rounded to ``q``'s dtype: the total
+    of float32 scores may exceed float32 max."""
+    total = total.double()
+    share = torch.where(total > 0, (q.double() / total).to(q.dtype), 1.0 / n)
     return (1.0 - uniform_mix) * share + uniform_mix / n
 
 

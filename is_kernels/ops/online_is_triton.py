@@ -2,7 +2,8 @@
 
 One program per ``BLOCK`` draws does all of a draw: the sum-tree descent
 (:func:`is_kernels.sum_tree_triton.descend`), the mixture coin, the uniform pick among the
-active samples and the weight ``1/(n p)``, in the float32 steps of the CPU kernel. Like the
+active samples and the weight ``1/(n p)``, in the steps of the CPU kernel (``q/total`` in
+float64, the rest in float32). Like the
 sum tree kernels it runs on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check it)
 and never synchronises with the host.
 """
@@ -32,9 +33,9 @@ def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity
     idx = tl.where((coin < uniform_mix) | (leaf < 0), uniform, leaf)
     tl.store(IDX + offs, idx, mask=mask)
     if UNBIASED:
-        total = tl.load(INNER + 1).to(tl.float32)
+        total = tl.load(INNER + 1)  # float64: a float32 total may overflow
         q = tl.load(MEMORY + idx, mask=mask, other=0.0)
-        share = tl.where(total > 0.0, q / total, empty_share)
+        share = tl.where(total > 0.0, (q.to(tl.float64) / total).to(tl.float32), empty_share)
         w = 1.0 / (n_float * (keep * share + floor_p))
     else:
         w = tl.full([BLOCK], 1.0, tl.float32)

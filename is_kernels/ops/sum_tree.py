@@ -569,13 +569,19 @@ class _Tree:
         """Restores the leaves of :meth:`state_dict` (moved to this tree's device) and
         rebuilds the inner nodes; capacity and dtype must match this tree."""
         op = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{op}: state_dict must be a dict, got {type(state_dict).__name__}")
         missing = {"capacity", "values"} - set(state_dict)
         if missing:
             raise KeyError(f"{op}: state_dict lacks {sorted(missing)}")
         if state_dict["capacity"] != self.capacity:
             raise ValueError(f"{op}: state_dict capacity {state_dict['capacity']} != this "
                              f"tree's capacity {self.capacity}")
-        self.build(state_dict["values"].to(self.device))
+        values = state_dict["values"]
+        if not isinstance(values, torch.Tensor):
+            raise TypeError(f"{op}: state_dict['values'] must be a torch.Tensor, "
+                            f"got {type(values).__name__}")
+        self.build(values.to(self.device))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(capacity={self.capacity}, device={self.device}, "

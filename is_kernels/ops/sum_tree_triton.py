@@ -119,7 +119,8 @@ def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first
 def descend_mass(LEAVES, INNER, r, mask, P, capacity, H, BLOCK: tl.constexpr):
     """The leaf of every mass r (float64 [BLOCK]), descending from the root: go right iff the
     right child's sum is > 0 and r >= the left sum (then r -= left sum). Never enters a child
-    of sum 0. -1 for every r if the total is 0."""
+    of sum 0. -1 for every r if the total is 0, and -1 for a descent that ends on the padding
+    (inner nodes that do not match the leaves): never an index out of range."""
     P64 = P.to(tl.int64)
     total = tl.load(INNER + 1)
     x = tl.full([BLOCK], 1, tl.int64)
@@ -129,7 +130,8 @@ def descend_mass(LEAVES, INNER, r, mask, P, capacity, H, BLOCK: tl.constexpr):
         go_right = (right > 0.0) & (r >= left)
         r = tl.where(go_right, r - left, r)
         x = 2 * x + go_right.to(tl.int64)
-    return tl.where(total > 0.0, x - P64, -1)
+    leaf = tl.where(x - P64 < capacity, x - P64, -1)
+    return tl.where(total > 0.0, leaf, -1)
 
 
 @triton.jit

@@ -243,6 +243,10 @@ class PresampleImportanceSampler(Sampler):
         p = torch.zeros(self.num_samples, device=self.device)
         return p.index_add_(0, self._candidates, self._selection)
 
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "presample_size": self.presample_size,
+                "tau_smoothing": self.tau_smoothing}
+
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
         sd.update(tau=self.tau, steps=self.steps, steps_on=self.steps_on,

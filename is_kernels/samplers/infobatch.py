@@ -93,6 +93,10 @@ class InfoBatchSampler(PrunedEpochs, Sampler):
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         self._scores[idx] = scores.detach().to(torch.float32)
 
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "epochs": self.epochs, "prune_ratio": self.prune_ratio,
+                "delta": self.delta}
+
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
         sd.update(scores=self._scores.cpu().clone())

@@ -148,15 +148,20 @@ class OnlineImportanceSampler(Sampler):
         self._active_idx = active_idx
         self.tree.build(torch.where(self._active, self._memory, 0.0))
 
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
+    def _set_epoch(self, epoch: int) -> None:
+        super()._set_epoch(epoch)
         self._step_in_epoch = 0
-        self._warmup.set_epoch(epoch)
+        self._warmup._set_epoch(epoch)
+
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "momentum": self.momentum,
+                "uniform_mix": self.uniform_mix, "unbiased": self.unbiased,
+                "warmup_epochs": self.warmup_epochs}
 
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Draws b indices (a permutation slice during warm-up) and their weights."""
         if self._step_in_epoch >= len(self):
-            self.set_epoch(self.epoch + 1)
+            self._set_epoch(self.epoch + 1)
         warmup = self.in_warmup
         self._step_in_epoch += 1
         if warmup:
@@ -186,9 +191,12 @@ class OnlineImportanceSampler(Sampler):
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value) and
         the sum-tree leaves of the active ones: one ``online_is_update`` op."""
-        torch.ops.is_kernels.online_is_update(
-            self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner,
-            idx.contiguous(), scores.to(torch.float32).contiguous(), self.momentum)
+        try:
+            torch.ops.is_kernels.online_is_update(
+                self._memory, self._seen, self._active, self.tree._leaves, self.tree._inner,
+                idx.contiguous(), scores.to(torch.float32).contiguous(), self.momentum)
+        except ValueError as e:  # the op checks before it writes: nothing changed
+            raise ValueError(f"{type(self).__name__}.update: {e}") from None
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
@@ -213,6 +221,9 @@ class OnlineImportanceSampler(Sampler):
         if not bool(state_dict["active"].any()):
             raise ValueError(f"{op}: state_dict['active'] must keep at least one sample active")
         state_int(op, state_dict, "step_in_epoch", 0)
+        if not isinstance(state_dict["warmup"], dict):
+            raise TypeError(f"{op}: state_dict['warmup'] must be a dict, "
+                            f"got {type(state_dict['warmup']).__name__}")
         self._warmup._check_state_dict(op, state_dict["warmup"])
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:

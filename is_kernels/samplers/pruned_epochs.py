@@ -77,9 +77,13 @@ class PrunedEpochs:
 
     def set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch`` and chooses its kept set. Calling it again for the current
-        epoch before its first draw keeps the kept set already chosen."""
+        epoch before its first draw keeps the kept set already chosen, and so does calling it
+        for the epoch of a state just loaded (the epoch continues where it was saved)."""
+        super().set_epoch(epoch)  # type: ignore[misc]
+
+    def _set_epoch(self, epoch: int) -> None:
         unchanged = epoch == self.epoch and self._steps == 0
-        super().set_epoch(epoch)  # type: ignore[misc]  (validates epoch)
+        super()._set_epoch(epoch)  # type: ignore[misc]
         if not unchanged:
             self._start_epoch(self.epoch)
 
@@ -106,7 +110,7 @@ class PrunedEpochs:
 
     def _ensure_epoch(self) -> None:
         if self._steps >= math.ceil(self.num_kept / self.batch_size):
-            self.set_epoch(self.epoch + 1)
+            self._set_epoch(self.epoch + 1)
 
     def _begin_draw(self) -> None:
         """Bookkeeping of a draw: starts the next epoch when this one is done."""

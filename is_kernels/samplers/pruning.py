@@ -237,6 +237,15 @@ class ImportancePruningSampler(PrunedEpochs, OnlineImportanceSampler):
         """int64 ``[N]``: consecutive epochs each sample has been pruned (0 if kept)."""
         return self._stale
 
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "epochs": self.epochs,
+                "prune_fraction": self.prune_fraction,
+                "dynamic_threshold": self.dynamic_threshold,
+                "anneal_epochs": self.anneal_epochs, "max_stale_epochs": self.max_stale_epochs,
+                "unbiased_pruning": self.unbiased_pruning,
+                "min_keep_probability": self.min_keep_probability,
+                "importance_sampling": self.importance_sampling}
+
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
         sd.update(stale=self._stale.cpu().clone())

@@ -53,23 +53,22 @@ class UniformSampler(Sampler):
         return torch.full((self.num_samples,), 1.0 / self.num_samples, dtype=torch.float32,
                           device=self.device)
 
-    def set_epoch(self, epoch: int) -> None:
+    def _set_epoch(self, epoch: int) -> None:
         """Starts epoch ``epoch``: the next draw begins a fresh permutation."""
-        super().set_epoch(epoch)
+        super()._set_epoch(epoch)
         self._perm, self._pos = None, 0
+
+    def _config(self) -> Dict[str, Any]:
+        return {**super()._config(), "replacement": self.replacement}
 
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
-        sd.update(replacement=self.replacement, position=self._pos,
+        sd.update(position=self._pos,
                   permutation=None if self._perm is None else self._perm.cpu().clone())
         return sd
 
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         super()._check_state_dict(op, state_dict)
-        if state_dict.get("replacement") != self.replacement:
-            raise ValueError(f"{op}: state_dict['replacement'] is "
-                             f"{state_dict.get('replacement')!r}, this sampler has "
-                             f"{self.replacement!r}")
         if state_dict["permutation"] is not None and \
                 state_indices(op, state_dict, "permutation", self.num_samples).numel() \
                 != self.num_samples:

@@ -5,8 +5,8 @@ the samplers built on them, prioritized replay, and their DataLoader / DDP / Tor
 integrations.
 """
 from .integrations import ImportanceBatchSampler, IndexedDataset, ShardedSampler
-from .ops import (AliasTable, MinTree, SumTree, cross_entropy_with_score, mse_with_score,
-                  output_grad_norm)
+from .ops import (AliasTable, MinTree, SumTree, cross_entropy_with_score,
+                  linear_cross_entropy_with_score, mse_with_score, output_grad_norm)
 from .replay import PrioritizedReplay
 from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanceSampler,
                        OnlineImportanceSampler, PresampleImportanceSampler, Sampler,
@@ -15,6 +15,7 @@ from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanc
 
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
+    "linear_cross_entropy_with_score",
     "SumTree", "MinTree", "AliasTable", "PrioritizedReplay",
     "Sampler", "UniformSampler", "OnlineImportanceSampler", "LossImportanceSampler",
     "PresampleImportanceSampler", "ImportancePruningSampler", "InfoBatchSampler",

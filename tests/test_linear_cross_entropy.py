@@ -132,7 +132,7 @@ def test_score_keeps_relative_precision_of_learned_rows():
 
 
 def test_default_chunk_size():
-    assert default_chunk_size(8192, 32000, 1024, torch.device("cpu")) == 512
+    assert default_chunk_size(8192, 32000, 1024, torch.device("cpu")) == 1024
     assert default_chunk_size(8192, 32000, 1024, torch.device("cuda")) == 256
     assert default_chunk_size(16384, 128256, 4096, torch.device("cuda")) == 512
     assert default_chunk_size(10, 32000, 1024, torch.device("cpu")) == 10

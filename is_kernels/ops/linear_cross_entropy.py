@@ -27,13 +27,13 @@ __all__ = ["linear_cross_entropy_with_score", "default_chunk_size"]
 OP = "linear_cross_entropy_with_score"
 _REDUCTIONS = ("mean", "sum", "none")
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# Rows per chunk: at least this many on CPU (matmuls of fewer rows run below peak).
-_MIN_CPU_CHUNK = 512
+# Rows per chunk: at least this many on CPU (fewer passes over the weight and its gradient).
+_MIN_CPU_CHUNK = 1024
 
 
 def default_chunk_size(n: int, vocab: int, hidden: int, device: torch.device) -> int:
     """Rows per chunk when none is given: chunk × V about N × H (the logits of a chunk take
-    the memory of the input), a power of two, at least 512 rows on CPU, at most N."""
+    the memory of the input), a power of two, at least 1024 rows on CPU, at most N."""
     rows = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n / max(1, -(-vocab // hidden)))))))
     if torch.device(device).type == "cpu":
         rows = max(rows, _MIN_CPU_CHUNK)
@@ -118,14 +118,16 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
         if w is not None:
             gi.mul_(w)
             x = x * w
-        gw = torch.mm(g.t(), x)
-        grad_weight += gw if gw.dtype == acc else gw.to(acc)
+        if g.dtype == acc:
+            grad_weight.addmm_(g.t(), x)
+        else:  # float32 accumulation of the half-precision products
+            grad_weight += torch.mm(g.t(), x)
         if grad_bias is not None:
             if w is None:
                 grad_bias += g.sum(0, dtype=acc)
             else:
                 grad_bias += torch.mv(g.t(), w[:, 0]).to(acc)
-        del g, gw
+        del g
     return row_loss, score, grad_input, grad_weight, grad_bias
 
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.asserts import assert_close
 
 import is_kernels
 from is_kernels.ops.linear_cross_entropy import default_chunk_size
@@ -48,16 +49,6 @@ def run(x, w, b, t, row_weight, **kw):
     grads = torch.autograd.grad((loss * row_weight.to(loss.dtype)).sum(), params) \
         if loss.numel() else [torch.zeros_like(p) for p in params]
     return loss, score, grads
-
-
-def assert_close(actual, expected, tol, what):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert actual.shape == expected.shape, what
-    assert torch.equal(actual.isnan(), expected.isnan()), f"{what}: NaN where not expected"
-    actual, expected = actual.nan_to_num(0.0), expected.nan_to_num(0.0)
-    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
-    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:.1g} x {scale:.3g}"
 
 
 def check(x, w, b, t, dtype, seed=1, **kw):

@@ -63,15 +63,21 @@ def _check_mse(op: str, pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: pred must be float32, float64, float16 or bfloat16, "
                         f"got {pred.dtype}")
-    if target.shape != pred.shape:
-        raise ValueError(f"{op}: target must have the shape of pred {tuple(pred.shape)}, "
+    _check_target_like(op, "target", target, "pred", pred)
+
+
+def _check_target_like(op: str, what: str, target: torch.Tensor, name: str,
+                       like: torch.Tensor) -> None:
+    """``target`` (described as ``what``) has the shape, dtype and device of ``like``."""
+    if target.shape != like.shape:
+        raise ValueError(f"{op}: {what} must have the shape of {name} {tuple(like.shape)}, "
                          f"got {tuple(target.shape)}")
-    if target.dtype != pred.dtype:
-        raise TypeError(f"{op}: target must have the dtype of pred ({pred.dtype}), "
+    if target.dtype != like.dtype:
+        raise TypeError(f"{op}: {what} must have the dtype of {name} ({like.dtype}), "
                         f"got {target.dtype}")
-    if target.device != pred.device:
-        raise ValueError(f"{op}: target and pred must be on the same device, "
-                         f"got {target.device} and {pred.device}")
+    if target.device != like.device:
+        raise ValueError(f"{op}: target and {name} must be on the same device, "
+                         f"got {target.device} and {like.device}")
 
 
 def _loss_like(x: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -105,15 +111,7 @@ def _check_soft_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
                    label_smoothing: float) -> None:
     """Checks of the class-probability variant (the C++ kernel makes the same on CPU)."""
     _check_logits(op, logits, label_smoothing)
-    if target.shape != logits.shape:
-        raise ValueError(f"{op}: target (class probabilities) must have the shape of logits "
-                         f"{tuple(logits.shape)}, got {tuple(target.shape)}")
-    if target.dtype != logits.dtype:
-        raise TypeError(f"{op}: target (class probabilities) must have the dtype of logits "
-                        f"({logits.dtype}), got {target.dtype}")
-    if target.device != logits.device:
-        raise ValueError(f"{op}: target and logits must be on the same device, "
-                         f"got {target.device} and {logits.device}")
+    _check_target_like(op, "target (class probabilities)", target, "logits", logits)
 
 
 @torch.library.register_fake("is_kernels::soft_cross_entropy_with_score")

@@ -253,3 +253,27 @@ def test_cuda_matches_float64_eager(dtype, reduction):
     for N, H, V, chunk in [(37, 16, 50, 8), (300, 64, 20000, None)]:
         x, w, b, t = make_case(N, H, V, dtype, device="cuda")
         check(x, w, b, t, dtype, reduction=reduction, chunk_size=chunk, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_never_allocates_the_logits(reduction):
+    """No allocation of forward + backward reaches the size of the [N, V] logits: the
+    profiler's largest memory event is O(chunk × V + V × H) (eager's is N × V)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    N, H, V, chunk = 512, 16, 2000, 64
+    x, w, b, t = make_case(N, H, V, torch.float32)
+    x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
+    runs = {
+        "fused": lambda: is_kernels.linear_cross_entropy_with_score(
+            x, w, t, bias=b, reduction=reduction, chunk_size=chunk)[0].sum(),
+        "eager": lambda: F.cross_entropy(F.linear(x, w, b), t, reduction=reduction).sum(),
+    }
+    peak = {}
+    for name, fn in runs.items():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn().backward()
+        peak[name] = max(e.cpu_memory_usage for e in prof.events())
+    logits_bytes = N * V * 4
+    assert peak["eager"] >= logits_bytes
+    assert peak["fused"] <= 2 * (chunk * V + V * H + N * H) * 4 < logits_bytes / 2

@@ -88,11 +88,8 @@ class TinyLM(nn.Module):
     def token_losses(self, seqs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-token loss and score ``[B, T]`` of next-token prediction on ``seqs``
         ``[B, T + 1]``, without materialising the logits."""
-        h = self.hidden(seqs[:, :-1])
-        B, T, _ = h.shape
-        loss, score = is_kernels.linear_cross_entropy_with_score(
-            h.reshape(B * T, -1), self.head.weight, seqs[:, 1:].reshape(-1), reduction="none")
-        return loss.view(B, T), score.view(B, T)
+        return is_kernels.linear_cross_entropy_with_score(
+            self.hidden(seqs[:, :-1]), self.head.weight, seqs[:, 1:], reduction="none")
 
 
 @torch.no_grad()

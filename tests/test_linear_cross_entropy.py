@@ -221,7 +221,9 @@ def test_autocast_bf16_matches_eager_autocast(with_bias):
 
 
 BAD = [
-    ("input must be 2-D", lambda x, w, b, t: (x[0], w, b, t), {}),
+    ("input must be \\[N, H\\] or \\[..., H\\]", lambda x, w, b, t: (x[0], w, b, t), {}),
+    ("target must have shape input.shape\\[:-1\\] = \\(2, 3\\)",
+     lambda x, w, b, t: (x.view(2, 3, 4), w, b, t), {}),
     ("weight must be \\[V, H\\]", lambda x, w, b, t: (x, w[:, :-1], b, t), {}),
     ("weight must have the dtype of input", lambda x, w, b, t: (x, w.double(), b, t), {}),
     ("bias must have shape", lambda x, w, b, t: (x, w, b[:-1], t), {}),
@@ -277,3 +279,20 @@ def test_never_allocates_the_logits(reduction):
     logits_bytes = N * V * 4
     assert peak["eager"] >= logits_bytes
     assert peak["fused"] <= 2 * (chunk * V + V * H + N * H) * 4 < logits_bytes / 2
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_leading_dims_are_rows(reduction):
+    """[B, T, H] hidden states with [B, T] targets: the flattened rows' loss and gradients;
+    per-row loss and score of shape [B, T]."""
+    x, w, b, t = make_case(24, 8, 30, torch.float32)
+    x3, t3 = x.view(4, 6, 8).requires_grad_(), t.view(4, 6)
+    loss3, score3 = is_kernels.linear_cross_entropy_with_score(x3, w, t3, bias=b,
+                                                               reduction=reduction, chunk_size=5)
+    (grad3,) = torch.autograd.grad(loss3.sum(), x3)
+    loss, score, (grad, *_) = run(x, w, b, t, torch.ones(()), reduction=reduction, chunk_size=5)
+    shape = (4, 6) if reduction == "none" else ()
+    assert loss3.shape == shape and score3.shape == (4, 6) and grad3.shape == (4, 6, 8)
+    torch.testing.assert_close(loss3.reshape(-1), loss.reshape(-1).detach())
+    torch.testing.assert_close(score3.reshape(-1), score)
+    torch.testing.assert_close(grad3.reshape(24, 8), grad)

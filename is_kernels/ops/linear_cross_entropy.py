@@ -47,7 +47,8 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{OP}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if input.dim() != 2:
-        raise ValueError(f"{OP}: input must be 2-D [N, H], got shape {tuple(input.shape)}")
+        raise ValueError(f"{OP}: input must be [N, H] or [..., H], got shape "
+                         f"{tuple(input.shape)}")
     if weight.dim() != 2 or weight.shape[1] != input.shape[1]:
         raise ValueError(f"{OP}: weight must be [V, H] with H = {input.shape[1]} (the "
                          f"nn.Linear layout), got shape {tuple(weight.shape)}")
@@ -267,9 +268,12 @@ def linear_cross_entropy_with_score(
     of every row, without materialising the ``[N, V]`` logits.
 
     Args:
-        input: ``[N, H]`` float32/float64/float16/bfloat16 (e.g. the last hidden states).
+        input: ``[N, H]`` float32/float64/float16/bfloat16 (e.g. the last hidden states),
+            or ``[..., H]``: leading dims are rows (as ``F.linear`` reads them; the loss is
+            that of the flattened logits ``[-1, V]`` and targets ``[-1]``).
         weight: ``[V, H]``, the ``nn.Linear`` layout (e.g. ``lm_head.weight``).
-        target: ``[N]`` integer class indices in ``[0, V)`` or ``ignore_index``.
+        target: ``input.shape[:-1]`` integer class indices in ``[0, V)`` or
+            ``ignore_index``.
         bias: ``[V]`` or None.
         ignore_index, label_smoothing, reduction: as ``F.cross_entropy``.
         chunk_size: rows per chunk; None picks one (:func:`default_chunk_size`). The extra
@@ -280,12 +284,19 @@ def linear_cross_entropy_with_score(
 
     Returns:
         ``(loss, score)``: ``loss`` as ``F.cross_entropy`` (differentiable w.r.t. input,
-        weight and bias); ``score`` the detached float32 ``[N]`` ``‖softmax(z_i) − t_i‖₂``
+        weight and bias; ``"none"``: shape ``input.shape[:-1]``); ``score`` the detached
+        float32 ``input.shape[:-1]`` ``‖softmax(z_i) − t_i‖₂``
         with ``z = input·Wᵀ + b``, 0 for ignored rows (as :func:`cross_entropy_with_score`).
     """
     _check_arguments(input, weight, target, bias, ignore_index, label_smoothing, chunk_size)
     ignore_index = operator.index(ignore_index)
     target = target.long()
+    batch_shape = tuple(input.shape[:-1])
+    if input.dim() > 2:
+        if tuple(target.shape) != batch_shape:
+            raise ValueError(f"{OP}: target must have shape input.shape[:-1] = {batch_shape}, "
+                             f"got {tuple(target.shape)}")
+        input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1)
     device = input.device.type
     autocast = torch.is_autocast_enabled(device) if device in ("cpu", "cuda") else False
     if autocast:
@@ -304,4 +315,6 @@ def linear_cross_entropy_with_score(
             int(chunk_size), compute_grad)
     if autocast:
         loss = loss.float()
-    return loss, score.detach()
+    if reduction == "none":
+        loss = loss.reshape(batch_shape)
+    return loss, score.detach().reshape(batch_shape)

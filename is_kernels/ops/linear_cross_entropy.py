@@ -13,7 +13,6 @@ backward recomputes the chunks, weighting each row by its incoming gradient. The
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import operator
 from typing import Optional, Tuple
@@ -34,7 +33,8 @@ _MIN_CPU_CHUNK = 1024
 def default_chunk_size(n: int, vocab: int, hidden: int, device: torch.device) -> int:
     """Rows per chunk when none is given: chunk × V about N × H (the logits of a chunk take
     the memory of the input), a power of two, at least 1024 rows on CPU, at most N."""
-    rows = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(n / max(1, -(-vocab // hidden)))))))
+    per = max(1, -(-n // max(1, -(-vocab // hidden))))  # ceil(N / ceil(V / H))
+    rows = 1 << (per - 1).bit_length()  # the power of two at or above
     if torch.device(device).type == "cpu":
         rows = max(rows, _MIN_CPU_CHUNK)
     return max(1, min(rows, n))

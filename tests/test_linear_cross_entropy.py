@@ -296,3 +296,18 @@ def test_leading_dims_are_rows(reduction):
     torch.testing.assert_close(loss3.reshape(-1), loss.reshape(-1).detach())
     torch.testing.assert_close(score3.reshape(-1), score)
     torch.testing.assert_close(grad3.reshape(24, 8), grad)
+
+
+def test_backward_hands_on_the_forward_gradients_only_when_graph_is_freed():
+    """loss.backward() takes the gradients the forward computed (no copy of grad_weight);
+    with retain_graph they are copied, and the forward's stay intact for the next backward."""
+    x, w, b, t = make_case(8, 4, 6, torch.float32)
+    op = torch.ops.is_kernels.linear_cross_entropy_with_score
+    for retain in (False, True):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        loss, _, gi, gw, _ = op(xr, wr, None, t, -100, 0.0, "mean", 3, True)
+        kept = gw.clone()
+        loss.backward(retain_graph=retain)
+        assert (wr.grad.data_ptr() == gw.data_ptr()) is not retain
+        torch.testing.assert_close(wr.grad, kept)
+        torch.testing.assert_close(gw, kept)

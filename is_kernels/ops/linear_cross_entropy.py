@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import output_grad  # noqa: F401  (registers is_kernels::cross_entropy_with_score)
+from . import output_grad  # registers is_kernels::cross_entropy_with_score
 
 __all__ = ["linear_cross_entropy_with_score", "default_chunk_size"]
 
@@ -214,10 +214,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _times(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """grad · grad_loss (a scalar); grad itself for the usual loss.backward() on CPU (a CPU
-    scalar is read without a device sync; autograd copies a gradient it cannot take over)."""
-    if (type(grad_loss) is torch.Tensor and grad_loss.device.type == "cpu"
-            and not torch.compiler.is_compiling() and grad_loss.item() == 1.0):
+    """grad · grad_loss (a scalar). The forward's gradient itself, handed on, for the usual
+    loss.backward() on CPU when nothing else will read it (output_grad.can_donate; a CPU
+    scalar is read without a device sync)."""
+    if (output_grad.can_donate(grad) and type(grad_loss) is torch.Tensor
+            and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
         return grad
     return grad * grad_loss
 

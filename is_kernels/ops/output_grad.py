@@ -5,7 +5,7 @@ Each wraps a ``torch.ops.is_kernels`` custom op: C++ on CPU (``csrc/output_grad.
 Triton on CUDA (``is_kernels/ops/output_grad_triton.py``), with fake kernels for
 ``torch.compile`` and an autograd formula whose backward scales the gradient the forward
 kernel already wrote (in place when the graph is freed after the backward: the buffer is
-donated, see :func:`_can_donate`).
+donated, see :func:`can_donate`).
 """
 from __future__ import annotations
 
@@ -177,7 +177,7 @@ _graph_is_kept = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph
                          lambda: True)
 
 
-def _can_donate(grad: torch.Tensor) -> bool:
+def can_donate(grad: torch.Tensor) -> bool:
     """Whether this backward may scale the forward's gradient buffer in place: an eager
     backward on real tensors (not traced, no create_graph) whose graph is freed after it."""
     return not (torch.is_grad_enabled() or _graph_is_kept() or torch.compiler.is_compiling()
@@ -202,7 +202,7 @@ def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tenso
                            "whenever the input requires grad)")
     if ctx.reduction == "none" and grad.dim() == 2:
         grad_loss = grad_loss.unsqueeze(1)
-    if not _can_donate(grad):
+    if not can_donate(grad):
         return grad * grad_loss
     # Donate the buffer: no second logits-sized tensor, and on CPU no pass at all for the
     # usual loss.backward() (a CPU scalar is read without a device sync).

@@ -1,6 +1,6 @@
 """Variants of unbiased importance pruning, run through the pruning benchmark.
 
-The sweep behind the "session 4" table of docs/pruning.md: the keep-probability floor
+The sweeps behind tables 1 and 2 of docs/pruning.md: the keep-probability floor
 ``min_keep_probability`` (π_min), the memory fed the loss instead of the output-gradient
 norm, a pruned fraction that ramps over the pruning epochs (mean 0.4, as the default), and
 importance sampling of the kept samples with bounded weights.
@@ -71,7 +71,7 @@ VARIANTS = {
     "ramp_down_0.55": _factory(_ramp(0.55, 0.25)),
     # The lowest-importance 40% pruned, the rest importance-sampled (pruning_is) with a
     # larger uniform share than the memory's 0.1, so that the weights stay <= 1/uniform_mix
-    # (the sweep that made 0.5 pruning_is's default: is_mix_0.5 is pruning_is now).
+    # (is_mix_0.5 is pruning_is with its default uniform_mix).
     **{f"is_mix_{m}": _factory(ImportancePruningSampler, unbiased=False,
                                importance_sampling=True, uniform_mix=m) for m in (0.3, 0.5)},
 }

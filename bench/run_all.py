@@ -1,4 +1,4 @@
-"""Runs every kernel benchmark in bench/ and records the results of this machine kind.
+"""Runs every kernel benchmark in bench/ and records the results for the kind of machine it runs on.
 
 Usage::
 

@@ -1,13 +1,12 @@
 """The README as a user meets it: its Python blocks run as written (each makes up its own
 data), its set-up block is two commands, and its main-job table is the committed result."""
-import pathlib
 import re
 
 import pytest
+from helpers.docs import ROOT, python_blocks
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"^```python\n(.*?)^```", README, re.S | re.M)
+BLOCKS = python_blocks(README)
 
 
 def test_short_with_a_quick_start_up_front():

@@ -273,3 +273,21 @@ def test_image_regression_task():
     for r in res.values():
         assert r["train_loss"] < 0.7 * r["curve"][0]["train_loss"]
         assert r["test_error"] == pytest.approx(r["test_loss"])  # the metric is the MSE
+
+
+def test_claim_verdicts():
+    from is_kernels.train.claims import claim_lines, verdict
+
+    assert verdict({"mean": -5.0, "se": 1.0}, -1) == "reproduced"
+    assert verdict({"mean": 5.0, "se": 1.0}, -1) == "refuted"
+    assert verdict({"mean": -1.0, "se": 1.0}, -1) == "not at this scale"
+    base = [_run(s, [(0, 0, 1.0, 0.5), (2, 1, 0.5, 0.3)], 2) for s in (0, 1, 2)]
+    dlis = [_run(s, [(0, 0, 1.0, 0.5), (2, 1, 0.25 + 0.01 * s, 0.2 + 0.01 * s)], 2)
+            for s in (0, 1, 2)]
+    pruned = [_run(s, [(0, 0, 1.0, 0.5), (1.4, 1, 0.5, 0.3 + 0.001 * s)], 1.4)
+              for s in (0, 1, 2)]
+    rows = claim_lines({"fashion_mnist": {"runs": {"uniform": base, "dlis": dlis}},
+                        "pruning": {"runs": {"uniform": base, "infobatch": pruned}}})
+    assert len(rows) == 2 + 2 + 1  # header, the two DLIS claims, InfoBatch's
+    assert all(r.endswith("| reproduced |") for r in rows[2:])
+    assert "time saved +30.0 ± 0.0 %" in rows[-1] and "n = 3" in rows[-1]

@@ -1,7 +1,7 @@
 """Command line: ``python -m is_kernels.train`` / ``is-kernels-train``.
 
-The default run (3 seeds of the methods the README's claims rest on, Fashion-MNIST, 4
-epochs) takes about 7 minutes on 2 CPU cores; ``--full`` runs every method on 5 seeds.
+The default run (seeds 0-2 of the methods the README's claims rest on, Fashion-MNIST, 3
+epochs) is sized for 10 minutes on 2 CPU cores; ``--full`` runs every method on seeds 0-4.
 """
 from __future__ import annotations
 

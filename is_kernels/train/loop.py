@@ -49,7 +49,7 @@ class TrainConfig:
     """
 
     model: Optional[str] = None
-    epochs: int = 4
+    epochs: int = 3
     time_budget: Optional[float] = None
     batch_size: int = 128
     optimizer: str = "sgd"

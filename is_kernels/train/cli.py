@@ -144,10 +144,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         parser.error(f"--data-dir: {e}")
 
-    runs: Dict[str, list] = {m: [] for m in methods}
-    for seed in seeds:
-        for method, result in run_lockstep(methods, seed, task, config).items():
-            runs[method].append(result)
     meta = {
         "command": "is-kernels-train " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": {**dataclasses.asdict(config), "model": config.model or task.model,
@@ -159,7 +155,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "dataset": {"train": task.data.x_train.shape[0], "test": task.data.x_test.shape[0]},
     }
     out = args.out or os.path.join("runs", task.name)
-    report = write_report(runs, out, meta, task.error_label, task.error_scale, BASELINES)
+    runs: Dict[str, list] = {m: [] for m in methods}
+    for seed in seeds:  # the report is rewritten after every seed
+        for method, result in run_lockstep(methods, seed, task, config).items():
+            runs[method].append(result)
+        report = write_report(runs, out, meta, task.error_label, task.error_scale, BASELINES)
     print(report["table"])
     print(f"\nwrote {report['results.json']}, {report['curves.png']}, {report['table.txt']}",
           file=sys.stderr)

@@ -19,8 +19,8 @@ from .data import DEFAULT_DATA_DIR
 from .loop import DEFAULT_LR, OPTIMIZERS, TrainConfig, run_lockstep
 from .methods import BASELINES, DEFAULT_METHODS, FULL_METHODS, METHODS, parse_spec
 from .models import MODELS
-from .report import write_report
-from .tasks import TASKS, load_task
+from .report import merge_results, write_report
+from .tasks import ERROR_METRICS, TASKS, load_task
 
 __all__ = ["build_parser", "main"]
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads of torch; 0 keeps torch's default. One thread keeps a "
                         "CPU shared with other jobs predictable (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--merge", type=_comma_list, default=None, metavar="DIR,DIR",
+                   help="train nothing: merge the results.json of these output directories "
+                        "(e.g. one process per seed) and write the report to --out")
     return p
 
 
@@ -119,6 +122,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs the comparison; prints the tables; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.merge:
+        try:
+            runs, meta = merge_results(args.merge)
+        except (OSError, ValueError, KeyError) as e:
+            parser.error(f"--merge: {e}")
+        task_name = meta["config"]["task"]
+        report = write_report(runs, args.out or os.path.join("runs", task_name), meta,
+                              *ERROR_METRICS[task_name], BASELINES)
+        print(report["table"])
+        return 0
     methods = args.methods or list(FULL_METHODS if args.full else DEFAULT_METHODS)
     seeds = args.seeds or ([0, 1, 2, 3, 4] if args.full else [0, 1, 2])
     for spec in methods:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from .stats import Runs, interpolate, summarize  # noqa: E402
 
-__all__ = ["format_tables", "plot_curves", "write_report"]
+__all__ = ["format_tables", "plot_curves", "write_report", "merge_results"]
 
 
 def _pm(stat: Optional[Dict[str, Any]], fmt: str, scale: float = 1.0) -> str:
@@ -72,8 +72,8 @@ def format_tables(summary: Dict[str, Dict[str, Any]], error_label: str, error_sc
                          f"{p['win_train_loss_time']:.2f}", f"{p['win_test_error_time']:.2f}"])
         parts.append(f"Paired differences to {baseline} (relative, mean ± s.e. over "
                      f"{len(p0['seeds'])} seeds; negative = lower than {baseline}); @ep: at "
-                     f"epoch {p0['at_epoch']:.2f}, @t: at the common training time of each "
-                     f"pair (shortest run of the pair over the seeds)\n" + _table(rows))
+                     f"the last epoch both runs of a seed reached ({p0['at_epoch']:.2f}), @t: "
+                     f"at the end of the shorter run of the seed's pair\n" + _table(rows))
     return "\n\n".join(parts)
 
 
@@ -148,3 +148,29 @@ def write_report(runs: Runs, out_dir: str, meta: Dict[str, Any], error_label: st
     with open(paths["table.txt"], "w") as f:
         f.write(tables + "\n")
     return {"table": tables, **paths}
+
+
+def merge_results(directories: Sequence[str]) -> Tuple[Runs, Dict[str, Any]]:
+    """The runs of several ``results.json`` (e.g. one process per seed), merged per method
+    in seed order, and the first file's metadata with the seeds and commands of all."""
+    runs: Runs = {}
+    metas = []
+    for directory in directories:
+        with open(os.path.join(directory, "results.json")) as f:
+            res = json.load(f)
+        metas.append(res)
+        for method, method_runs in res["runs"].items():
+            runs.setdefault(method, []).extend(method_runs)
+    methods = [set(m["runs"]) for m in metas]
+    if any(m != methods[0] for m in methods):
+        raise ValueError("the results to merge must hold the same methods")
+    for method_runs in runs.values():
+        method_runs.sort(key=lambda r: r["seed"])
+        seeds = [r["seed"] for r in method_runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"a seed appears twice in the results to merge: {seeds}")
+    meta = {k: metas[0][k] for k in ("config", "environment", "dataset") if k in metas[0]}
+    meta["config"] = {**meta["config"], "seeds": [r["seed"] for r in next(iter(runs.values()))]}
+    meta["merged_from"] = [{"command": m.get("command"), "seeds": m["config"]["seeds"]}
+                           for m in metas]
+    return runs, meta

@@ -3,8 +3,9 @@
 Runs of one seed share the initial weights and the machine's state (the lock-step harness),
 so the per-seed difference to the baseline is the quantity to average: its mean ± standard
 error over seeds (s.e. = sample std / sqrt(n)) and the fraction of seeds the method wins.
-Curves are compared at equal epochs (the last epoch both reached on every seed) and at
-equal training time (the longest time both reached on every seed), interpolated between
+Curves are compared, seed by seed, at equal epochs (the last epoch both runs of the seed
+reached) and at equal training time (the end of the shorter of the two runs of the seed:
+both saw the same machine, so each seed keeps its own time scale), interpolated between
 evaluation points: linearly, the train loss in log space.
 """
 from __future__ import annotations
@@ -41,11 +42,6 @@ def interpolate(curve: Sequence[Dict[str, Any]], axis: str, at: float, metric: s
     return float(np.exp(value) if log else value)
 
 
-def _common(runs_a: Sequence[Dict[str, Any]], runs_b: Sequence[Dict[str, Any]],
-            key: str) -> float:
-    return min(min(r[key] for r in runs_a), min(r[key] for r in runs_b))
-
-
 def paired(method_runs: Sequence[Dict[str, Any]],
            base_runs: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """Per-seed differences of a method to a baseline (runs matched by seed).
@@ -60,14 +56,15 @@ def paired(method_runs: Sequence[Dict[str, Any]],
     if not pairs:
         raise ValueError("no seed in common with the baseline")
     ms, bs = [m for m, _ in pairs], [b for _, b in pairs]
-    at = {"epochs": ("epoch", _common(ms, bs, "epochs")),
-          "time": ("wall_clock", _common(ms, bs, "wall_clock"))}
+    at = {"epochs": ("epoch", [min(m["epochs"], b["epochs"]) for m, b in pairs]),
+          "time": ("wall_clock", [min(m["wall_clock"], b["wall_clock"]) for m, b in pairs])}
     out: Dict[str, Any] = {"seeds": [m["seed"] for m in ms],
-                           "at_epoch": at["epochs"][1], "at_time": at["time"][1]}
-    for where, (axis, x) in at.items():
+                           "at_epoch": float(np.mean(at["epochs"][1])),
+                           "at_time": float(np.mean(at["time"][1]))}
+    for where, (axis, xs) in at.items():
         for metric in CURVE_METRICS:
-            mv = [interpolate(m["curve"], axis, x, metric) for m in ms]
-            bv = [interpolate(b["curve"], axis, x, metric) for b in bs]
+            mv = [interpolate(m["curve"], axis, x, metric) for m, x in zip(ms, xs)]
+            bv = [interpolate(b["curve"], axis, x, metric) for b, x in zip(bs, xs)]
             out[f"{metric}_{where}_rel"] = mean_se(
                 [100.0 * (a / c - 1.0) if c > 0 else math.nan for a, c in zip(mv, bv)])
             out[f"{metric}_{where}_abs"] = mean_se([a - c for a, c in zip(mv, bv)])

@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from .. import cross_entropy_with_score, mse_with_score, output_grad_norm
 from .data import DEFAULT_DATA_DIR, Dataset, load_fashion_mnist, load_image_regression
 
-__all__ = ["Task", "TASKS", "load_task"]
+__all__ = ["Task", "TASKS", "ERROR_METRICS", "load_task"]
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
+
+ERROR_METRICS = {"fashion_mnist": ("test error (%)", 100.0), "image": ("test MSE", 1.0)}
+"""Per task: how the report names its error metric, and the factor to the reported figure."""
 
 
 @dataclasses.dataclass
@@ -66,7 +69,8 @@ def fashion_mnist(device: Union[torch.device, str], data_dir: str = DEFAULT_DATA
                 loss_with_score=_cross_entropy, score=output_grad_norm,
                 mean_loss=F.cross_entropy,
                 error_sum=lambda out, y: (out.argmax(dim=1) != y).sum().double(),
-                error_label="test error (%)", error_scale=100.0)
+                error_label=ERROR_METRICS["fashion_mnist"][0],
+                error_scale=ERROR_METRICS["fashion_mnist"][1])
 
 
 def image(device: Union[torch.device, str], data_dir: str = "") -> Task:
@@ -76,7 +80,7 @@ def image(device: Union[torch.device, str], data_dir: str = "") -> Task:
                 loss_with_score=_mse, score=_mse_score, mean_loss=F.mse_loss,
                 error_sum=lambda out, y: F.mse_loss(out.float(), y, reduction="none")
                 .mean(dim=1).sum().double(),
-                error_label="test MSE", error_scale=1.0)
+                error_label=ERROR_METRICS["image"][0], error_scale=ERROR_METRICS["image"][1])
 
 
 TASKS: Dict[str, Callable[..., Task]] = {"fashion_mnist": fashion_mnist, "image": image}

@@ -95,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                         ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()) + ")")
     p.add_argument("--momentum", type=_number(float, 0, True, 1), default=_DEFAULTS.momentum,
                    help="SGD momentum (default: %(default)s)")
-    p.add_argument("--eval-every", type=_number(float, 0, False), default=_DEFAULTS.eval_every,
-                   help="seconds of a method's own training time between evaluations (also "
-                        "at every epoch end) (default: %(default)s)")
+    p.add_argument("--evals-per-epoch", type=_number(int, 1, True),
+                   default=_DEFAULTS.evals_per_epoch,
+                   help="evaluations per epoch, at equal fractions of its steps "
+                        "(default: %(default)s)")
+    p.add_argument("--eval-every", type=_number(float, 0, True), default=_DEFAULTS.eval_every,
+                   help="also evaluate every this many seconds of a method's own training "
+                        "time; 0 = off (default: %(default)s)")
     p.add_argument("--chunk-steps", type=_number(int, 1, True), default=_DEFAULTS.chunk_steps,
                    help="steps a method makes per turn of the lock-step rotation "
                         "(default: %(default)s)")
@@ -150,7 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         model=args.model, epochs=args.epochs,
         time_budget=args.time_budget if args.time_budget else None,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        momentum=args.momentum, eval_every=args.eval_every, chunk_steps=args.chunk_steps,
+        momentum=args.momentum, evals_per_epoch=args.evals_per_epoch,
+        eval_every=args.eval_every, chunk_steps=args.chunk_steps,
         train_eval_size=args.train_eval_size, progress=not args.no_progress)
     try:
         task = load_task(args.task, device, args.data_dir)

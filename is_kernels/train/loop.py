@@ -5,9 +5,10 @@ sampler and generator. They advance in rounds of ``chunk_steps`` steps each, in 
 drawn afresh every round from the seed, so a slowdown of the machine hits all of them
 alike. Each method's clock counts only its own steps (on CUDA with events around each
 chunk, no per-step sync); it is stopped while the method is evaluated. Evaluations of the
-full test set and a fixed subset of the training set happen every ``eval_every`` seconds
-of the method's own training time and at every epoch end, so the report can compare the
-methods at equal training time and at equal epochs.
+full test set and a fixed subset of the training set happen at fixed fractions of every epoch
+(and optionally every ``eval_every`` seconds of the method's own training time); each
+point records the method's own time and epoch, so the report can compare the methods at
+equal training time and at equal epochs.
 """
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ class TrainConfig:
     """Settings shared by every run of a comparison.
 
     Each method trains ``epochs`` epochs, or stops earlier once its own training time
-    reaches ``time_budget`` seconds (``None``: no budget). ``model=None`` takes the task's
+    reaches ``time_budget`` seconds (``None``: no budget). Evaluations: ``evals_per_epoch``
+    per epoch (at equal fractions of its steps, the last at its end) and, if
+    ``eval_every > 0``, whenever the method's own clock crosses a multiple of
+    ``eval_every`` seconds (on a loaded machine the clock runs slower per step, so
+    time-triggered evaluations multiply). ``model=None`` takes the task's
     network, ``lr=None`` :data:`DEFAULT_LR` of the optimizer. The train loss is measured
     on a fixed random subset of ``train_eval_size`` training samples (0: all of them).
     """
@@ -55,7 +60,8 @@ class TrainConfig:
     optimizer: str = "sgd"
     lr: Optional[float] = None
     momentum: float = 0.9
-    eval_every: float = 1.5
+    evals_per_epoch: int = 4
+    eval_every: float = 0.0
     chunk_steps: int = 8
     train_eval_size: int = 10_000
     eval_batch_size: int = 4096
@@ -69,7 +75,8 @@ class TrainConfig:
             ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {OPTIMIZERS}"),
             ("lr", self.lr is None or self.lr > 0, "must be > 0"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
-            ("eval_every", self.eval_every > 0, "must be > 0 (seconds)"),
+            ("evals_per_epoch", self.evals_per_epoch >= 1, "must be >= 1"),
+            ("eval_every", self.eval_every >= 0, "must be >= 0 (seconds, 0 = off)"),
             ("chunk_steps", self.chunk_steps >= 1, "must be >= 1"),
             ("train_eval_size", self.train_eval_size >= 0, "must be >= 0"),
             ("eval_batch_size", self.eval_batch_size >= 1, "must be >= 1"),
@@ -150,6 +157,7 @@ class _Run:
         self.epoch, self.step_in_epoch, self.epoch_steps = 0, 0, None
         self.steps = self.samples = 0
         self.next_eval = config.eval_every
+        self.next_mark = 1  # the next in-epoch evaluation, in 1/evals_per_epoch of the epoch
         self.done = False
         self.stopped_by_time_budget = False
         self.curve: List[Dict[str, Any]] = []
@@ -197,17 +205,23 @@ class _Run:
     def advance(self, n: int) -> int:
         """Trains up to ``n`` steps (not past the epoch's end), then evaluates if due;
         returns the number of steps done."""
-        before = self.steps
+        before, cfg = self.steps, self.config
         self.clock.time(lambda: self._chunk(n))
+        per = cfg.evals_per_epoch
+        mark = self.step_in_epoch >= self.next_mark * self.epoch_steps / per
+        if mark:
+            self.next_mark = self.step_in_epoch * per // self.epoch_steps + 1
         epoch_end = self.step_in_epoch == self.epoch_steps
         if epoch_end:
             self.epoch, self.step_in_epoch, self.epoch_steps = self.epoch + 1, 0, None
-        budget = self.config.time_budget
-        self.stopped_by_time_budget = budget is not None and self.clock.elapsed >= budget
-        self.done = self.stopped_by_time_budget or self.epoch == self.config.epochs
-        if epoch_end or self.done or self.clock.elapsed >= self.next_eval:
-            every = self.config.eval_every
-            self.next_eval = (self.clock.elapsed // every + 1) * every
+            self.next_mark = 1
+        self.stopped_by_time_budget = cfg.time_budget is not None and \
+            self.clock.elapsed >= cfg.time_budget
+        self.done = self.stopped_by_time_budget or self.epoch == cfg.epochs
+        timed = cfg.eval_every > 0 and self.clock.elapsed >= self.next_eval
+        if timed:
+            self.next_eval = (self.clock.elapsed // cfg.eval_every + 1) * cfg.eval_every
+        if mark or epoch_end or self.done or timed:
             self.record(epoch_end=epoch_end)
         return self.steps - before
 

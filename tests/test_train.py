@@ -291,3 +291,17 @@ def test_claim_verdicts():
     assert len(rows) == 2 + 2 + 1  # header, the two DLIS claims, InfoBatch's
     assert all(r.endswith("| reproduced |") for r in rows[2:])
     assert "time saved +30.0 ± 0.0 %" in rows[-1] and "n = 3" in rows[-1]
+
+
+def test_robustness_lines():
+    from is_kernels.train.claims import robustness_lines
+
+    def summary(shift):
+        stat = lambda m: {"mean": m, "se": 1.0, "n": 3}
+        return {"summary": {"uniform": {}, "online": {"vs_uniform": {
+            "train_loss_time_rel": stat(-10.0 + shift), "test_error_time_rel": stat(-5.0),
+            "step_time_rel": stat(0.5)}}}}
+
+    rows = robustness_lines(summary(0.0), summary(2.0))
+    assert len(rows) == 2 + 3
+    assert rows[2].endswith("| +2.0 | no |") and rows[3].endswith("| +0.0 | yes |")

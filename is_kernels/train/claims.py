@@ -2,6 +2,8 @@
 
     python -m is_kernels.train.claims docs/results/fashion_mnist docs/results/image \\
         docs/results/pruning > docs/results/claims.md
+    python -m is_kernels.train.claims --robustness docs/results/fashion_mnist \\
+        docs/results/fashion_mnist_loaded
 
 Every line pairs two methods seed by seed (:func:`~is_kernels.train.stats.paired`) and
 gives the mean ± s.e. of the relevant difference. Verdict: *reproduced* when the effect has
@@ -21,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from .stats import paired
 
-__all__ = ["CLAIMS", "verdict", "claim_lines"]
+__all__ = ["CLAIMS", "verdict", "claim_lines", "robustness_lines"]
 
 # (source, claim, task, method, baseline, metric, claimed sign: -1 lower / +1 higher)
 CLAIMS = [
@@ -128,8 +130,42 @@ def claim_lines(results: Dict[str, Dict[str, Any]]) -> List[str]:
     return rows
 
 
+ROBUSTNESS_METRICS = ("train_loss_time_rel", "test_error_time_rel", "step_time_rel")
+
+
+def robustness_lines(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """Markdown rows: each method's paired difference to uniform in two runs of the same
+    command (``results.json`` of each, e.g. on an idle and a loaded machine), the shift
+    between them and whether it stays within the first run's standard error."""
+    rows = ["| method | metric | run A | run B | shift | within s.e. of A |",
+            "|---|---|---|---|---|---|"]
+    for method, entry in a["summary"].items():
+        other = b["summary"].get(method, {})
+        if "vs_uniform" not in entry or "vs_uniform" not in other:
+            continue
+        for metric in ROBUSTNESS_METRICS:
+            sa, sb = entry["vs_uniform"][metric], other["vs_uniform"][metric]
+            shift = sb["mean"] - sa["mean"]
+            ok = sa["se"] is not None and abs(shift) < sa["se"]
+            rows.append(f"| {method} | {metric} | {_pm(sa)} | {_pm(sb)} | {shift:+.1f} | "
+                        f"{'yes' if ok else 'no'} |")
+    return rows
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """``claims DIR...`` prints the claim table; ``claims --robustness A B`` compares two
+    runs of one command."""
     dirs = sys.argv[1:] if argv is None else argv
+    if dirs and dirs[0] == "--robustness":
+        if len(dirs) != 3:
+            print("usage: claims --robustness DIR_A DIR_B", file=sys.stderr)
+            return 2
+        a, b = _load(dirs[1]), _load(dirs[2])
+        if a is None or b is None:
+            print("no results.json in both directories", file=sys.stderr)
+            return 2
+        print("\n".join(robustness_lines(a, b)))
+        return 0
     results = {}
     for d in dirs:
         res = _load(d)

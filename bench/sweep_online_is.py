@@ -2,8 +2,8 @@
 
 Online IS: λ (``uniform_mix``) × ``momentum``; LOW: a λ small enough for the weights to
 differ from 1 (its reference default 0.1 is in the main comparison). All configurations
-and uniform train in one lock-step run (``is-kernels-train``) on seeds 100-102, 3 epochs,
-evaluating every 3 s; the reported comparisons (README) use other seeds (0-4). Ranks the
+and uniform train in one lock-step run (``is-kernels-train``) on seeds 100-102, 3 epochs;
+the reported comparisons (README) use other seeds (0-4). Ranks the
 configurations by their paired train-loss difference to uniform at equal training time.
 
     python bench/sweep_online_is.py            # ~10 minutes on 2 idle CPU cores
@@ -42,7 +42,7 @@ def main() -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     argv = ["--methods", ",".join(specs()), "--seeds", args.seeds, "--epochs", args.epochs,
-            "--eval-every", "3", "--out", args.out] + (["--no-progress"] if args.no_progress else [])
+            "--out", args.out] + (["--no-progress"] if args.no_progress else [])
     status = train_main(argv)
     with open(os.path.join(args.out, "results.json")) as f:
         summary = json.load(f)["summary"]

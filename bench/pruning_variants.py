@@ -53,9 +53,9 @@ def _factory(cls: Type[ImportancePruningSampler], **kw) -> MethodFactory:
     kw.setdefault("unbiased", True)
 
     def make(*, num_samples: int, batch_size: int, device: torch.device,
-             generator: torch.Generator, epochs: int) -> ImportancePruningSampler:
+             generator: torch.Generator, epochs: int, **options) -> ImportancePruningSampler:
         return cls(num_samples, batch_size, epochs=epochs, device=device,
-                   generator=generator, **kw)
+                   generator=generator, **{**kw, **options})
     return make
 
 
@@ -77,10 +77,10 @@ VARIANTS = {
 }
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     METHODS.update(VARIANTS)
-    pruning_e2e.main(argv)
+    return pruning_e2e.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

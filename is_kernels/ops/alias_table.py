@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, uses_cuda_path
 from .._checks import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
                        raise_invalid_weights, weights_valid)
 
@@ -100,7 +101,7 @@ def _sample_fake(prob, alias, sums, weights, u, group_size):
     return u.new_empty((u.shape[1],), dtype=torch.int64)
 
 
-@torch.library.register_kernel("is_kernels::alias_table_build", "cuda")
+@cuda_kernel("is_kernels::alias_table_build")
 def _build_cuda(weights, group_size):
     from . import alias_table_triton
 
@@ -108,7 +109,7 @@ def _build_cuda(weights, group_size):
     return alias_table_triton.build(weights, group_size)
 
 
-@torch.library.register_kernel("is_kernels::alias_table_sample", "cuda")
+@cuda_kernel("is_kernels::alias_table_sample")
 def _sample_cuda(prob, alias, sums, weights, u, group_size):
     from . import alias_table_triton
 
@@ -155,7 +156,7 @@ class AliasTable:
         if check_values is not None and not isinstance(check_values, bool):
             raise TypeError(f"{op}: check_values must be None or a bool, "
                             f"got {type(check_values).__name__}")
-        self.check_values = weights.device.type != "cuda" if check_values is None \
+        self.check_values = not uses_cuda_path(weights) if check_values is None \
             else check_values
         self.group_size = group_size
         # Without immediate checks: the recorded error, and whether the weights are valid (a
@@ -164,7 +165,7 @@ class AliasTable:
         self._valid: Optional[torch.Tensor] = None
         weights = weights.detach().contiguous()
         if self.check_values and can_sync(weights):
-            if weights.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            if uses_cuda_path(weights):  # the C++ kernel checks (and raises) itself
                 if not bool(weights_valid(weights)):
                     raise_invalid_weights(op, "weights", weights)
                 if not bool(weights.sum() > 0):

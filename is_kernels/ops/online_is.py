@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, uses_cuda_path
 from .sum_tree import check_tree
 
 __all__ = ["mixture", "update_with_tensor_ops"]
@@ -72,7 +73,7 @@ def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     return u.new_empty((b,), dtype=torch.int64), u.new_empty((b,), dtype=torch.float32)
 
 
-@torch.library.register_kernel("is_kernels::online_is_draw", "cuda")
+@cuda_kernel("is_kernels::online_is_draw")
 def _draw_cuda(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     from . import online_is_triton
 
@@ -104,4 +105,4 @@ def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, mom
     torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
 
 
-torch.library.register_kernel("is_kernels::online_is_update", "cuda", update_with_tensor_ops)
+cuda_kernel("is_kernels::online_is_update")(update_with_tensor_ops)

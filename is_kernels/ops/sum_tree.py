@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, uses_cuda_path
 from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
                        check_weight_dtype, max_leaf, raise_invalid_weights, weights_valid)
 
@@ -104,7 +105,7 @@ def _sample_fake(leaves, inner, u):
 
 # ---- CUDA kernels: Triton, imported on first use ------------------------------------------
 
-@torch.library.register_kernel("is_kernels::sum_tree_build", "cuda")
+@cuda_kernel("is_kernels::sum_tree_build")
 def _build_cuda(leaves):
     from . import sum_tree_triton
 
@@ -133,7 +134,7 @@ def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
         raise_invalid_weights(op, "values", values, limit)
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_update", "cuda")
+@cuda_kernel("is_kernels::sum_tree_update")
 def _update_cuda(leaves, inner, indices, values):
     from . import sum_tree_triton
 
@@ -142,7 +143,7 @@ def _update_cuda(leaves, inner, indices, values):
     sum_tree_triton.update(leaves, inner, indices, values, ok)
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_sample", "cuda")
+@cuda_kernel("is_kernels::sum_tree_sample")
 def _sample_cuda(leaves, inner, u):
     from . import sum_tree_triton
 
@@ -206,7 +207,7 @@ class SumTree:
                             f"got {type(check_values).__name__}")
         self._leaves = torch.zeros(capacity, dtype=dtype, device=device)
         self._inner = torch.zeros(heap_size(capacity), dtype=torch.float64, device=device)
-        self.check_values = (self.device.type != "cuda" if check_values is None
+        self.check_values = (not uses_cuda_path(self._leaves) if check_values is None
                              else check_values)
         self._errors = ErrorFlag("SumTree", _MESSAGES, self.device)
 
@@ -243,7 +244,8 @@ class SumTree:
         Invalid input changes nothing; it raises or is recorded per ``check_values``.
         """
         op = "SumTree.update"
-        if (self.check_values and self._leaves.is_cpu and type(indices) is torch.Tensor
+        cuda = uses_cuda_path(self._leaves)
+        if (self.check_values and not cuda and type(indices) is torch.Tensor
                 and indices.dtype == torch.int64):
             # CPU fast path: the C++ kernel checks every argument itself before it writes
             # anything. Only a call that fails goes on to the checks below, which raise the
@@ -260,12 +262,12 @@ class SumTree:
         indices = indices.long()
         _check_update(op, self._leaves, self._inner, indices, values)
         if self._raise_now():
-            if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            if cuda:  # the C++ kernel checks (and raises) itself
                 _raise_update_errors(op, indices, values, self.capacity)
         else:
             code = _update_error(indices, values, self.capacity)
             self._errors.record(code)
-            if self.device.type == "cpu" and int(code) != 0:
+            if not cuda and int(code) != 0:
                 return  # (reading a CPU tensor is no sync) the CUDA kernel drops it itself
         torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
 
@@ -287,12 +289,12 @@ class SumTree:
         guard = None  # on CUDA without immediate checks: whether the build may land
         limit = max_leaf(self.dtype, self.capacity)
         if self._raise_now():
-            if self.device.type != "cpu" and not bool(weights_valid(values, limit)):
+            if uses_cuda_path(values) and not bool(weights_valid(values, limit)):
                 raise_invalid_weights(op, "values", values, limit)
         else:
             ok = weights_valid(values, limit)
             self._errors.record(torch.where(ok, 0, _BAD_BUILD))
-            if self.device.type == "cpu":
+            if not uses_cuda_path(values):
                 if not bool(ok):  # reading a CPU tensor is no sync
                     return
             else:

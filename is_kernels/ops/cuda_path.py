@@ -93,8 +93,9 @@ def cuda_path_on_cpu() -> Iterator[None]:
         _enabled = previous
 
 
-# aten ops that launch no kernel: allocations and metadata.
-_NO_KERNEL = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided",
+# aten ops that launch no kernel: allocations, metadata, Python scalars wrapped as (CPU)
+# tensors.
+_NO_KERNEL = {"scalar_tensor", "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided",
               "detach", "lift_fresh", "alias", "_reshape_alias", "set_", "resize_",
               "_local_scalar_dense", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
               "sym_storage_offset", "dim", "size", "stride", "is_same_size"}
@@ -133,6 +134,7 @@ class LaunchCounter(TorchDispatchMode):
         self.aten: Counter = Counter()
         self.syncs: Counter = Counter()
         self._patched = None
+        self._in_triton = False  # the interpreter's own copies of a launch's arguments
 
     @property
     def launches(self) -> int:
@@ -153,7 +155,8 @@ class LaunchCounter(TorchDispatchMode):
         short = name.split("::")[-1]
         if _syncs(func, args):
             self.syncs[short] += 1
-        if name.startswith("aten::") and short not in _NO_KERNEL and not func.is_view:
+        if name.startswith("aten::") and short not in _NO_KERNEL and not func.is_view \
+                and not self._in_triton:
             self.aten[short] += 1
         return func(*args, **kwargs)
 
@@ -168,7 +171,11 @@ class LaunchCounter(TorchDispatchMode):
 
             def counted_run(fn_self, *args, **kwargs):
                 counter.triton[fn_self.fn.__name__] += 1
-                return run(fn_self, *args, **kwargs)
+                counter._in_triton = True
+                try:
+                    return run(fn_self, *args, **kwargs)
+                finally:
+                    counter._in_triton = False
 
             InterpretedFunction.run = counted_run
             self._patched = (InterpretedFunction, run)

@@ -1,0 +1,159 @@
+"""Kernel launches and host syncs of every public operation on the CUDA path, counted on CPU.
+
+Each operation runs inside ``cuda_path_on_cpu()`` (the CUDA implementation on CPU tensors,
+Triton kernels in the interpreter) under a ``LaunchCounter``: Triton launches, aten ops that
+launch a kernel, aten ops that synchronise with the host on CUDA. The counts do not depend on
+the sizes beyond the fused/multi-launch choice of the sum tree update (both are listed). A
+CUDA aten op may launch more than one kernel (e.g. a radix sort), so on a GPU the aten part
+is a lower bound. Next to each: the bytes the operation must move at least (``min_bytes``,
+a formula) at the benchmark shapes.
+
+Usage: ``TRITON_INTERPRET=1 python bench/launch_counts.py [--json out.json]``;
+``counts()`` returns the rows for bench/run_all.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Dict, List
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
+
+import is_kernels  # noqa: E402
+from is_kernels import AliasTable, SumTree  # noqa: E402
+from is_kernels.ops import sum_tree_triton  # noqa: E402
+from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu  # noqa: E402
+from is_kernels.samplers import OnlineImportanceSampler  # noqa: E402
+
+# Benchmark shapes of the byte formulas (bench_*.py): tree capacity and batch, CE shape.
+N_TREE, K, DRAWS, N_ALIAS, GROUP = 2**24, 4096, 4096, 2**24, 16
+CE_N, CE_C, CE_BYTES = 16384, 131072, 2
+
+
+def _tree(n: int = 64) -> SumTree:
+    tree = SumTree(n, check_values=False)
+    tree.build(torch.rand(n, generator=torch.Generator().manual_seed(0)) + 0.1)
+    return tree
+
+
+def _update(k: int, fused_max: int) -> Callable[[], Callable[[], None]]:
+    def prepare():
+        tree = _tree()
+        idx = torch.randint(0, 64, (k,), generator=torch.Generator().manual_seed(1))
+        values = torch.rand(k)
+        saved = sum_tree_triton.FUSED_MAX
+
+        def run():
+            sum_tree_triton.FUSED_MAX = fused_max
+            try:
+                tree.update(idx, values)
+            finally:
+                sum_tree_triton.FUSED_MAX = saved
+        return run
+    return prepare
+
+
+def _sample():
+    tree = _tree()
+    return lambda: tree.sample(100)
+
+
+def _online_step():
+    s = OnlineImportanceSampler(64, 16, warmup_epochs=0,
+                                generator=torch.Generator().manual_seed(2))
+
+    def run():
+        idx, _ = s.sample()
+        s.update(idx, torch.rand(16))
+    return run
+
+
+def _alias_build(group: int):
+    w = torch.rand(300, generator=torch.Generator().manual_seed(3))
+    return lambda: AliasTable(w, group_size=group)
+
+
+def _alias_sample():
+    table = AliasTable(torch.rand(300) + 0.1)
+    return lambda: table.sample(100)
+
+
+def _ce(reduction: str):
+    logits = torch.randn(8, 11, requires_grad=True)
+    target = torch.randint(0, 11, (8,))
+
+    seed = torch.ones(() if reduction != "none" else 8)  # what loss.backward() passes
+
+    def run():
+        logits.grad = None
+        loss, _ = is_kernels.cross_entropy_with_score(logits, target, reduction=reduction)
+        loss.backward(seed)
+    return run
+
+
+_TREE_BYTES = 8 + 8  # a float64 inner node read (two children) and written, per level
+_H = N_TREE.bit_length() - 1
+# (name, what is measured, setup, minimum bytes moved at the benchmark shapes)
+OPERATIONS = [
+    ("SumTree.update (fused, k <= FUSED_MAX)", _update(8, 1 << 14),
+     K * (8 + 4 + 4) + K * _H * _TREE_BYTES),
+    ("SumTree.update (multi-program, k > FUSED_MAX)", _update(40, 16),
+     K * (8 + 4 + 4) + K * _H * _TREE_BYTES),
+    ("SumTree.sample", _sample, DRAWS * (8 + 8) + DRAWS * _H * _TREE_BYTES),
+    ("online IS step (draw + update)", _online_step,
+     K * (3 * 8 + 8 + 4) + K * (8 + 4 + 4 + 1 + 1) + 2 * K * _H * _TREE_BYTES),
+    ("AliasTable build (group 16)", lambda: _alias_build(GROUP),
+     N_ALIAS * 4 + (N_ALIAS // GROUP) * (8 + 8 + 4)),
+    ("AliasTable build (group 1)", lambda: _alias_build(1), N_ALIAS * (4 + 8 + 4)),
+    ("AliasTable.sample", _alias_sample, DRAWS * (3 * 8 + 8 + 8 + 4 + GROUP * 4 + 8)),
+    ("CE forward + backward (mean)", lambda: _ce("mean"),
+     CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
+    ("CE forward + backward (none)", lambda: _ce("none"),
+     CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4 + 4 + 4)),
+]
+
+
+def counts() -> List[Dict[str, object]]:
+    """One row per operation: launches (Triton, aten), syncs, min_bytes at bench shapes."""
+    rows = []
+    for name, prepare, min_bytes in OPERATIONS:
+        with cuda_path_on_cpu():
+            run = prepare()
+            run()  # first call: one-time allocations and compilations are not counted
+        with LaunchCounter() as c, cuda_path_on_cpu():
+            run()
+        rows.append({"operation": name, **c.summary(), "min_bytes": min_bytes})
+    return rows
+
+
+def table(rows: List[Dict[str, object]]) -> str:
+    lines = ["| operation | launches | Triton | aten | host syncs | min bytes (bench shape) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['operation']} | {r['launches']} | {sum(r['triton'].values())} | "
+                     f"{sum(r['aten'].values())} | {r['syncs']} | {r['min_bytes']:.3g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument("--detail", action="store_true", help="print the ops of every row")
+    args = parser.parse_args(argv)
+    rows = counts()
+    print(table(rows))
+    if args.detail:
+        for r in rows:
+            print(r["operation"], r["triton"], r["aten"], r["sync_ops"])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,9 +66,11 @@ def _online_step():
     s = OnlineImportanceSampler(64, 16, warmup_epochs=0,
                                 generator=torch.Generator().manual_seed(2))
 
+    scores = torch.rand(16)
+
     def run():
         idx, _ = s.sample()
-        s.update(idx, torch.rand(16))
+        s.update(idx, scores)
     return run
 
 

@@ -84,7 +84,6 @@ def _online_op_state(n=40):
     return [memory, seen, active, leaves, torch.ops.is_kernels.sum_tree_build(leaves)]
 
 
-@pytest.mark.xfail(strict=True, reason="CUDA glue: index_put_ keeps an arbitrary duplicate")
 def test_online_ops_with_duplicates():
     def run():
         state = _online_op_state()
@@ -98,8 +97,15 @@ def test_online_ops_with_duplicates():
         return [*state, *draws]
 
     cpp, cuda = both_paths(run)
-    for a, b in zip(cpp, cuda):
+    for a, b in zip(cpp[:-1], cuda[:-1]):
         assert torch.equal(a, b)
+    assert_weights_close(cpp[-1], cuda[-1])
+
+
+def assert_weights_close(a, b):
+    """Draw weights 1/(n p): the -march=native C++ build may contract (1-λ)·share + λ/n
+    into an FMA (as Triton does on a GPU), the interpreter does not: 1 ulp apart."""
+    torch.testing.assert_close(a, b, rtol=2.5e-7, atol=0)
 
 
 def test_output_grad_ops():
@@ -132,12 +138,14 @@ def _online_steps():
     return out + [s.importance.clone(), s.tree.values.clone(), s.tree._inner.clone()]
 
 
-@pytest.mark.xfail(strict=True, reason="CUDA glue: index_put_ keeps an arbitrary duplicate")
 def test_online_sampler():
     cpp, cuda = both_paths(_online_steps)
     assert cpp[0].unique().numel() < cpp[0].numel()  # the draws repeat indices
-    for a, b in zip(cpp, cuda):
-        assert torch.equal(a, b)
+    for i, (a, b) in enumerate(zip(cpp, cuda)):
+        if i in (1, 3, 5):  # the weights
+            assert_weights_close(a, b)
+        else:
+            assert torch.equal(a, b)
 
 
 def _training_step():

@@ -48,22 +48,36 @@ def cases():
         tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
         yield (st._level_kernel, {**tree, "width": "i64", "P": "i64", "capacity": "i64",
                                   "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
-        ints = ("k", "capacity", "P", "H", "d_first", "n_levels", "d_dense", "per_prog")
-        for write in (True, False):
+        ints = {name: "i64" for name in ("k", "capacity", "P", "H", "d_dense", "per_prog")}
+        yield (st._validate_kernel, {"IDX": "*i64", "VAL": f"*{leaf}", "WS": "*i32",
+                                     "k": "i64", "capacity": "i64", "per_prog": "i64",
+                                     "F64": "constexpr", "BLOCK": "constexpr"},
+               {"F64": leaf == "fp64", "BLOCK": st.BLOCK})
+        for fused, online in ((True, False), (False, False), (True, True), (False, True)):
+            if online and leaf == "fp64":
+                continue
+            state = ({"MEMORY": "*fp32", "SEEN": "*u8", "ACTIVE": "*u8"} if online else
+                     {"MEMORY": f"*{leaf}", "SEEN": "*i32", "ACTIVE": "*i32"})
             yield (st._update_kernel,
-                   {**tree, "IDX": "*i64", "VAL": f"*{leaf}", "KEEP": "*i8", "OK": "*i32",
-                    **{name: "i64" for name in ints}, "WRITE_LEAVES": "constexpr",
-                    "BLOCK": "constexpr"}, {"WRITE_LEAVES": write, "BLOCK": st.BLOCK})
-        yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "n": "i64",
-                                   "capacity": "i64", "P": "i64", "H": "i64",
-                                   "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+                   {**tree, "SIDX": "*i64", "PERM": "*i64", "VAL": f"*{leaf}", "WS": "*i32",
+                    "ERR": "*i32", **state, **ints, "keep_q": "fp32", "take_s": "fp32",
+                    "bad_index_code": "i32", "bad_value_code": "i32",
+                    **{name: "constexpr" for name in ("FUSED", "RECORD", "ONLINE", "F64",
+                                                      "BLOCK")}},
+                   {"FUSED": fused, "RECORD": not online, "ONLINE": online,
+                    "F64": leaf == "fp64", "BLOCK": st.BLOCK})
+        yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "ERR": "*i32",
+                                   "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
+                                   "empty_code": "i32", "RECORD": "constexpr",
+                                   "BLOCK": "constexpr"},
+               {"RECORD": True, "BLOCK": st.SAMPLE_BLOCK})
     for unbiased in (True, False):
         yield (oi._draw_kernel,
                {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",
                 "U": "*fp64", "IDX": "*i64", "W": "*fp32",
                 **{name: "i64" for name in ("b", "n_active", "capacity", "P", "H")},
-                **{name: "fp32" for name in ("uniform_mix", "keep", "floor_p", "empty_share",
-                                             "n_float")},
+                **{name: "fp32" for name in ("mix_hi", "mix_mid", "mix_lo", "keep", "floor_p",
+                                             "empty_share", "n_float")},
                 "UNBIASED": "constexpr", "BLOCK": "constexpr"},
                {"UNBIASED": unbiased, "BLOCK": oi.BLOCK})
     yield (at._build_kernel, {"PR": "*fp64", "CUM_D": "*fp64", "CUM_E": "*fp64",

@@ -8,6 +8,7 @@ and never synchronises with the host.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -19,9 +20,17 @@ BLOCK = 256
 
 @triton.jit
 def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity, P, H,
-                 uniform_mix, keep, floor_p, empty_share, n_float, UNBIASED: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 mix_hi, mix_mid, mix_lo, keep, floor_p, empty_share, n_float,
+                 UNBIASED: tl.constexpr, BLOCK: tl.constexpr):
+    """uniform_mix = mix_hi + mix_mid + mix_lo exactly (three float32 parts of the float64
+    the CPU kernel compares the coin with); the weight's float32 factors are rounded to
+    float32 here as kernel arguments are on a GPU (the interpreter passes float64)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    f64 = tl.zeros([BLOCK], tl.float64)
+    f32 = tl.zeros([BLOCK], tl.float32)
+    uniform_mix = ((mix_hi + f64) + mix_mid) + mix_lo
+    keep, floor_p, empty_share, n_float = keep + f32, floor_p + f32, empty_share + f32, \
+        n_float + f32
     mask = offs < b
     u = tl.load(U + offs, mask=mask, other=0.0)
     coin = tl.load(U + b + offs, mask=mask, other=0.0)
@@ -41,6 +50,16 @@ def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity
     tl.store(W + offs, w, mask=mask)
 
 
+def _float32_parts(x: float) -> tuple[float, float, float]:
+    """(hi, mid, lo), each a float32 value, with hi + mid + lo == x exactly in float64."""
+    parts = []
+    for _ in range(3):
+        part = float(np.float32(x))
+        parts.append(part)
+        x -= part
+    return tuple(parts)
+
+
 def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
          active_idx: torch.Tensor, u: torch.Tensor, uniform_mix: float,
          unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +71,7 @@ def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
         p = inner.numel()
         _draw_kernel[(triton.cdiv(b, BLOCK),)](
             leaves, inner, memory, active_idx, u, idx, w, b, n, leaves.numel(), p,
-            heap_depth(p), uniform_mix, 1.0 - uniform_mix, uniform_mix / n, 1.0 / n, float(n),
+            heap_depth(p), *_float32_parts(uniform_mix), 1.0 - uniform_mix, uniform_mix / n,
+            1.0 / n, float(n),
             UNBIASED=bool(unbiased), BLOCK=BLOCK, num_warps=4)
     return idx, w

@@ -113,12 +113,12 @@ def _build_cuda(leaves):
     return sum_tree_triton.build(leaves)
 
 
-def _update_error(indices: torch.Tensor, values: torch.Tensor, capacity: int) -> torch.Tensor:
-    """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
-    ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
-    in_range = ((indices >= 0) & (indices < capacity)).all()
-    code = torch.where(weights_valid(values, max_leaf(values.dtype, capacity)), 0, _BAD_VALUE)
-    return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
+def _update_code(indices: torch.Tensor, values: torch.Tensor, capacity: int) -> int:
+    """Error code of a CPU update batch: 0 if valid, ``_BAD_INDEX`` if an index is out of
+    range, else ``_BAD_VALUE`` if a value is invalid."""
+    if not bool(((indices >= 0) & (indices < capacity)).all()):
+        return _BAD_INDEX
+    return 0 if bool(weights_valid(values, max_leaf(values.dtype, capacity))) else _BAD_VALUE
 
 
 def _raise_update_errors(op: str, indices: torch.Tensor, values: torch.Tensor,
@@ -139,8 +139,7 @@ def _update_cuda(leaves, inner, indices, values):
     from . import sum_tree_triton
 
     _check_update("sum_tree_update", leaves, inner, indices, values)
-    ok = (_update_error(indices, values, leaves.shape[0]) == 0).to(torch.int32)
-    sum_tree_triton.update(leaves, inner, indices, values, ok)
+    sum_tree_triton.update(leaves, inner, indices, values)
 
 
 @cuda_kernel("is_kernels::sum_tree_sample")
@@ -264,11 +263,17 @@ class SumTree:
         if self._raise_now():
             if cuda:  # the C++ kernel checks (and raises) itself
                 _raise_update_errors(op, indices, values, self.capacity)
-        else:
-            code = _update_error(indices, values, self.capacity)
-            self._errors.record(code)
-            if not cuda and int(code) != 0:
-                return  # (reading a CPU tensor is no sync) the CUDA kernel drops it itself
+        elif cuda:  # the kernels check the batch and record its error code
+            from . import sum_tree_triton
+
+            sum_tree_triton.update(self._leaves, self._inner, indices, values,
+                                   err=self._errors.code, codes=(_BAD_INDEX, _BAD_VALUE))
+            return
+        else:  # (reading a CPU tensor is no sync)
+            code = _update_code(indices, values, self.capacity)
+            self._errors.record(torch.tensor(code))
+            if code != 0:
+                return
         torch.ops.is_kernels.sum_tree_update(self._leaves, self._inner, indices, values)
 
     def build(self, values: torch.Tensor) -> None:
@@ -327,14 +332,22 @@ class SumTree:
         check_num_draws(op, n)
         if empty not in ("raise", "minus_one"):
             raise ValueError(f"{op}: empty must be 'raise' or 'minus_one', got {empty!r}")
+        record = False  # whether the sample kernel records an all-zero tree
         if empty == "raise":
             if self._raise_now():
                 if not self._inner[1].item() > 0:  # (fewer torch ops than bool(inner[1] > 0))
                     raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
                                        "sample (pass empty='minus_one' to get -1 draws)")
+            elif uses_cuda_path(self._leaves):
+                record = True
             else:
                 self._errors.record(torch.where(self._inner[1] > 0, 0, _EMPTY))
         u = torch.rand(n, generator=generator, device=self.device, dtype=torch.float64)
+        if record:
+            from . import sum_tree_triton
+
+            return sum_tree_triton.sample(self._leaves, self._inner, u, err=self._errors.code,
+                                          empty_code=_EMPTY)
         return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
 
     def raise_errors(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from .._checks import int_at_least, state_int
+from ..ops.cuda_path import uses_cuda_path
 
 __all__ = ["Sampler", "ScoreFn", "DeviceLike"]
 
@@ -162,7 +163,9 @@ class Sampler(abc.ABC):
     def _pending_position(self, idx: torch.Tensor) -> Optional[int]:
         """The position of the draw ``idx`` among the outstanding draws (None: not there)."""
         for k, (draw, _) in enumerate(self._pending):
-            if draw is idx or (draw.shape == idx.shape and torch.equal(draw, idx)):
+            if draw is idx or (draw.shape == idx.shape and (  # on CUDA: the same memory (no sync)
+                    (draw.data_ptr(), draw.stride()) == (idx.data_ptr(), idx.stride())
+                    if uses_cuda_path(draw) else torch.equal(draw, idx))):
                 return k
         return None
 

@@ -75,6 +75,21 @@ def test_alias_table():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("bad,match", [(float("nan"), "not finite"), (0.0, "all weights")])
+def test_alias_table_invalid_weights(bad, match):
+    def run():
+        w = torch.zeros(40) if bad == 0.0 else torch.rand(40)
+        w[3] = bad
+        table = AliasTable(w, check_values=False)
+        draws = table.sample(20)
+        with pytest.raises(RuntimeError, match=match):
+            table.raise_errors()
+        return draws
+
+    cpp, cuda = both_paths(run)
+    assert (cpp == -1).all() and (cuda == -1).all()
+
+
 def _online_op_state(n=40):
     g = torch.Generator().manual_seed(3)
     memory = torch.rand(n, generator=g) + 0.05

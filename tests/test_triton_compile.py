@@ -80,19 +80,23 @@ def cases():
                                              "empty_share", "n_float")},
                 "UNBIASED": "constexpr", "BLOCK": "constexpr"},
                {"UNBIASED": unbiased, "BLOCK": oi.BLOCK})
-    yield (at._build_kernel, {"PR": "*fp64", "CUM_D": "*fp64", "CUM_E": "*fp64",
-                              "CUM_H": "*i64", "LAST_H": "*i64", "PROB": "*fp64",
-                              "ALIAS": "*i32", "n": "i64", "STEPS": "constexpr",
+    yield (at._classify_kernel, {"S": "*fp64", "TOTAL": "*fp64", "X": "*fp64", "n": "i64",
+                                 "BLOCK": "constexpr"}, {"BLOCK": at.BLOCK})
+    yield (at._build_kernel, {"S": "*fp64", "TOTAL": "*fp64", "CUM": "*fp64", "PROB": "*fp64",
+                              "ALIAS": "*i32", "STATUS": "*i32", "ERR": "*i32", "n": "i64",
+                              "bad_code": "i32", "zero_code": "i32", "STEPS": "constexpr",
                               "BLOCK": "constexpr"}, {"STEPS": 21, "BLOCK": at.BLOCK})
     for weight in ("fp32", "fp64"):
-        yield (at._group_sums_kernel, {"W": f"*{weight}", "SUMS": "*fp64", "n": "i64",
-                                       "m": "i64", "group": "i64", "BLOCK": "constexpr"},
-               {"BLOCK": at.BLOCK})
+        for rows, gp, tile in ((128, 16, True), (2, 1024, False)):
+            yield (at._group_sums_kernel, {"W": f"*{weight}", "SUMS": "*fp64", "n": "i64",
+                                           "m": "i64", "group": "i64", "ROWS": "constexpr",
+                                           "GP": "constexpr", "TILE": "constexpr"},
+                   {"ROWS": rows, "GP": gp, "TILE": tile})
         for one in (True, False):
             yield (at._sample_kernel,
                    {"PROB": "*fp64", "ALIAS": "*i32", "SUMS": "*fp64", "W": f"*{weight}",
-                    "U": "*fp64", "OUT": "*i64", **{name: "i64" for name in
-                                                    ("n", "m", "size", "group")},
+                    "U": "*fp64", "OUT": "*i64", "STATUS": "*i32",
+                    **{name: "i64" for name in ("n", "m", "size", "group")},
                     "ONE": "constexpr", "BLOCK": "constexpr"}, {"ONE": one, "BLOCK": at.BLOCK})
 
 

@@ -114,6 +114,8 @@ OPERATIONS = [
     ("AliasTable.sample", _alias_sample, DRAWS * (3 * 8 + 8 + 8 + 4 + GROUP * 4 + 8)),
     ("CE forward + backward (mean)", lambda: _ce("mean"),
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
+    ("CE forward + backward (sum)", lambda: _ce("sum"),
+     CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
     ("CE forward + backward (none)", lambda: _ce("none"),
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4 + 4 + 4)),
 ]

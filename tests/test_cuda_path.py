@@ -123,6 +123,29 @@ def assert_weights_close(a, b):
     torch.testing.assert_close(a, b, rtol=2.5e-7, atol=0)
 
 
+@pytest.mark.parametrize("reduction,dtype,seed", [
+    ("mean", torch.float32, None), ("mean", torch.float32, 1.0), ("sum", torch.float64, 0.5),
+    ("none", torch.bfloat16, "rows")])
+def test_cross_entropy(reduction, dtype, seed):
+    """Forward + backward, with an incoming gradient of exactly 1 (the kernel's early
+    return), another scalar, or one per row."""
+    def run():
+        g = torch.Generator().manual_seed(9)
+        logits = torch.randn(7, 13, generator=g).to(dtype).requires_grad_()
+        target = torch.tensor([0, 3, -100, 12, 4, 4, -100])
+        loss, score = is_kernels.cross_entropy_with_score(logits, target, reduction=reduction,
+                                                          label_smoothing=0.05)
+        grad = (torch.arange(7.0).to(dtype) if seed == "rows" else
+                None if seed is None else torch.tensor(seed, dtype=dtype))
+        loss.backward(grad)
+        return loss, score, logits.grad
+
+    cpp, cuda = both_paths(run)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-7)
+    for a, b in zip(cpp, cuda):
+        torch.testing.assert_close(a, b, **tol)
+
+
 def test_output_grad_ops():
     def run():
         g = torch.Generator().manual_seed(5)

@@ -17,8 +17,10 @@ triton = pytest.importorskip("triton")
 def ce_signature(logits: str, acc: str, rows: bool) -> dict:
     sig = {"Z": f"*{logits}", "stride_zn": "i64", "stride_zc": "i64", "T": "*i64",
            "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}", "COUNT": "*i64",
-           "N": "i32", "C": "i32", "ignore_index": "i64", "EPS": f"*{acc}"}
-    names = (["ROWS"] if rows else []) + ["BLOCK_C", "WRITE_GRAD", "MEAN", "SMOOTH", "F64"]
+           "OUT": f"*{logits}", "WS": "*i32", "N": "i32", "C": "i32", "ignore_index": "i64",
+           "eps_hi": "fp32", "eps_mid": "fp32", "eps_lo": "fp32"}
+    names = (["ROWS"] if rows else []) + ["BLOCK_C", "WRITE_GRAD", "MEAN", "REDUCE", "SMOOTH",
+                                          "F64"]
     sig.update({name: "constexpr" for name in names})
     return sig
 
@@ -32,11 +34,18 @@ def cases():
     for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")]:
         f64 = acc == "fp64"
         for grad, mean, smooth in [(True, True, True), (False, False, False)]:
-            flags = {"WRITE_GRAD": grad, "MEAN": mean, "SMOOTH": smooth, "F64": f64}
+            flags = {"WRITE_GRAD": grad, "MEAN": mean, "REDUCE": mean, "SMOOTH": smooth,
+                     "F64": f64}
             yield (og._ce_tile_kernel, ce_signature(logits, acc, True),
                    {"ROWS": 4, "BLOCK_C": 1024, **flags})
             yield (og._ce_loop_kernel, ce_signature(logits, acc, False),
                    {"BLOCK_C": 4096, **flags})
+        yield (og._scale_grad_kernel, {"GRAD": f"*{logits}", "GL": f"*{logits}", "n": "i64",
+                                       "C": "i64", "PER_ROW": "constexpr", "F64": "constexpr",
+                                       "BLOCK": "constexpr"},
+               {"PER_ROW": logits == "bf16", "F64": f64, "BLOCK": 4096})
+    yield (og._count_kernel, {"T": "*i64", "COUNT": "*i64", "N": "i32", "ignore_index": "i64",
+                              "BLOCK": "constexpr"}, {"BLOCK": 4096})
     for dtype, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:
         sig = {"P": f"*{dtype}", "Y": f"*{dtype}", "LOSS": f"*{acc}", "SCORE": "*fp32",
                "GRAD": f"*{dtype}", "N": "i32", "D": "i32"}

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict, Iterator, Tuple
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
 __all__ = ["cuda_kernel", "cuda_path_on_cpu", "uses_cuda_path", "LaunchCounter",
-           "in_foreign_dispatch_mode"]
+           "in_foreign_dispatch_mode", "workspace", "float32_parts"]
 
 # op name ("is_kernels::sum_tree_update") -> its CUDA implementation.
 _CUDA_IMPLS: Dict[str, Callable] = {}
@@ -91,6 +92,31 @@ def cuda_path_on_cpu() -> Iterator[None]:
             yield
     finally:
         _enabled = previous
+
+
+def float32_parts(x: float) -> Tuple[float, float, float]:
+    """(hi, mid, lo), each a float32 value, with hi + mid + lo == x exactly in float64: how
+    a float64 reaches a Triton kernel, whose float arguments are float32."""
+    parts = []
+    for _ in range(3):
+        part = float(np.float32(x))
+        parts.append(part)
+        x -= part
+    return parts[0], parts[1], parts[2]
+
+
+_workspaces: Dict[Tuple[torch.device, int], torch.Tensor] = {}
+
+
+def workspace(device: torch.device) -> torch.Tensor:
+    """int32 [4] zeros on ``device``, one per device and stream, for kernels whose programs
+    count themselves or OR flags in it (the last program resets what it used): [0] sum tree
+    update flags, [1] its finished programs, [2] the cross-entropy's finished programs."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    ws = _workspaces.get((device, stream))
+    if ws is None:
+        ws = _workspaces[(device, stream)] = torch.zeros(4, dtype=torch.int32, device=device)
+    return ws
 
 
 # aten ops that launch no kernel: allocations, metadata, Python scalars wrapped as (CPU)

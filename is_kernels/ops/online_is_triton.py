@@ -8,11 +8,11 @@ and never synchronises with the host.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from .cuda_path import float32_parts
 from .sum_tree_triton import descend, heap_depth
 
 BLOCK = 256
@@ -50,16 +50,6 @@ def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity
     tl.store(W + offs, w, mask=mask)
 
 
-def _float32_parts(x: float) -> tuple[float, float, float]:
-    """(hi, mid, lo), each a float32 value, with hi + mid + lo == x exactly in float64."""
-    parts = []
-    for _ in range(3):
-        part = float(np.float32(x))
-        parts.append(part)
-        x -= part
-    return tuple(parts)
-
-
 def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
          active_idx: torch.Tensor, u: torch.Tensor, uniform_mix: float,
          unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +61,7 @@ def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
         p = inner.numel()
         _draw_kernel[(triton.cdiv(b, BLOCK),)](
             leaves, inner, memory, active_idx, u, idx, w, b, n, leaves.numel(), p,
-            heap_depth(p), *_float32_parts(uniform_mix), 1.0 - uniform_mix, uniform_mix / n,
+            heap_depth(p), *float32_parts(uniform_mix), 1.0 - uniform_mix, uniform_mix / n,
             1.0 / n, float(n),
             UNBIASED=bool(unbiased), BLOCK=BLOCK, num_warps=4)
     return idx, w

@@ -165,15 +165,20 @@ def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tenso
         raise RuntimeError("is_kernels: backward through an op called with compute_grad=False; "
                            "call it with compute_grad=True (the public wrappers do this "
                            "whenever the input requires grad)")
-    if ctx.reduction == "none" and grad.dim() == 2:
-        grad_loss = grad_loss.unsqueeze(1)
+    per_row = ctx.reduction == "none" and grad.dim() == 2
     if not _can_donate(grad):
-        return grad * grad_loss
-    # Donate the buffer: no second logits-sized tensor, and on CPU no pass at all for the
-    # usual loss.backward() (a CPU scalar is read without a device sync).
+        return grad * (grad_loss.unsqueeze(1) if per_row else grad_loss)
+    # Donate the buffer: no second logits-sized tensor, and no pass at all for the usual
+    # loss.backward(): on CPU the scalar is read on the host (no sync), on CUDA by the
+    # scaling kernel, which returns at once when it is exactly 1.
+    if uses_cuda_path(grad) and grad.is_contiguous() and grad.dim() == 2 and \
+            grad_loss.dim() == (1 if per_row else 0):
+        from . import output_grad_triton
+
+        return output_grad_triton.scale_grad_(grad, grad_loss)
     if grad_loss.numel() == 1 and not uses_cuda_path(grad_loss) and grad_loss.item() == 1.0:
         return grad
-    return grad.mul_(grad_loss)
+    return grad.mul_(grad_loss.unsqueeze(1) if per_row else grad_loss)
 
 
 def _ce_backward(ctx, grad_loss, grad_score, grad_grad):

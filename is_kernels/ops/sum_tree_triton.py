@@ -25,11 +25,13 @@ bench/gpu_check.sh measures the crossover on a GPU.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .cuda_path import workspace
 
 BLOCK = 1024
 # Draws per program of the sample kernel: 4096 draws spread over 32 programs.
@@ -248,19 +250,6 @@ def build(leaves: torch.Tensor) -> torch.Tensor:
     return inner
 
 
-_workspaces: Dict[Tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _workspace(device: torch.device) -> torch.Tensor:
-    """int32 [2] zeros of the multi-program update (its flags, its finished programs), one
-    per device and stream; every update leaves it at zero."""
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-    ws = _workspaces.get((device, stream))
-    if ws is None:
-        ws = _workspaces[(device, stream)] = torch.zeros(2, dtype=torch.int32, device=device)
-    return ws
-
-
 def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
            values: torch.Tensor, err: Optional[torch.Tensor] = None,
            codes: Tuple[int, int] = (1, 2), online: Optional[tuple] = None,
@@ -281,7 +270,7 @@ def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
     sorted_idx, perm = torch.sort(indices.reshape(-1), stable=True)
     values = values.reshape(-1)
     fused = k <= fused_max
-    ws = _workspace(leaves.device)
+    ws = workspace(leaves.device)
     f64 = leaves.dtype == torch.float64
     memory, seen, active, momentum = online if online is not None else (leaves, ws, ws, 0.0)
     if online is not None:

@@ -10,13 +10,13 @@ running sum exceeds u * (the group's sum), or, if u * sum rounds up to the sum, 
 last item of positive weight.
 
 Parallel build (of the table of the group sums): p = w * N / W; the prefix sums D (light
-deficits 1 - p) and E (heavy excesses p - 1) and the running count of heavies are the three
-columns of one ``torch.cumsum`` (parallel on the GPU); then every item finds its own table entry with
-binary searches in those scans, all in parallel: a light its heavy (the first h with
-E(h) > D(i - 1)), a heavy the light during which it ran out of excess (the first l with
-D(l) >= E(h)) and the next heavy. This is the sweep of Hübschle-Schneider & Sanders (2019)
-cut into chunks of one item each. No host sync. The launchers also run on CPU tensors under
-``TRITON_INTERPRET=1``.
+deficits 1 - p) and E (heavy excesses p - 1) and the running count of heavies are the
+three columns of one ``torch.cumsum`` (parallel on the GPU); then every item finds its own
+table entry with binary searches in those scans, all in parallel: a light its heavy (the
+first h with E(h) > D(i - 1)), a heavy the light during which it ran out of excess (the
+first l with D(l) >= E(h)) and the next heavy. This is the sweep of Hübschle-Schneider &
+Sanders (2019) cut into chunks of one item each. No host sync. The launchers also run on CPU
+tensors under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def _build_kernel(S, TOTAL, CUM, PROB, ALIAS, STATUS, ERR, n, bad_code, zero_cod
     CUM_D = CUM
     CUM_E = CUM + 1
     CUM_H = CUM + 2
-    n_heavy = tl.load(CUM_H + 3 * (n - 1))
+    n_heavy = tl.load(CUM_H + 3 * (i * 0 + n - 1))  # (int64: 3 n may pass 2^31)
     # Light i: the heavy current in the sweep (past the last heavy only by rounding).
     before = tl.load(CUM_D + 3 * (i - 1), mask=light_m & (i > 0), other=0.0)
     h = _first_index(CUM_E, before, n, light_m, True, STEPS)
@@ -148,7 +148,7 @@ def _sample_kernel(PROB, ALIAS, SUMS, W, U, OUT, STATUS, n, m, size, group,
     valid = tl.load(STATUS + offs * 0) == 0
     mask = offs < n
     u0 = tl.load(U + offs, mask=mask, other=0.0)
-    u1 = tl.load(U + n + offs, mask=mask, other=0.0)
+    u1 = tl.load(U + (offs + n), mask=mask, other=0.0)  # (int64: 2 n may pass 2^31)
     # u0 * m < m in exact arithmetic, but may round up to m.
     k = tl.minimum((u0 * m).to(tl.int64), m - 1)
     prob = tl.load(PROB + k, mask=mask, other=0.0)
@@ -157,7 +157,7 @@ def _sample_kernel(PROB, ALIAS, SUMS, W, U, OUT, STATUS, n, m, size, group,
     if ONE:
         tl.store(OUT + offs, tl.where(valid, g, -1), mask=mask)
     else:
-        u2 = tl.load(U + 2 * n + offs, mask=mask, other=0.0)
+        u2 = tl.load(U + (offs + n) + n, mask=mask, other=0.0)
         r = u2 * tl.load(SUMS + g, mask=mask, other=0.0)
         acc = tl.zeros([BLOCK], tl.float64)
         found = offs < 0

@@ -122,7 +122,8 @@ def workspace(device: torch.device) -> torch.Tensor:
 # aten ops that launch no kernel: allocations, metadata, Python scalars wrapped as (CPU)
 # tensors.
 _NO_KERNEL = {"scalar_tensor", "empty", "empty_strided", "empty_like", "new_empty",
-              "new_empty_strided", "detach", "lift_fresh", "alias", "_reshape_alias", "set_", "resize_",
+              "new_empty_strided", "detach", "lift_fresh", "alias", "_reshape_alias", "set_",
+              "resize_",
               "_local_scalar_dense", "is_nonzero", "sym_size", "sym_stride", "sym_numel",
               "sym_storage_offset", "dim", "size", "stride", "is_same_size"}
 # aten ops that synchronise with the host on CUDA (the data decides an output's size or a

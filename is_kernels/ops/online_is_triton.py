@@ -33,8 +33,8 @@ def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity
         n_float + f32
     mask = offs < b
     u = tl.load(U + offs, mask=mask, other=0.0)
-    coin = tl.load(U + b + offs, mask=mask, other=0.0)
-    pick = tl.load(U + 2 * b + offs, mask=mask, other=0.0)
+    coin = tl.load(U + (offs + b), mask=mask, other=0.0)  # (int64: b + b may pass 2^31)
+    pick = tl.load(U + (offs + b) + b, mask=mask, other=0.0)
     leaf = descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK)
     k = tl.minimum((pick * n_active).to(tl.int64), n_active - 1)
     uniform = tl.load(ACTIVE + k, mask=mask, other=0)

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .cuda_path import workspace
+
 BLOCK = 1024
 
 
@@ -214,7 +216,7 @@ def sample(prob: torch.Tensor, alias: torch.Tensor, sums: torch.Tensor, weights:
     n = u.shape[1]
     out = torch.empty(n, dtype=torch.int64, device=prob.device)
     if status is None:
-        status = torch.zeros((), dtype=torch.int32, device=prob.device)
+        status = workspace(prob.device)[3]  # an int32 0 no kernel writes
     if n > 0:
         _sample_kernel[(triton.cdiv(n, BLOCK),)](prob, alias, sums, weights.contiguous(), u, out,
                                                  status, n, prob.numel(), weights.numel(),

@@ -111,7 +111,8 @@ _workspaces: Dict[Tuple[torch.device, int], torch.Tensor] = {}
 def workspace(device: torch.device) -> torch.Tensor:
     """int32 [4] zeros on ``device``, one per device and stream, for kernels whose programs
     count themselves or OR flags in it (the last program resets what it used): [0] sum tree
-    update flags, [1] its finished programs, [2] the cross-entropy's finished programs."""
+    update flags, [1] its finished programs, [2] the cross-entropy's finished programs; [3]
+    stays 0 (the status of an alias table built by the op alone)."""
     stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
     ws = _workspaces.get((device, stream))
     if ws is None:

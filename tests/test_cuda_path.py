@@ -9,7 +9,8 @@ from helpers.triton_env import interpreted
 import is_kernels
 from is_kernels import AliasTable, SumTree
 from is_kernels.ops.cuda_path import cuda_path_on_cpu, uses_cuda_path
-from is_kernels.samplers import OnlineImportanceSampler
+from is_kernels.samplers import (ImportancePruningSampler, OnlineImportanceSampler,
+                                  PresampleImportanceSampler)
 
 pytestmark = interpreted
 
@@ -182,6 +183,51 @@ def test_online_sampler():
     for i, (a, b) in enumerate(zip(cpp, cuda)):
         if i in (1, 3, 5):  # the weights
             assert_weights_close(a, b)
+        else:
+            assert torch.equal(a, b)
+
+
+def _pruning_epochs():
+    """Three epochs of importance pruning with importance-sampled draws."""
+    s = ImportancePruningSampler(40, 8, epochs=3, importance_sampling=True,
+                                 generator=torch.Generator().manual_seed(10))
+    out = []
+    for epoch in range(3):
+        s.set_epoch(epoch)
+        for _ in range(len(s)):
+            idx, w = s.sample()
+            s.update(idx, (idx.float() * 0.29 + epoch) % 3)
+            out += [idx, w]
+        out.append(s.kept.clone())
+    return out + [s.importance.clone(), s.tree.values.clone()]
+
+
+def _dlis_steps():
+    """DLIS steps past its switch, scoring presampled candidates with output_grad_norm."""
+    torch.manual_seed(11)
+    logits, y = torch.randn(30, 4), torch.randint(0, 4, (30,))
+    s = PresampleImportanceSampler(30, 5, tau_threshold=1.0, tau_smoothing=0.0,
+                                   generator=torch.Generator().manual_seed(12))
+
+    def score_fn(i):
+        return is_kernels.output_grad_norm(logits[i], y[i])
+
+    out = []
+    for _ in range(4):
+        idx, w = s.sample(score_fn)
+        s.update(idx, score_fn(idx))
+        out += [idx, w]
+    assert s.steps_on > 0  # importance draws from scored candidates happened
+    return out
+
+
+@pytest.mark.parametrize("run", [_pruning_epochs, _dlis_steps])
+def test_other_samplers(run):
+    cpp, cuda = both_paths(run)
+    assert len(cpp) == len(cuda)
+    for a, b in zip(cpp, cuda):
+        if a.dtype == torch.float32:  # weights, scores: see assert_weights_close
+            torch.testing.assert_close(a, b, rtol=2.5e-7, atol=0)
         else:
             assert torch.equal(a, b)
 

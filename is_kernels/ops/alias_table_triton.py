@@ -188,7 +188,7 @@ def build(weights: torch.Tensor, group_size: int, err: Optional[torch.Tensor] = 
     dev = w.device
     sums = torch.empty(m, dtype=torch.float64, device=dev)
     gp = triton.next_power_of_2(group_size)
-    rows = max(1, min(BLOCK, 2048 // gp))
+    rows = max(1, min(BLOCK, 2048 // gp)) if gp <= 32 else BLOCK  # (a lane per group)
     _group_sums_kernel[(triton.cdiv(m, rows),)](w, sums, n, m, group_size, ROWS=rows, GP=gp,
                                                 TILE=gp <= 32, num_warps=4)
     total = sums.sum()

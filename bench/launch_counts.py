@@ -29,7 +29,8 @@ from is_kernels.ops import sum_tree_triton  # noqa: E402
 from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu  # noqa: E402
 from is_kernels.samplers import OnlineImportanceSampler  # noqa: E402
 
-# Benchmark shapes of the byte formulas (bench_*.py): tree capacity and batch, CE shape.
+# Shapes of the byte formulas (the GPU targets): tree capacity, batch and draws, alias table
+# size and group, CE shape (bf16).
 N_TREE, K, DRAWS, N_ALIAS, GROUP = 2**24, 4096, 4096, 2**24, 16
 CE_N, CE_C, CE_BYTES = 16384, 131072, 2
 
@@ -97,27 +98,41 @@ def _ce(reduction: str):
     return run
 
 
-_TREE_BYTES = 8 + 8  # a float64 inner node read (two children) and written, per level
 _H = N_TREE.bit_length() - 1
-# (name, what is measured, setup, minimum bytes moved at the benchmark shapes)
+
+
+def _ancestors(k: int) -> int:
+    """Distinct inner nodes above k random leaves of the 2^_H-leaf tree (at most k a level)."""
+    return sum(min(2**d, k) for d in range(_H))
+
+
+# A recomputed inner node: its two float64 children read, itself written.
+_NODE = 8 + 8 + 8
+_UPDATE = K * (8 + 4 + 4) + _ancestors(K) * _NODE  # indices, values, leaves; ancestors
+_SAMPLE = DRAWS * (8 + 8) + _ancestors(DRAWS) * 16  # uniforms, draws; children read
+# (name, setup, minimum bytes moved at the benchmark shapes: what the result needs, no
+# intermediates such as the sort of a batch or the scans of an alias build)
 OPERATIONS = [
-    ("SumTree.update (fused, k <= FUSED_MAX)", _update(8, 1 << 14),
-     K * (8 + 4 + 4) + K * _H * _TREE_BYTES),
-    ("SumTree.update (multi-program, k > FUSED_MAX)", _update(40, 16),
-     K * (8 + 4 + 4) + K * _H * _TREE_BYTES),
-    ("SumTree.sample", _sample, DRAWS * (8 + 8) + DRAWS * _H * _TREE_BYTES),
+    ("SumTree.update (fused, k <= FUSED_MAX)", _update(8, 1 << 14), _UPDATE),
+    ("SumTree.update (multi-program, k > FUSED_MAX)", _update(40, 16), _UPDATE),
+    ("SumTree.sample", _sample, _SAMPLE),
+    # the draw: 2 more uniforms, weights, the memory of the drawn; the update: scores,
+    # memory and seen read and written, active read
     ("online IS step (draw + update)", _online_step,
-     K * (3 * 8 + 8 + 4) + K * (8 + 4 + 4 + 1 + 1) + 2 * K * _H * _TREE_BYTES),
+     _SAMPLE + DRAWS * (16 + 4 + 4) + _UPDATE + K * (4 + 8 + 2 + 1)),
+    # weights read once, table (prob float64, alias int32) and group sums written
     ("AliasTable build (group 16)", lambda: _alias_build(GROUP),
-     N_ALIAS * 4 + (N_ALIAS // GROUP) * (8 + 8 + 4)),
+     N_ALIAS * 4 + (N_ALIAS // GROUP) * (8 + 4 + 8)),
     ("AliasTable build (group 1)", lambda: _alias_build(1), N_ALIAS * (4 + 8 + 4)),
-    ("AliasTable.sample", _alias_sample, DRAWS * (3 * 8 + 8 + 8 + 4 + GROUP * 4 + 8)),
+    # per draw: 3 uniforms, the draw, prob + alias + group sum, the group's 16 weights
+    ("AliasTable.sample", _alias_sample, DRAWS * (24 + 8 + 8 + 4 + 8 + GROUP * 4)),
+    # logits read once, gradient written once; targets, scores (and row losses for "none")
     ("CE forward + backward (mean)", lambda: _ce("mean"),
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
     ("CE forward + backward (sum)", lambda: _ce("sum"),
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
     ("CE forward + backward (none)", lambda: _ce("none"),
-     CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4 + 4 + 4)),
+     CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4 + 2 + 2)),
 ]
 
 
@@ -135,11 +150,13 @@ def counts() -> List[Dict[str, object]]:
 
 
 def table(rows: List[Dict[str, object]]) -> str:
-    lines = ["| operation | launches | Triton | aten | host syncs | min bytes (bench shape) |",
+    lines = ["| operation | launches | Triton | aten | host syncs | min bytes |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['operation']} | {r['launches']} | {sum(r['triton'].values())} | "
                      f"{sum(r['aten'].values())} | {r['syncs']} | {r['min_bytes']:.3g} |")
+    lines.append(f"\nmin bytes at: tree capacity 2^{_H}, update batch {K}, {DRAWS} draws; alias "
+                 f"table of {N_ALIAS} weights in groups of {GROUP}; CE {CE_N}x{CE_C} bf16.")
     return "\n".join(lines)
 
 

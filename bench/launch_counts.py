@@ -19,7 +19,8 @@ import os
 import sys
 from typing import Callable, Dict, List
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if __name__ == "__main__":  # (imported, it leaves the environment alone)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 

@@ -9,6 +9,7 @@ from helpers.triton_env import interpreted
 
 from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu
 
+pytest.importorskip("triton")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 import launch_counts  # noqa: E402
 

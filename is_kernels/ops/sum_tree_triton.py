@@ -45,7 +45,7 @@ def heap_depth(p: int) -> int:
 
 
 @triton.jit
-def _child_sums(LEAVES, INNER, x, mask, P, capacity, CACHE: tl.constexpr = ""):
+def _child_sums(LEAVES, INNER, x, mask, P, capacity, CACHE: tl.constexpr):
     """(left, right) float64 sums of the children of inner nodes x (leaves when 2x >= P).
     CACHE ".cg" reads past the SM's L1 (nodes other programs wrote in this launch)."""
     c = 2 * x
@@ -67,7 +67,7 @@ def _level_kernel(LEAVES, INNER, width, P, capacity, BLOCK: tl.constexpr):
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = t < width
     x = width + t
-    left, right = _child_sums(LEAVES, INNER, x, mask, P, capacity)
+    left, right = _child_sums(LEAVES, INNER, x, mask, P, capacity, "")
     tl.store(INNER + x, left + right, mask=mask)
 
 
@@ -88,6 +88,12 @@ def _entry_ok(IDX, VAL, t, m, capacity, F64: tl.constexpr):
 
 
 @triton.jit
+def _or_all(flags):
+    """The OR of the lanes' flags (bits 1 and 2)."""
+    return tl.max(flags & 1, axis=0) | tl.max(flags & 2, axis=0)
+
+
+@triton.jit
 def _validate_kernel(IDX, VAL, WS, k, capacity, per_prog, F64: tl.constexpr,
                      BLOCK: tl.constexpr):
     """Multi-program updates: ORs 1 (an index out of range) / 2 (an invalid value) of the
@@ -100,7 +106,7 @@ def _validate_kernel(IDX, VAL, WS, k, capacity, per_prog, F64: tl.constexpr,
         t = start + offs
         idx_ok, val_ok = _entry_ok(IDX, VAL, t, t < hi, capacity, F64)
         flags |= tl.where(idx_ok, 0, 1) | tl.where(val_ok, 0, 2)
-    flag = tl.reduce_or(flags, axis=0)
+    flag = _or_all(flags)
     tl.atomic_or(WS, flag, mask=flag != 0)
 
 
@@ -154,7 +160,7 @@ def _update_kernel(LEAVES, INNER, SIDX, PERM, VAL, WS, ERR, MEMORY, SEEN, ACTIVE
             t = start + offs
             idx_ok, val_ok = _entry_ok(SIDX, VAL, t, t < k, capacity, F64)
             flags |= tl.where(idx_ok, 0, 1) | tl.where(val_ok, 0, 2)
-        flag = tl.reduce_or(flags, axis=0)
+        flag = _or_all(flags)
     else:
         flag = tl.load(WS)
     ok = (offs * 0 + flag) == 0  # per lane (scalar bool masks upset the interpreter)
@@ -177,7 +183,7 @@ def _update_kernel(LEAVES, INNER, SIDX, PERM, VAL, WS, ERR, MEMORY, SEEN, ACTIVE
             m = m & (~dense | (t < width))
             if not FUSED:  # a node another program's entries share waits for the last one
                 m = m & (x != (prev + P64) >> shift) & (x != (after + P64) >> shift)
-            left, right = _child_sums(LEAVES, INNER, x, m, P64, capacity)
+            left, right = _child_sums(LEAVES, INNER, x, m, P64, capacity, "")
             tl.store(INNER + x, left + right, mask=m)
         tl.debug_barrier()
     if not FUSED:
@@ -210,7 +216,7 @@ def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
     r = u * total
     x = tl.full([BLOCK], 1, tl.int64)
     for _ in range(H):
-        left, right = _child_sums(LEAVES, INNER, x, mask, P64, capacity)
+        left, right = _child_sums(LEAVES, INNER, x, mask, P64, capacity, "")
         go_right = (right > 0.0) & (r >= left)
         r = tl.where(go_right, r - left, r)
         x = 2 * x + go_right.to(tl.int64)

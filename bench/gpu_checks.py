@@ -162,7 +162,6 @@ def ce_bandwidth(shapes, reps: int) -> List[dict]:
                      "copy_GBps": moved / t["copy"] / 1e3,
                      "ce_over_copy_bandwidth": t["copy"] / t["ce"], "target": 0.85})
         print("ce_bandwidth", rows[-1], flush=True)
-        del logits, dst
     return rows
 
 

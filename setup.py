@@ -46,7 +46,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.6"],
         "test": ["pytest", "triton>=3.6", "tqdm", "matplotlib", "torchdata==0.11.0",
-                 "hypothesis"],
+                 "hypothesis", "torchrl>=0.14,<0.15", "tensordict>=0.14.3,<0.15"],
         "bench": ["pytest", "pytest-benchmark", "triton>=3.6", "cpprb", "tqdm", "matplotlib"],
         "train": ["tqdm", "matplotlib"],
         "torchrl": ["torchrl>=0.14,<0.15", "tensordict>=0.14.3,<0.15"],

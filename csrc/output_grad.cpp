@@ -220,6 +220,112 @@ at::Tensor output_grad_norm_cpu(const at::Tensor& logits, const at::Tensor& targ
   return std::get<1>(out);
 }
 
+// One row of cross-entropy against class probabilities q (length C), smoothed to
+// t = (1 - eps) q + eps / C: loss = sum_j t_j (lse - z_j), gradient g = (sum_j t_j) p - t
+// (p = softmax(z); sum_j t_j = 1 for a distribution). e: workspace of length C; on return,
+// when write_grad, it holds scale * g. No target class to shift by: exponents are taken
+// against max_j z_j, and the score ||g||_2 is exact to the rounding of p and t.
+template <typename T>
+RowOut<T> soft_ce_row(const T* z, const T* q, T* e, int64_t C, T eps, T scale,
+                      bool write_grad) {
+  const T m = row_max_except(z, C, C);  // y = C: no lane excluded
+  const T shift = std::isinf(m) && m < 0 ? T(0) : m;
+  T s, sq;
+  exp_shifted_except(z, e, C, C, shift, &s, &sq, static_cast<const T*>(nullptr));
+  const T lse = shift + std::log(s);
+  const T t_other = eps / T(C);
+  // Sequential sums in double: float32 ones would lose ~sqrt(C) ulps.
+  double t_sum = 0, loss = 0;
+  for (int64_t j = 0; j < C; ++j) {
+    const T t = (T(1) - eps) * q[j] + t_other;
+    t_sum += t;
+    loss += t * (lse - z[j]);
+  }
+  const T a = static_cast<T>(t_sum / s);  // (sum_j t_j) p_j = a e_j
+  double score_sq = 0;
+  for (int64_t j = 0; j < C; ++j) {
+    const T d = a * e[j] - ((T(1) - eps) * q[j] + t_other);
+    score_sq += static_cast<double>(d) * d;
+    if (write_grad) e[j] = d * scale;
+  }
+  return {static_cast<T>(loss), static_cast<T>(std::sqrt(score_sq))};
+}
+
+template <typename scalar_t, typename T>
+void soft_ce_forward_cpu(const at::Tensor& logits, const at::Tensor& target,
+                         double label_smoothing, T grad_scale, at::Tensor& row_loss,
+                         at::Tensor& score, at::Tensor* grad) {
+  const int64_t N = logits.size(0), C = logits.size(1);
+  const scalar_t* zp = logits.data_ptr<scalar_t>();
+  const scalar_t* qp = target.data_ptr<scalar_t>();
+  T* lp = row_loss.data_ptr<T>();
+  float* sp = score.data_ptr<float>();
+  scalar_t* gp = grad ? grad->data_ptr<scalar_t>() : nullptr;
+  constexpr bool same = std::is_same_v<scalar_t, T>;
+  const T eps = static_cast<T>(label_smoothing);
+  const int64_t grain = std::max<int64_t>(1, 16384 / C);
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> zbuf(same ? 0 : C), qbuf(same ? 0 : C), ebuf((same && gp) ? 0 : C);
+    for (int64_t i = begin; i < end; ++i) {
+      const T *z, *q;
+      if constexpr (same) {
+        z = zp + i * C;
+        q = qp + i * C;
+      } else {
+        for (int64_t j = 0; j < C; ++j) zbuf[j] = static_cast<T>(zp[i * C + j]);
+        for (int64_t j = 0; j < C; ++j) qbuf[j] = static_cast<T>(qp[i * C + j]);
+        z = zbuf.data();
+        q = qbuf.data();
+      }
+      scalar_t* g = gp ? gp + i * C : nullptr;
+      T* e = (same && g) ? reinterpret_cast<T*>(g) : ebuf.data();
+      const RowOut<T> r = soft_ce_row(z, q, e, C, eps, grad_scale, g != nullptr);
+      lp[i] = r.loss;
+      sp[i] = static_cast<float>(r.score);
+      if (g && !same) {
+        for (int64_t j = 0; j < C; ++j) g[j] = static_cast<scalar_t>(e[j]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_cross_entropy_with_score_cpu(
+    const at::Tensor& logits_in, const at::Tensor& target_in, double label_smoothing,
+    c10::string_view reduction, bool compute_grad) {
+  const char* op = "soft_cross_entropy_with_score";
+  const Reduction red = parse_reduction(op, reduction);
+  TORCH_CHECK(logits_in.dim() == 2, op, ": logits must be 2-D [N, C], got shape ",
+              logits_in.sizes());
+  TORCH_CHECK(logits_in.size(1) >= 1, op, ": logits must have at least one class (C >= 1)");
+  check_float_dtype(op, "logits", logits_in);
+  TORCH_CHECK(target_in.sizes() == logits_in.sizes(), op,
+              ": target (class probabilities) must have the shape of logits ",
+              logits_in.sizes(), ", got ", target_in.sizes());
+  TORCH_CHECK(target_in.scalar_type() == logits_in.scalar_type(), op,
+              ": target (class probabilities) must have the dtype of logits (",
+              logits_in.scalar_type(), "), got ", target_in.scalar_type());
+  TORCH_CHECK(target_in.device() == logits_in.device(), op,
+              ": target and logits must be on the same device, got ", target_in.device(),
+              " and ", logits_in.device());
+  TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
+              ": label_smoothing must be in [0, 1], got ", label_smoothing);
+  const at::Tensor logits = logits_in.contiguous(), target = target_in.contiguous();
+  const int64_t N = logits.size(0);
+  const auto opmath = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor row_loss = at::empty({N}, logits.options().dtype(opmath));
+  at::Tensor score = at::empty({N}, logits.options().dtype(at::kFloat));
+  at::Tensor grad = compute_grad ? new_grad(logits) : at::empty({0}, logits.options());
+  const double scale = red == Reduction::Mean ? 1.0 / static_cast<double>(N) : 1.0;
+  const auto dtype = logits.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "soft_cross_entropy", [&] {
+    using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    soft_ce_forward_cpu<scalar_t, T>(logits, target, label_smoothing, static_cast<T>(scale),
+                                     row_loss, score, compute_grad ? &grad : nullptr);
+  });
+  return {reduce_loss(row_loss, red, static_cast<double>(N), 1.0, logits.scalar_type()),
+          score, grad};
+}
+
 template <typename scalar_t, typename T>
 void mse_forward_cpu(const at::Tensor& pred, const at::Tensor& target, T grad_scale,
                      at::Tensor& row_loss, at::Tensor& score, at::Tensor* grad) {
@@ -302,6 +408,9 @@ TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
       "cross_entropy_with_score(Tensor logits, Tensor target, int ignore_index, "
       "float label_smoothing, str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "soft_cross_entropy_with_score(Tensor logits, Tensor target, float label_smoothing, "
+      "str reduction, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "mse_with_score(Tensor pred, Tensor target, str reduction, bool compute_grad) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
@@ -311,6 +420,7 @@ TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
 
 TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
   m.impl("cross_entropy_with_score", &cross_entropy_with_score_cpu);
+  m.impl("soft_cross_entropy_with_score", &soft_cross_entropy_with_score_cpu);
   m.impl("mse_with_score", &mse_with_score_cpu);
   m.impl("output_grad_norm", &output_grad_norm_cpu);
 }

@@ -5,9 +5,10 @@ the samplers built on them, prioritized replay, and their DataLoader / DDP / Tor
 integrations.
 """
 from .integrations import ImportanceBatchSampler, IndexedDataset, ShardedSampler
-from .ops import (AliasTable, MinTree, SumTree, cross_entropy_with_score, mse_with_score,
-                  output_grad_norm)
+from .ops import (AliasTable, MinTree, SumTree, cross_entropy_with_score,
+                  linear_cross_entropy_with_score, mse_with_score, output_grad_norm)
 from .replay import PrioritizedReplay
+from .sequence_scores import sequence_scores
 from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanceSampler,
                        OnlineImportanceSampler, PresampleImportanceSampler, Sampler,
                        UniformSampler, equivalent_batch_increment, measure_step_costs,
@@ -15,6 +16,7 @@ from .samplers import (ImportancePruningSampler, InfoBatchSampler, LossImportanc
 
 __all__ = [
     "cross_entropy_with_score", "mse_with_score", "output_grad_norm",
+    "linear_cross_entropy_with_score", "sequence_scores",
     "SumTree", "MinTree", "AliasTable", "PrioritizedReplay",
     "Sampler", "UniformSampler", "OnlineImportanceSampler", "LossImportanceSampler",
     "PresampleImportanceSampler", "ImportancePruningSampler", "InfoBatchSampler",

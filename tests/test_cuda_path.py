@@ -254,6 +254,28 @@ def test_cross_entropy(reduction, dtype, seed):
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_soft_targets_and_nd_inputs(reduction):
+    """Class-probability targets and [N, C, d] logits (rows of the flattened logits)."""
+    def run():
+        g = torch.Generator().manual_seed(10)
+        logits = torch.randn(5, 7, generator=g, requires_grad=True)
+        probs = torch.rand(5, 7, generator=g).softmax(1)
+        loss, score = is_kernels.cross_entropy_with_score(logits, probs, reduction=reduction,
+                                                          label_smoothing=0.1)
+        loss.sum().backward()
+        seq = torch.randn(2, 6, 3, generator=g, requires_grad=True)
+        target = torch.tensor([[0, 5, -100], [2, 2, 1]])
+        seq_loss, seq_score = is_kernels.cross_entropy_with_score(seq, target,
+                                                                  reduction=reduction)
+        (2 * seq_loss.sum()).backward()
+        return loss, score, logits.grad, seq_loss, seq_score, seq.grad
+
+    cpp, cuda = both_paths(run)
+    for a, b in zip(cpp, cuda):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_output_grad_ops():
     def run():
         g = torch.Generator().manual_seed(5)

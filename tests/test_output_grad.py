@@ -10,6 +10,7 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.asserts import assert_close
 from helpers.triton_env import INTERPRETER_WORKS, interpreted
 
 import is_kernels
@@ -69,16 +70,6 @@ def run_triton_ce(logits, target, ignore_index=-100, label_smoothing=0.0, reduct
         logits, target, ignore_index, label_smoothing, reduction, True, max_tile_c=max_tile_c)
 
 
-def assert_close(actual, expected, tol, what):
-    actual, expected = actual.double().cpu(), expected.double().cpu()
-    assert actual.shape == expected.shape, what
-    assert torch.equal(actual.isnan(), expected.isnan()), f"{what}: NaN where not expected"
-    actual, expected = actual.nan_to_num(0.0), expected.nan_to_num(0.0)
-    scale = max(expected.abs().max().item() if expected.numel() else 0.0, 1.0)
-    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:.1g} x {scale:.3g}"
-
-
 def random_case(N, C, dtype, device="cpu", ignore_frac=0.2, ignore_index=-100, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(N, C, generator=g) * 4).to(dtype).to(device)
@@ -87,9 +78,10 @@ def random_case(N, C, dtype, device="cpu", ignore_frac=0.2, ignore_index=-100, s
     return logits, target.to(device)
 
 
-def check_ce(run, logits, target, dtype, **kw):
+def check_ce(run, logits, target, dtype, reference=None, **kw):
+    """``run``'s loss, score and gradient against ``reference`` (``ce_reference``)."""
     loss, score, grad = run(logits, target, **kw)
-    ref_loss, ref_score, ref_grad = ce_reference(logits, target, **kw)
+    ref_loss, ref_score, ref_grad = (reference or ce_reference)(logits, target, **kw)
     assert score.dtype == torch.float32 and loss.dtype == logits.dtype
     assert_close(loss, ref_loss, OUT_TOL[dtype], "loss")
     assert_close(score, ref_score, 2e-6 if dtype != torch.float64 else 1e-7, "score")
@@ -280,18 +272,23 @@ def test_ce_integer_targets_of_other_dtypes():
 CE_BAD_INPUTS = [
     ("target\\[3\\] = 7 is out of range", lambda z, t: (z, t.index_fill(0, torch.tensor([3]), 7)), {}),
     ("target\\[0\\] = -1 is out of range", lambda z, t: (z, t.index_fill(0, torch.tensor([0]), -1)), {}),
-    ("target must be integer", lambda z, t: (z, t.float()), {}),
+    ("target must be integer class indices or float", lambda z, t: (z, t.bool()), {}),
+    ("target \\(class probabilities\\) must have the shape", lambda z, t: (z, t.float()), {}),
+    ("target \\(class probabilities\\) must have the dtype",
+     lambda z, t: (z, z.double().softmax(1)), {}),
     ("target must have shape", lambda z, t: (z, t[:-1]), {}),
-    ("logits must be 2-D", lambda z, t: (z[0], t), {}),
-    ("logits must be 2-D", lambda z, t: (z[None], t), {}),
     ("at least one class", lambda z, t: (z[:, :0], t), {}),
     ("logits must be float", lambda z, t: (z.int(), t), {}),
     ("reduction must be", lambda z, t: (z, t), {"reduction": "avg"}),
     ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": 1.5}),
     ("label_smoothing must be in", lambda z, t: (z, t), {"label_smoothing": -0.1}),
 ]
-# Caught by the public wrappers (the op's schema would reject them less clearly).
+# Caught by the public wrappers (the op's schema would reject them less clearly); the
+# wrappers take [C] and [N, C, d1, ...] logits too, so there the target's shape is wrong.
 CE_BAD_ARGUMENTS = [
+    ("target must have shape \\(\\) for \\[C\\] logits", lambda z, t: (z[0], t), {}),
+    ("target must have shape \\[N, d1, ...\\] = \\(1, 7\\)", lambda z, t: (z[None], t), {}),
+    ("logits must be \\[C\\], \\[N, C\\] or", lambda z, t: (z[0, 0], t), {}),
     ("logits must be a torch.Tensor", lambda z, t: (z.tolist(), t), {}),
     ("target must be a torch.Tensor", lambda z, t: (z, t.tolist()), {}),
     ("label_smoothing must be a float", lambda z, t: (z, t), {"label_smoothing": "0.1"}),
@@ -311,7 +308,14 @@ def test_ce_bad_input_raises_naming_the_argument(match, make, kw):
             is_kernels.output_grad_norm(logits, target, **kw)
 
 
-@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS[2:])
+# The op itself takes 2-D logits only (the public wrappers reshape the others).
+CE_OP_BAD_SHAPES = [
+    ("logits must be 2-D", lambda z, t: (z[0], t), {}),
+    ("logits must be 2-D", lambda z, t: (z[None], t), {}),
+]
+
+
+@pytest.mark.parametrize("match,make,kw", CE_BAD_INPUTS[2:] + CE_OP_BAD_SHAPES)
 def test_ce_bad_input_raises_in_fake_kernel(match, make, kw):
     """The same checks run at trace time (fake tensors), as under torch.compile."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -591,3 +595,145 @@ def test_only_the_loss_carries_a_gradient():
     assert logits.grad is None
     (loss + grad.sum()).backward()
     torch.testing.assert_close(logits.grad, grad.detach())
+
+
+# ---- F.cross_entropy parity: class probabilities, [C] and [N, C, d1, ...] inputs ----------
+
+def soft_reference(logits, target, label_smoothing=0.0, reduction="mean"):
+    """float64 loss, per-sample gradient norm and gradient of the reduced loss, by autograd
+    of F.cross_entropy (any shape it takes). The score of sample i is the norm of the
+    gradient of its own loss (reduction "none") with respect to its logits."""
+    z = logits.detach().double().requires_grad_()
+    t = target.double() if target.dtype.is_floating_point else target
+    loss = F.cross_entropy(z, t, label_smoothing=label_smoothing, reduction=reduction)
+    (grad,) = torch.autograd.grad(loss.sum(), z) if loss.numel() else (torch.zeros_like(z),)
+    per = F.cross_entropy(z, t, label_smoothing=label_smoothing, reduction="none")
+    (per_grad,) = torch.autograd.grad(per.sum(), z) if per.numel() else (torch.zeros_like(z),)
+    class_dim = 0 if z.dim() == 1 else 1
+    return loss.detach(), per_grad.norm(dim=class_dim), grad
+
+
+def soft_case(N, C, dtype, seed=0, normalized=True):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(N, C, generator=g) * 4).to(dtype)
+    q = torch.rand(N, C, generator=g) ** 4
+    q = (q / q.sum(1, keepdim=True) if normalized else q * 2).to(dtype)
+    return logits, q
+
+
+def check_parity(logits, target, dtype, impl=run_public_ce, **kw):
+    check_ce(impl, logits, target, dtype, reference=soft_reference, **kw)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("N,C", [(1, 1), (7, 5), (33, 300), (3, 5000)])
+def test_ce_probability_targets_cpu(N, C, dtype, reduction):
+    logits, q = soft_case(N, C, dtype, seed=N + C)
+    for ls in (0.0, 0.2):
+        check_parity(logits, q, dtype, reduction=reduction, label_smoothing=ls)
+    # Targets that do not sum to 1 are taken as given, as F.cross_entropy does.
+    logits, q = soft_case(N, C, dtype, seed=N + C, normalized=False)
+    check_parity(logits, q, dtype, reduction=reduction)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ce_extra_dims_and_unbatched(soft, reduction):
+    """[N, C, d1, d2] logits: one sample per position (loss and score [N, d1, d2] with
+    "none"); [C] logits: one sample (0-dim score)."""
+    g = torch.Generator().manual_seed(5)
+    N, C, d1, d2 = 3, 11, 4, 2
+    logits = torch.randn(N, C, d1, d2, generator=g) * 3
+    if soft:
+        target = torch.rand(N, C, d1, d2, generator=g).softmax(1)
+    else:
+        target = torch.randint(0, C, (N, d1, d2), generator=g)
+        target[0, 1, 1] = target[2, 3, 0] = -100
+    for ls in (0.0, 0.1):
+        check_parity(logits, target, torch.float32, reduction=reduction, label_smoothing=ls)
+        norm = is_kernels.output_grad_norm(logits, target, label_smoothing=ls)
+        assert_close(norm, soft_reference(logits, target, ls)[1], 2e-6, "output_grad_norm")
+    one = (target[0, :, 1, 1] if soft else target[1, 2, 0])
+    check_parity(logits[1, :, 2, 0] if not soft else logits[0, :, 1, 1], one, torch.float32,
+                 reduction=reduction)
+
+
+def test_ce_probability_targets_are_not_differentiated():
+    logits, q = soft_case(4, 6, torch.float32)
+    with pytest.raises(ValueError, match="pass target.detach\\(\\)"):
+        is_kernels.cross_entropy_with_score(logits, q.requires_grad_())
+    with torch.no_grad():  # nothing to differentiate: accepted
+        is_kernels.cross_entropy_with_score(logits, q)
+
+
+def test_ce_probability_targets_gradcheck_and_opcheck():
+    logits, q = soft_case(5, 4, torch.float64)
+    for reduction in REDUCTIONS:
+        assert torch.autograd.gradcheck(
+            lambda z: is_kernels.cross_entropy_with_score(z, q, reduction=reduction,
+                                                          label_smoothing=0.1)[0],
+            (logits.clone().requires_grad_(),))
+        torch.library.opcheck(torch.ops.is_kernels.soft_cross_entropy_with_score.default,
+                              (logits.float().requires_grad_(), q.float(), 0.1, reduction, True))
+    torch.library.opcheck(torch.ops.is_kernels.soft_cross_entropy_with_score.default,
+                          (logits, q, 0.0, "none", False))
+
+
+def test_ce_parity_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 7, 5, generator=g)
+    index = torch.randint(0, 7, (2, 5), generator=g)
+    probs = torch.rand(2, 7, 5, generator=g).softmax(1)
+
+    def step(z, index, probs):
+        l1, s1 = is_kernels.cross_entropy_with_score(z, index, reduction="none")
+        l2, s2 = is_kernels.cross_entropy_with_score(z, probs)
+        return l1.sum() + l2, s1, s2
+
+    results = []
+    for fn in (torch.compile(step, fullgraph=True), step):
+        z = logits.clone().requires_grad_()
+        loss, s1, s2 = fn(z, index, probs)
+        loss.backward()
+        results.append((loss.detach(), s1, s2, z.grad))
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e)
+
+
+@interpreted
+@pytest.mark.parametrize("N,C,dtype", [(1, 1, torch.float32), (13, 3, torch.float32),
+                                       (9, 37, torch.float64), (2, 4500, torch.float32),
+                                       (6, 100, torch.bfloat16)])
+def test_triton_probability_targets_interpreted_match_cpp(N, C, dtype):
+    """The CUDA kernel (Triton, under the interpreter) against the C++ kernel and float64;
+    C = 4500 walks two column chunks; transposed (strided) inputs as the extra-dims path
+    can pass them."""
+    logits, q = soft_case(N, C, dtype, seed=N * C)
+    for reduction in REDUCTIONS:
+        for ls in (0.0, 0.15):
+            tri = output_grad_triton.soft_cross_entropy_with_score(logits, q, ls, reduction,
+                                                                   True)
+            cpp = torch.ops.is_kernels.soft_cross_entropy_with_score(logits, q, ls, reduction,
+                                                                     True)
+            for a, b, what in zip(tri, cpp, ("loss", "score", "grad")):
+                assert_close(a, b, OUT_TOL[dtype], what)
+            check_parity(logits, q, dtype, impl=lambda z, t, **kw: tri, reduction=reduction,
+                         label_smoothing=ls)
+    zt, qt = logits.t().contiguous().t(), q.t().contiguous().t()
+    tri = output_grad_triton.soft_cross_entropy_with_score(zt, qt, 0.0, "sum", True)
+    check_parity(logits, q, dtype, impl=lambda z, t, **kw: tri, reduction="sum")
+
+
+@requires_cuda
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ce_parity_cuda(dtype, reduction):
+    for N, C in [(7, 5), (300, 1000), (3, 40000)]:
+        logits, q = soft_case(N, C, dtype, seed=N)
+        check_parity(logits.cuda(), q.cuda(), dtype, reduction=reduction, label_smoothing=0.1)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 50, 4, 6, generator=g) * 3).to(dtype).cuda()
+    target = torch.randint(0, 50, (3, 4, 6), generator=g).cuda()
+    check_parity(logits, target, dtype, reduction=reduction)

@@ -44,6 +44,17 @@ def cases():
                                        "C": "i64", "PER_ROW": "constexpr", "F64": "constexpr",
                                        "BLOCK": "constexpr"},
                {"PER_ROW": logits == "bf16", "F64": f64, "BLOCK": 4096})
+    for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:
+        for grad, mean in [(True, True), (False, False)]:
+            yield (og._soft_ce_kernel,
+                   {"Z": f"*{logits}", "stride_zn": "i64", "stride_zc": "i64",
+                    "Q": f"*{logits}", "stride_qn": "i64", "stride_qc": "i64",
+                    "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}", "N": "i32",
+                    "C": "i32", "EPS": f"*{acc}",
+                    **{name: "constexpr" for name in ("ROWS", "BLOCK_C", "WRITE_GRAD", "MEAN",
+                                                      "F64")}},
+                   {"ROWS": 4, "BLOCK_C": 1024, "WRITE_GRAD": grad, "MEAN": mean,
+                    "F64": acc == "fp64"})
     yield (og._count_kernel, {"T": "*i64", "COUNT": "*i64", "N": "i32", "ignore_index": "i64",
                               "BLOCK": "constexpr"}, {"BLOCK": 4096})
     for dtype, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:

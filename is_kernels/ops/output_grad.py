@@ -5,7 +5,7 @@ Each wraps a ``torch.ops.is_kernels`` custom op: C++ on CPU (``csrc/output_grad.
 Triton on CUDA (``is_kernels/ops/output_grad_triton.py``), with fake kernels for
 ``torch.compile`` and an autograd formula whose backward scales the gradient the forward
 kernel already wrote (in place when the graph is freed after the backward: the buffer is
-donated, see :func:`_can_donate`).
+donated, see :func:`can_donate`).
 """
 from __future__ import annotations
 
@@ -29,9 +29,7 @@ def _check_reduction(op: str, reduction: str) -> None:
         raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
-              label_smoothing: float) -> None:
-    """Checks of shapes, dtypes and devices (the C++ kernel makes the same on CPU)."""
+def _check_logits(op: str, logits: torch.Tensor, label_smoothing: float) -> None:
     if logits.dim() != 2:
         raise ValueError(f"{op}: logits must be 2-D [N, C], got shape {tuple(logits.shape)}")
     if logits.shape[1] < 1:
@@ -39,6 +37,14 @@ def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
     if logits.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: logits must be float32, float64, float16 or bfloat16, "
                         f"got {logits.dtype}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
+              label_smoothing: float) -> None:
+    """Checks of shapes, dtypes and devices (the C++ kernel makes the same on CPU)."""
+    _check_logits(op, logits, label_smoothing)
     if target.dtype != torch.int64:
         raise TypeError(f"{op}: target must be int64 class indices, got {target.dtype}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
@@ -47,8 +53,6 @@ def _check_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
     if target.device != logits.device:
         raise ValueError(f"{op}: target and logits must be on the same device, "
                          f"got {target.device} and {logits.device}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
 
 
 def _check_mse(op: str, pred: torch.Tensor, target: torch.Tensor) -> None:
@@ -59,15 +63,21 @@ def _check_mse(op: str, pred: torch.Tensor, target: torch.Tensor) -> None:
     if pred.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: pred must be float32, float64, float16 or bfloat16, "
                         f"got {pred.dtype}")
-    if target.shape != pred.shape:
-        raise ValueError(f"{op}: target must have the shape of pred {tuple(pred.shape)}, "
+    _check_target_like(op, "target", target, "pred", pred)
+
+
+def _check_target_like(op: str, what: str, target: torch.Tensor, name: str,
+                       like: torch.Tensor) -> None:
+    """``target`` (described as ``what``) has the shape, dtype and device of ``like``."""
+    if target.shape != like.shape:
+        raise ValueError(f"{op}: {what} must have the shape of {name} {tuple(like.shape)}, "
                          f"got {tuple(target.shape)}")
-    if target.dtype != pred.dtype:
-        raise TypeError(f"{op}: target must have the dtype of pred ({pred.dtype}), "
+    if target.dtype != like.dtype:
+        raise TypeError(f"{op}: {what} must have the dtype of {name} ({like.dtype}), "
                         f"got {target.dtype}")
-    if target.device != pred.device:
-        raise ValueError(f"{op}: target and pred must be on the same device, "
-                         f"got {target.device} and {pred.device}")
+    if target.device != like.device:
+        raise ValueError(f"{op}: target and {name} must be on the same device, "
+                         f"got {target.device} and {like.device}")
 
 
 def _loss_like(x: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -97,6 +107,21 @@ def _mse_fake(pred, target, reduction, compute_grad):
     return _loss_like(pred, reduction), score, _grad_like(pred, compute_grad)
 
 
+def _check_soft_ce(op: str, logits: torch.Tensor, target: torch.Tensor,
+                   label_smoothing: float) -> None:
+    """Checks of the class-probability variant (the C++ kernel makes the same on CPU)."""
+    _check_logits(op, logits, label_smoothing)
+    _check_target_like(op, "target (class probabilities)", target, "logits", logits)
+
+
+@torch.library.register_fake("is_kernels::soft_cross_entropy_with_score")
+def _soft_ce_fake(logits, target, label_smoothing, reduction, compute_grad):
+    _check_reduction("soft_cross_entropy_with_score", reduction)
+    _check_soft_ce("soft_cross_entropy_with_score", logits, target, label_smoothing)
+    score = logits.new_empty((logits.shape[0],), dtype=torch.float32)
+    return _loss_like(logits, reduction), score, _grad_like(logits, compute_grad)
+
+
 @torch.library.register_fake("is_kernels::output_grad_norm")
 def _norm_fake(logits, target, ignore_index, label_smoothing):
     _check_ce("output_grad_norm", logits, target, label_smoothing)
@@ -113,6 +138,16 @@ def _ce_cuda(logits, target, ignore_index, label_smoothing, reduction, compute_g
     _check_ce("cross_entropy_with_score", logits, target, label_smoothing)
     return output_grad_triton.cross_entropy_with_score(
         logits, target, ignore_index, label_smoothing, reduction, compute_grad)
+
+
+@cuda_kernel("is_kernels::soft_cross_entropy_with_score")
+def _soft_ce_cuda(logits, target, label_smoothing, reduction, compute_grad):
+    from . import output_grad_triton
+
+    _check_reduction("soft_cross_entropy_with_score", reduction)
+    _check_soft_ce("soft_cross_entropy_with_score", logits, target, label_smoothing)
+    return output_grad_triton.soft_cross_entropy_with_score(
+        logits, target, label_smoothing, reduction, compute_grad)
 
 
 @cuda_kernel("is_kernels::mse_with_score")
@@ -142,7 +177,7 @@ _graph_is_kept = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph
                          lambda: True)
 
 
-def _can_donate(grad: torch.Tensor) -> bool:
+def can_donate(grad: torch.Tensor) -> bool:
     """Whether this backward may scale the forward's gradient buffer in place: an eager
     backward on real tensors (not traced, no create_graph) whose graph is freed after it."""
     return not (torch.is_grad_enabled() or _graph_is_kept() or torch.compiler.is_compiling()
@@ -166,7 +201,7 @@ def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tenso
                            "call it with compute_grad=True (the public wrappers do this "
                            "whenever the input requires grad)")
     per_row = ctx.reduction == "none" and grad.dim() == 2
-    if not _can_donate(grad):
+    if not can_donate(grad):
         return grad * (grad_loss.unsqueeze(1) if per_row else grad_loss)
     # Donate the buffer: no second logits-sized tensor, and no pass at all for the usual
     # loss.backward(): on CPU the scalar is read on the host (no sync), on CUDA by the
@@ -185,6 +220,10 @@ def _ce_backward(ctx, grad_loss, grad_score, grad_grad):
     return _scaled_grad(ctx, grad_loss), None, None, None, None, None
 
 
+def _soft_ce_backward(ctx, grad_loss, grad_score, grad_grad):
+    return _scaled_grad(ctx, grad_loss), None, None, None, None
+
+
 def _mse_backward(ctx, grad_loss, grad_score, grad_grad):
     grad_pred = _scaled_grad(ctx, grad_loss)
     grad_target = -grad_pred if ctx.needs_input_grad[1] and grad_pred is not None else None
@@ -192,6 +231,8 @@ def _mse_backward(ctx, grad_loss, grad_score, grad_grad):
 
 
 torch.library.register_autograd("is_kernels::cross_entropy_with_score", _ce_backward,
+                                setup_context=_setup_context)
+torch.library.register_autograd("is_kernels::soft_cross_entropy_with_score", _soft_ce_backward,
                                 setup_context=_setup_context)
 torch.library.register_autograd("is_kernels::mse_with_score", _mse_backward,
                                 setup_context=_setup_context)
@@ -222,10 +263,43 @@ def _check_options(op: str, ignore_index: int, label_smoothing: float) -> int:
                         f"got {type(ignore_index).__name__}") from None
 
 
-def _as_class_indices(op: str, target: torch.Tensor) -> torch.Tensor:
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"{op}: target must be integer class indices, got {target.dtype}")
-    return target.long()
+def _as_rows(op: str, logits: torch.Tensor, target: torch.Tensor
+             ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...], bool]:
+    """The logits as rows ``[M, C]`` and the target as ``[M]`` class indices (int64) or
+    ``[M, C]`` class probabilities, as ``F.cross_entropy`` reads them: ``[C]`` logits are
+    one sample; ``[N, C, d1, …]`` logits are ``N·d1·…`` samples (class dim moved last).
+    Returns ``(rows, target_rows, batch_shape, soft)``: per-sample outputs have
+    ``batch_shape`` (``()``, ``(N,)`` or ``(N, d1, …)``)."""
+    soft = target.dtype.is_floating_point
+    if not soft and (target.dtype.is_complex or target.dtype == torch.bool):
+        raise TypeError(f"{op}: target must be integer class indices or float class "
+                        f"probabilities, got {target.dtype}")
+    if soft and target.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{op}: gradients with respect to class-probability targets are "
+                         "not computed; pass target.detach()")
+    if logits.dim() == 0:
+        raise ValueError(f"{op}: logits must be [C], [N, C] or [N, C, d1, ...], got a "
+                         "0-dim tensor")
+    if logits.dim() == 1:
+        batch_shape: Tuple[int, ...] = ()
+    else:
+        batch_shape = (logits.shape[0],) + tuple(logits.shape[2:])
+    if logits.dim() != 2:
+        want = tuple(logits.shape) if soft else batch_shape
+        if tuple(target.shape) != want:
+            kind = "the shape of logits" if soft else \
+                "shape () for [C] logits" if logits.dim() == 1 else "shape [N, d1, ...]"
+            raise ValueError(f"{op}: target must have {kind} = {want}, got "
+                             f"{tuple(target.shape)}")
+        C = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
+        logits = logits.reshape(1, C) if logits.dim() == 1 else \
+            logits.movedim(1, -1).reshape(-1, C)
+        if soft:
+            target = target.reshape(1, C) if target.dim() == 1 else \
+                target.movedim(1, -1).reshape(-1, C)
+        else:
+            target = target.reshape(-1)
+    return logits, target if soft else target.long(), batch_shape, soft
 
 
 def cross_entropy_with_score(
@@ -234,27 +308,42 @@ def cross_entropy_with_score(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Softmax cross-entropy and the importance score of every sample, in one pass.
 
+    Takes what ``F.cross_entropy`` takes: logits ``[N, C]``, ``[C]`` (one sample) or
+    ``[N, C, d1, …]`` (one sample per position); targets as class indices (``[N]``, ``[]``,
+    ``[N, d1, …]``) or class probabilities (float, the shape of the logits).
+
     Args:
-        logits: ``[N, C]`` float32/float16/bfloat16 (math in float32) or float64.
-        target: ``[N]`` integer class indices in ``[0, C)`` or ``ignore_index``.
-        ignore_index: rows with this target contribute no loss, no gradient, score 0.
-        label_smoothing: ``ε`` in ``[0, 1]``; target ``t = (1-ε)·onehot + ε/C``.
-        reduction: ``"mean"`` (over non-ignored rows), ``"sum"`` or ``"none"`` (``[N]``).
+        logits: float32/float16/bfloat16 (math in float32) or float64.
+        target: integer class indices in ``[0, C)`` or ``ignore_index``; or float class
+            probabilities of the logits' dtype (not differentiated).
+        ignore_index: samples with this class-index target contribute no loss, no
+            gradient, score 0 (not used with probabilities, as ``F.cross_entropy``).
+        label_smoothing: ``ε`` in ``[0, 1]``; target ``t = (1-ε)·q + ε/C`` (``q`` the
+            one-hot class or the given probabilities).
+        reduction: ``"mean"`` (over non-ignored samples; with probabilities over all
+            samples), ``"sum"`` or ``"none"`` (the per-sample shape).
 
     Returns:
         ``(loss, score)``: ``loss`` equals ``F.cross_entropy`` with the same arguments
-        (differentiable w.r.t. ``logits``); ``score`` is the detached float32 ``[N]``
-        ``||softmax(z_i) - t_i||_2``, the norm of the per-sample loss gradient w.r.t. the
-        logits, 0 for ignored rows.
+        (differentiable w.r.t. ``logits``); ``score`` is the detached float32 per-sample
+        (per-position) norm of the gradient of that sample's loss w.r.t. its logits:
+        ``||softmax(z_i) - t_i||_2`` (class indices, 0 for ignored samples), or
+        ``||(Σ_c t_ic)·softmax(z_i) - t_i||_2`` (probabilities).
     """
     op = "cross_entropy_with_score"
     _check_tensors(op, logits=logits, target=target)
     ignore_index = _check_options(op, ignore_index, label_smoothing)
-    target = _as_class_indices(op, target)
+    rows, target, batch_shape, soft = _as_rows(op, logits, target)
     compute_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, score, _ = torch.ops.is_kernels.cross_entropy_with_score(
-        logits, target, ignore_index, float(label_smoothing), reduction, compute_grad)
-    return loss, score.detach()
+    if soft:
+        loss, score, _ = torch.ops.is_kernels.soft_cross_entropy_with_score(
+            rows, target, float(label_smoothing), reduction, compute_grad)
+    else:
+        loss, score, _ = torch.ops.is_kernels.cross_entropy_with_score(
+            rows, target, ignore_index, float(label_smoothing), reduction, compute_grad)
+    if reduction == "none":
+        loss = loss.reshape(batch_shape)
+    return loss, score.detach().reshape(batch_shape)
 
 
 def mse_with_score(pred: torch.Tensor, target: torch.Tensor, *,
@@ -280,12 +369,19 @@ def output_grad_norm(logits: torch.Tensor, target: torch.Tensor, *, ignore_index
                      label_smoothing: float = 0.0) -> torch.Tensor:
     """The cross-entropy score alone (no loss, no autograd): one read of the logits.
 
-    Used to score presampled candidates. Returns float32 ``[N]``, 0 for ignored rows.
+    Used to score presampled candidates. Takes the shapes and targets of
+    :func:`cross_entropy_with_score`; returns its float32 per-sample score, 0 for ignored
+    samples.
     """
     op = "output_grad_norm"
     _check_tensors(op, logits=logits, target=target)
     ignore_index = _check_options(op, ignore_index, label_smoothing)
-    target = _as_class_indices(op, target)
     with torch.no_grad():
-        return torch.ops.is_kernels.output_grad_norm(logits, target, ignore_index,
-                                                     float(label_smoothing))
+        rows, target, batch_shape, soft = _as_rows(op, logits, target)
+        if soft:
+            score = torch.ops.is_kernels.soft_cross_entropy_with_score(
+                rows, target, float(label_smoothing), "none", False)[1]
+        else:
+            score = torch.ops.is_kernels.output_grad_norm(rows, target, ignore_index,
+                                                          float(label_smoothing))
+    return score.reshape(batch_shape)

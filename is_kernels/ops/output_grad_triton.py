@@ -8,6 +8,7 @@ the gradient of the logits already scaled for the reduction, with no host synchr
 Two cross-entropy kernels: ``_ce_tile_kernel`` holds ``ROWS`` whole rows in registers (small
 C: one read of the logits, one write of the gradient); ``_ce_loop_kernel`` walks one long row
 in chunks (large C: an online max/sum pass, then a pass that writes the gradient).
+``_soft_ce_kernel`` serves class-probability targets (any C: columns in chunks).
 """
 from __future__ import annotations
 
@@ -310,6 +311,62 @@ def scale_grad_(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+@triton.jit
+def _soft_ce_block(Z, stride_zn, stride_zc, Q, stride_qn, stride_qc, rows, row_in, start, C,
+                   BLOCK_C: tl.constexpr, acc_t: tl.constexpr):
+    """Mask, logits (-inf outside) and target probabilities (0 outside) of a column block."""
+    cols = start + tl.arange(0, BLOCK_C)
+    mask = row_in[:, None] & (cols < C)[None, :]
+    z = tl.load(Z + rows[:, None] * stride_zn + cols[None, :].to(tl.int64) * stride_zc,
+                mask=mask, other=-float("inf")).to(acc_t)
+    q = tl.load(Q + rows[:, None] * stride_qn + cols[None, :].to(tl.int64) * stride_qc,
+                mask=mask, other=0.0).to(acc_t)
+    return mask, z, q
+
+
+@triton.jit
+def _soft_ce_kernel(Z, stride_zn, stride_zc, Q, stride_qn, stride_qc, LOSS, SCORE, GRAD, N, C,
+                    EPS, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                    MEAN: tl.constexpr, F64: tl.constexpr):
+    """Class-probability targets q, smoothed to t = (1-eps)·q + eps/C: loss = Σ_j t_j
+    (lse - z_j), gradient (Σ_j t_j)·p - t, score its norm. ROWS rows per program, columns
+    in chunks: an online max / sum-of-exp pass, then a pass for loss, score and gradient."""
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_in = rows < N
+    acc_t = tl.float64 if F64 else tl.float32
+    eps = tl.load(EPS)
+    m = tl.full([ROWS], -float("inf"), acc_t)
+    s = tl.zeros([ROWS], acc_t)
+    t_sum = tl.zeros([ROWS], acc_t)
+    for start in range(0, C, BLOCK_C):
+        mask, z, q = _soft_ce_block(Z, stride_zn, stride_zc, Q, stride_qn, stride_qc, rows,
+                                    row_in, start, C, BLOCK_C, acc_t)
+        t_sum += tl.sum(tl.where(mask, (1.0 - eps) * q + eps / C, 0.0), axis=1)
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
+        m = m_new
+    lse = tl.where(m == -float("inf"), 0.0, m) + tl.log(s)
+    scale = tl.full([ROWS], 1.0, acc_t)
+    if MEAN:
+        scale = scale / N
+    loss = tl.zeros([ROWS], acc_t)
+    sq = tl.zeros([ROWS], acc_t)
+    for start in range(0, C, BLOCK_C):
+        mask, z, q = _soft_ce_block(Z, stride_zn, stride_zc, Q, stride_qn, stride_qc, rows,
+                                    row_in, start, C, BLOCK_C, acc_t)
+        t = (1.0 - eps) * q + eps / C
+        d = t_sum[:, None] * tl.exp(z - lse[:, None]) - t
+        loss += tl.sum(tl.where(mask, t * (lse[:, None] - z), 0.0), axis=1)
+        sq += tl.sum(tl.where(mask, d * d, 0.0), axis=1)
+        if WRITE_GRAD:
+            cols = start + tl.arange(0, BLOCK_C)
+            tl.store(GRAD + rows[:, None] * C + cols[None, :],
+                     (d * scale[:, None]).to(GRAD.dtype.element_ty), mask=mask)
+    tl.store(LOSS + rows, loss, mask=row_in)
+    tl.store(SCORE + rows, tl.sqrt(sq).to(tl.float32), mask=row_in)
+
+
 def _reduce(row_loss: torch.Tensor, reduction: str, mean_divisor, sum_factor: float,
             dtype: torch.dtype) -> torch.Tensor:
     if reduction == "none":
@@ -391,3 +448,25 @@ def mse_with_score(pred: torch.Tensor, target: torch.Tensor, reduction: str,
             WRITE_GRAD=compute_grad, MEAN=reduction == "mean", SUM=reduction == "sum", F64=f64,
             num_warps=4)
     return _reduce(row_loss, reduction, float(N), float(D), pred.dtype), score, grad
+
+
+def soft_cross_entropy_with_score(logits: torch.Tensor, target: torch.Tensor,
+                                  label_smoothing: float, reduction: str, compute_grad: bool):
+    """Launches the class-probability CE kernel; returns (loss, score, grad or empty).
+    Inputs already checked."""
+    N, C = logits.shape
+    f64 = logits.dtype == torch.float64
+    acc = torch.float64 if f64 else torch.float32
+    row_loss = torch.empty(N, dtype=acc, device=logits.device)
+    score = torch.empty(N, dtype=torch.float32, device=logits.device)
+    grad = torch.empty((N, C) if compute_grad else (0,), dtype=logits.dtype,
+                       device=logits.device)
+    eps = torch.full((1,), label_smoothing, dtype=acc, device=logits.device)
+    if N > 0:
+        block_c = min(4096, triton.next_power_of_2(C))
+        rows = max(1, min(16, TILE_ELEMS // block_c))
+        _soft_ce_kernel[(triton.cdiv(N, rows),)](
+            logits, logits.stride(0), logits.stride(1), target, target.stride(0),
+            target.stride(1), row_loss, score, grad, N, C, eps, ROWS=rows, BLOCK_C=block_c,
+            WRITE_GRAD=compute_grad, MEAN=reduction == "mean", F64=f64, num_warps=4)
+    return _reduce(row_loss, reduction, float(N), 1.0, logits.dtype), score, grad

@@ -1,4 +1,4 @@
-"""Benchmark session setup: glibc's allocator pinned (see ``allocator.py``)."""
+"""Benchmark setup: glibc's allocator pinned (see ``allocator.py``)."""
 import warnings
 
 from allocator import pin_glibc_allocator

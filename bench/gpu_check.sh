@@ -10,8 +10,10 @@
 #                online-step targets, CE bandwidth against a copy, a training step under
 #                torch.cuda.set_sync_debug_mode("error") (gpu_checks.txt: its log)
 #   tests.txt    pytest output (CPU and CUDA tests)
-#   summary.md   bench/run_all.py's table: medians, same-run ratios, GB/s (copy = the
-#                memory-bound floor of the fused ops), the exact command
+#   gpu-<model>.json, gpu-<model>.md
+#                bench/run_all.py's results and their table: medians, same-run ratios, GB/s
+#                (copy = the memory-bound floor of the fused ops), versions, the command;
+#                copy them into bench/results/
 #   bench.txt    the benchmark log
 # Wheels the image lacks (`pip download tqdm liger-kernel --no-deps -d .whl`: tqdm for the
 # pruning and training tests, Liger-Kernel for its benchmark) are installed from ./.whl when
@@ -51,6 +53,6 @@ timeout "$tests_timeout" python -m pytest tests -q -p no:cacheprovider > "$OUT/t
 echo "tests rc=$? (124: timed out)"
 tail -n 5 "$OUT/tests.txt"
 
-timeout "$bench_timeout" python bench/run_all.py --out "$OUT/summary.md" > "$OUT/bench.txt" 2>&1
+timeout "$bench_timeout" python bench/run_all.py --out-dir "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench rc=$? (124: timed out)"
-cat "$OUT/summary.md" 2>/dev/null || tail -n 20 "$OUT/bench.txt"
+cat "$OUT"/gpu-*.md 2>/dev/null || tail -n 20 "$OUT/bench.txt"

@@ -1,6 +1,6 @@
 """Variants of unbiased importance pruning, run through the pruning benchmark.
 
-The sweep behind the "session 4" table of docs/pruning.md: the keep-probability floor
+The sweeps behind tables 1 and 2 of docs/pruning.md: the keep-probability floor
 ``min_keep_probability`` (π_min), the memory fed the loss instead of the output-gradient
 norm, a pruned fraction that ramps over the pruning epochs (mean 0.4, as the default), and
 importance sampling of the kept samples with bounded weights.
@@ -53,9 +53,9 @@ def _factory(cls: Type[ImportancePruningSampler], **kw) -> MethodFactory:
     kw.setdefault("unbiased", True)
 
     def make(*, num_samples: int, batch_size: int, device: torch.device,
-             generator: torch.Generator, epochs: int) -> ImportancePruningSampler:
+             generator: torch.Generator, epochs: int, **options) -> ImportancePruningSampler:
         return cls(num_samples, batch_size, epochs=epochs, device=device,
-                   generator=generator, **kw)
+                   generator=generator, **{**kw, **options})
     return make
 
 
@@ -71,16 +71,16 @@ VARIANTS = {
     "ramp_down_0.55": _factory(_ramp(0.55, 0.25)),
     # The lowest-importance 40% pruned, the rest importance-sampled (pruning_is) with a
     # larger uniform share than the memory's 0.1, so that the weights stay <= 1/uniform_mix
-    # (the sweep that made 0.5 pruning_is's default: is_mix_0.5 is pruning_is now).
+    # (is_mix_0.5 is pruning_is with its default uniform_mix).
     **{f"is_mix_{m}": _factory(ImportancePruningSampler, unbiased=False,
                                importance_sampling=True, uniform_mix=m) for m in (0.3, 0.5)},
 }
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     METHODS.update(VARIANTS)
-    pruning_e2e.main(argv)
+    return pruning_e2e.main(argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

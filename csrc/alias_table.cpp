@@ -49,7 +49,7 @@
 // lights (heavies) in index order, summed in groups of 4, pairs first; at most the next
 // block's offset, which the block's last heavy gets exactly. So the keys do not decrease from
 // one block to the next, although (2) sums a block in another order. The groups of 4 are
-// AVX2 vectors, or arrays of 4 that do the same arithmetic in the same order.
+// F64x4 vectors (simd.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -62,11 +62,8 @@
 #include <limits>
 #include <vector>
 
-#ifdef __AVX2__
-#include <immintrin.h>
-#endif
-
 #include "memory.h"
+#include "simd.h"
 #include "weights.h"
 
 namespace is_kernels {
@@ -78,115 +75,15 @@ constexpr int kLanes = 4;            // interleaved pieces of a part's merge
 constexpr int64_t kSlack = 4;        // entries past a list's end that compact may write
 constexpr int64_t kMaxGroup = 1024;  // the largest group_size (a draw walks its group)
 
-// ---- Groups of 4 values --------------------------------------------------------------------
-
-#ifdef __AVX2__
-struct Quad {
-  __m256d v;
-};
-inline Quad quad(double x) { return {_mm256_set1_pd(x)}; }
-inline Quad load(const double* x) { return {_mm256_loadu_pd(x)}; }
-inline void store(double* x, Quad a) { _mm256_storeu_pd(x, a.v); }
-inline Quad operator+(Quad a, Quad b) { return {_mm256_add_pd(a.v, b.v)}; }
-inline Quad operator-(Quad a, Quad b) { return {_mm256_sub_pd(a.v, b.v)}; }
-inline Quad operator*(Quad a, Quad b) { return {_mm256_mul_pd(a.v, b.v)}; }
-inline Quad max0(Quad a) { return {_mm256_max_pd(a.v, _mm256_setzero_pd())}; }  // a > 0 ? a : 0
-inline Quad min(Quad a, Quad b) { return {_mm256_min_pd(a.v, b.v)}; }          // a < b ? a : b
-inline double lane0(Quad a) { return _mm256_cvtsd_f64(a.v); }
-inline Quad lane3(Quad a) { return {_mm256_permute4x64_pd(a.v, 0xFF)}; }  // in every lane
-inline int above_one(Quad a) {  // bit j: a_j > 1
-  return _mm256_movemask_pd(_mm256_cmp_pd(a.v, _mm256_set1_pd(1.0), _CMP_GT_OQ));
-}
-inline Quad load_values(const float* w) { return {_mm256_cvtps_pd(_mm_loadu_ps(w))}; }
-inline Quad load_values(const double* w) { return {_mm256_loadu_pd(w)}; }
-inline Quad pair_shift(Quad a) {  // 0, a0, 0, a2
-  return {_mm256_shuffle_pd(_mm256_setzero_pd(), a.v, 0)};
-}
-inline Quad low_pair_last(Quad a) {  // 0, 0, a1, a1
-  return {_mm256_permute_pd(_mm256_permute2f128_pd(a.v, a.v, 0x08), 0xF)};
-}
-
-// Per 4-bit mask, the lane permutation that moves the lanes set in it to the front.
-struct CompactTable {
-  int32_t halves[16][8];  // as 32-bit halves of 64-bit lanes
-  int32_t lanes[16][4];
-};
-constexpr CompactTable make_compact_table() {
-  CompactTable t{};
-  for (int m = 0; m < 16; ++m) {
-    int k = 0;
-    for (int j = 0; j < 4; ++j) {
-      if (m >> j & 1) {
-        t.halves[m][2 * k] = 2 * j;
-        t.halves[m][2 * k + 1] = 2 * j + 1;
-        t.lanes[m][k++] = j;
-      }
-    }
-  }
-  return t;
-}
-alignas(32) constexpr CompactTable kCompact = make_compact_table();
-
-// Writes the lanes of `a` set in `keep`, with their indices first + lane, to val and idx from
-// pos on (and up to 4 entries of garbage past them); returns the new end.
-inline int64_t compact(Quad a, int keep, int64_t first, double* val, int32_t* idx,
-                       int64_t pos) {
-  const __m256i halves = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompact.halves[keep]));
-  const __m128i lanes = _mm_load_si128(reinterpret_cast<const __m128i*>(kCompact.lanes[keep]));
-  _mm256_storeu_pd(val + pos, _mm256_castsi256_pd(_mm256_permutevar8x32_epi32(
-                                  _mm256_castpd_si256(a.v), halves)));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + pos),
-                   _mm_add_epi32(_mm_set1_epi32(static_cast<int32_t>(first)), lanes));
-  return pos + __builtin_popcount(keep);
-}
-#else
-struct Quad {
-  double v[4];
-};
-template <typename F>
-inline Quad map(F f) {
-  return {{f(0), f(1), f(2), f(3)}};
-}
-inline Quad quad(double x) { return {{x, x, x, x}}; }
-inline Quad load(const double* x) { return {{x[0], x[1], x[2], x[3]}}; }
-inline void store(double* x, Quad a) { std::memcpy(x, a.v, sizeof a.v); }
-inline Quad operator+(Quad a, Quad b) { return map([&](int j) { return a.v[j] + b.v[j]; }); }
-inline Quad operator-(Quad a, Quad b) { return map([&](int j) { return a.v[j] - b.v[j]; }); }
-inline Quad operator*(Quad a, Quad b) { return map([&](int j) { return a.v[j] * b.v[j]; }); }
-inline Quad max0(Quad a) { return map([&](int j) { return a.v[j] > 0.0 ? a.v[j] : 0.0; }); }
-inline Quad min(Quad a, Quad b) {
-  return map([&](int j) { return a.v[j] < b.v[j] ? a.v[j] : b.v[j]; });
-}
-inline double lane0(Quad a) { return a.v[0]; }
-inline Quad lane3(Quad a) { return quad(a.v[3]); }
-inline int above_one(Quad a) {
-  return (a.v[0] > 1.0) | (a.v[1] > 1.0) << 1 | (a.v[2] > 1.0) << 2 | (a.v[3] > 1.0) << 3;
-}
-template <typename T>
-inline Quad load_values(const T* w) {
-  return map([&](int j) { return static_cast<double>(w[j]); });
-}
-inline Quad pair_shift(Quad a) { return {{0.0, a.v[0], 0.0, a.v[2]}}; }
-inline Quad low_pair_last(Quad a) { return {{0.0, 0.0, a.v[1], a.v[1]}}; }
-inline int64_t compact(Quad a, int keep, int64_t first, double* val, int32_t* idx,
-                       int64_t pos) {
-  for (int j = 0; j < 4; ++j) {
-    if (keep >> j & 1) {
-      val[pos] = a.v[j];
-      idx[pos++] = static_cast<int32_t>(first + j);
-    }
-  }
-  return pos;
-}
-#endif
+// ---- Groups of 4 values (F64x4, simd.h) ----------------------------------------------------
 
 // p of the items [i, i + 4); past `end`, 1 (a light of deficit 0).
 template <typename T>
-inline Quad load_p(const T* w, int64_t i, int64_t end, Quad scale) {
+inline F64x4 load_p(const T* w, int64_t i, int64_t end, F64x4 scale) {
   if (i + 4 <= end) return load_values(w + i) * scale;
   double p[4] = {1.0, 1.0, 1.0, 1.0};
   for (int64_t j = i; j < end; ++j) p[j - i] = static_cast<double>(w[j]) * lane0(scale);
-  return load(p);
+  return load4(p);
 }
 
 // The lanes of the items [i, i + 4) before `end`, as bits.
@@ -197,12 +94,12 @@ inline int valid_bits(int64_t i, int64_t end) {
 // Prefix sums of a group, pairs first: excl = (0, x0, x0 + x1, (x0 + x1) + x2) and
 // incl = (x0, x0 + x1, (x0 + x1) + x2, (x0 + x1) + (x2 + x3)).
 struct Scan {
-  Quad excl, incl;
+  F64x4 excl, incl;
 };
-inline Scan scan(Quad x) {
-  const Quad shifted = pair_shift(x);     // 0, x0, 0, x2
-  const Quad pairs = x + shifted;         // x0, x0 + x1, x2, x2 + x3
-  const Quad low = low_pair_last(pairs);  // 0, 0, x0 + x1, x0 + x1
+inline Scan scan(F64x4 x) {
+  const F64x4 shifted = pair_shift(x);     // 0, x0, 0, x2
+  const F64x4 pairs = x + shifted;         // x0, x0 + x1, x2, x2 + x3
+  const F64x4 low = low_pair_last(pairs);  // 0, 0, x0 + x1, x0 + x1
   return {shifted + low, pairs + low};
 }
 
@@ -216,17 +113,17 @@ struct BlockWeights {
 // The float64 sum of w[begin, end) and its smallest weight (a NaN or inf shows in the sum).
 template <typename T>
 BlockWeights block_weights(const T* w, int64_t begin, int64_t end) {
-  Quad sum0 = quad(0.0), sum1 = sum0, least = sum0;
+  F64x4 sum0 = broadcast(0.0), sum1 = sum0, least = sum0;
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {  // two sums: the adds overlap
-    const Quad a = load_values(w + i), b = load_values(w + i + 4);
+    const F64x4 a = load_values(w + i), b = load_values(w + i + 4);
     sum0 = sum0 + a;
     sum1 = sum1 + b;
     least = min(least, min(a, b));
   }
   double s[4], m[4];
-  store(s, sum0 + sum1);
-  store(m, least);
+  store4(s, sum0 + sum1);
+  store4(m, least);
   BlockWeights r{(s[0] + s[1]) + (s[2] + s[3]),
                  std::min(std::min(m[0], m[1]), std::min(m[2], m[3]))};
   for (; i < end; ++i) {
@@ -248,16 +145,16 @@ struct BlockSums {
 // increases holds a heavy.
 template <typename T>
 BlockSums block_sums(const T* w, int64_t begin, int64_t end, double scale, double weights) {
-  const Quad s = quad(scale), one = quad(1.0);
-  Quad deficit = quad(0.0);
+  const F64x4 s = broadcast(scale), one = broadcast(1.0);
+  F64x4 deficit = broadcast(0.0);
   int64_t heavies = 0;
   for (int64_t i = begin; i < end; i += 4) {
-    const Quad p = load_p(w, i, end, s);
+    const F64x4 p = load_p(w, i, end, s);
     deficit = deficit + max0(one - p);
     heavies += __builtin_popcount(above_one(p));
   }
   double d[4];
-  store(d, deficit);
+  store4(d, deficit);
   const double deficits = (d[0] + d[1]) + (d[2] + d[3]);
   // fma: rounded once, whether or not the compiler would contract a * b - c.
   const double excesses = deficits + std::fma(scale, weights, -static_cast<double>(end - begin));
@@ -277,11 +174,11 @@ struct List {
 template <bool kLights, typename T>
 void compact_items(const T* w, int64_t begin, int64_t end, double scale, List& lights,
                    List& heavies, double* prob, int32_t* alias) {
-  const Quad s = quad(scale), one = quad(1.0);
+  const F64x4 s = broadcast(scale), one = broadcast(1.0);
   int64_t nl = lights.size, nh = heavies.size;
   // Inlined: called out of line, the groups' vectors would pass through memory.
   const auto group = [&](int64_t i, int valid) C10_ALWAYS_INLINE_ATTRIBUTE {
-    const Quad p = load_p(w, i, end, s);
+    const F64x4 p = load_p(w, i, end, s);
     const int heavy = above_one(p);
     nh = compact(p - one, heavy, i, heavies.key, heavies.index, nh);
     if (kLights) nl = compact(one - p, ~heavy & valid, i, lights.key, lights.index, nl);
@@ -304,13 +201,13 @@ void compact_items(const T* w, int64_t begin, int64_t end, double scale, List& l
 // Groups of 4 (see scan) with a carry every 8.
 template <bool kInclusive>
 void to_keys(double* x, int64_t n, double offset, double cap) {
-  const Quad off = quad(offset), top = quad(cap);
+  const F64x4 off = broadcast(offset), top = broadcast(cap);
   double carry = 0.0;
   const auto eight = [&](double* y) {
-    const Scan a = scan(load(y)), b = scan(load(y + 4));
-    const Quad a_sum = lane3(a.incl), c = quad(carry);
-    store(y, min(off + (c + (kInclusive ? a.incl : a.excl)), top));
-    store(y + 4, min(off + (c + (a_sum + (kInclusive ? b.incl : b.excl))), top));
+    const Scan a = scan(load4(y)), b = scan(load4(y + 4));
+    const F64x4 a_sum = lane3(a.incl), c = broadcast(carry);
+    store4(y, min(off + (c + (kInclusive ? a.incl : a.excl)), top));
+    store4(y + 4, min(off + (c + (a_sum + (kInclusive ? b.incl : b.excl))), top));
     carry += lane0(a_sum + lane3(b.incl));
   };
   int64_t q = 0;
@@ -624,18 +521,19 @@ double group_sum(const T* w, int64_t begin, int64_t end) {
 }
 
 // Writes the sums of the groups [g0, g1) of `group` items (all whole) to sums: eight groups at
-// a time, whose dependency chains of adds overlap.
+// a time, two F64x4 of chains of adds that overlap (each chain adds in index order).
 template <typename T>
 void whole_group_sums(const T* w, int64_t group, int64_t g0, int64_t g1, double* sums) {
-  constexpr int kChains = 8;
   int64_t g = g0;
-  for (; g + kChains <= g1; g += kChains) {
-    double s[kChains] = {};
+  for (; g + 8 <= g1; g += 8) {
+    F64x4 s0 = broadcast(0.0), s1 = s0;
     const T* x = w + g * group;
     for (int64_t k = 0; k < group; ++k) {
-      for (int j = 0; j < kChains; ++j) s[j] += static_cast<double>(x[j * group + k]);
+      s0 += load_strided(x + k, group);
+      s1 += load_strided(x + 4 * group + k, group);
     }
-    std::copy(s, s + kChains, sums + g);
+    store4(sums + g, s0);
+    store4(sums + g + 4, s1);
   }
   for (; g < g1; ++g) sums[g] = group_sum(w, g * group, (g + 1) * group);
 }

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "simd.h"
 #include "weights.h"
 
 namespace is_kernels {
@@ -333,11 +334,8 @@ at::Tensor min_tree_query_cpu(const at::Tensor& leaves, const at::Tensor& inner,
 
 // ---- sampling: the binary descent, kLanes draws per SIMD vector, a chunk of draws per pass ----
 
-// Draws descend kLanes at a time, one per lane of a vector of float64 (GCC/Clang vector
-// extensions: AVX2 registers with -march=native, narrower registers or scalar code elsewhere).
+// Draws descend kLanes at a time, one per lane of an F64x4 (simd.h).
 constexpr int kLanes = 4;
-typedef double Doubles __attribute__((vector_size(kLanes * sizeof(double))));
-typedef int64_t Longs __attribute__((vector_size(kLanes * sizeof(int64_t))));
 
 // Draws descending together: each step of the descent is one pass over the whole chunk, so
 // that every draw's next memory access can be prefetched a whole pass ahead of its use.
@@ -369,8 +367,8 @@ struct TreeView {
   // vector, chaining each group of draws to the previous one (a step took twice as long).
   // v is an output argument: a vector returned by value changes the ABI without AVX.
   template <bool kLeaf, size_t... lanes>
-  void gather(const int64_t* y, int t, Doubles& v, std::index_sequence<lanes...>) const {
-    v = Doubles{node<kLeaf>(y[lanes] + t)...};
+  void gather(const int64_t* y, int t, F64x4& v, std::index_sequence<lanes...>) const {
+    v = F64x4{node<kLeaf>(y[lanes] + t)...};
   }
 
   template <bool kLeaf>
@@ -394,7 +392,7 @@ inline void descend_lanes(const TreeView<T>& tree, int64_t* x, double* r) {
   constexpr int width = 1 << S;
   int64_t first[kLanes];  // heap position of the first node at depth d + S below each node
   for (int l = 0; l < kLanes; ++l) first[l] = x[l] << S;
-  Doubles m[2 * width];  // per lane, the implicit heap of the node's subtree: m[1] is the node
+  F64x4 m[2 * width];  // per lane, the implicit heap of the node's subtree: m[1] is the node
   for (int t = 0; t < width; ++t) {
     tree.template gather<kLeaf>(first, t, m[width + t], std::make_index_sequence<kLanes>());
   }
@@ -402,22 +400,22 @@ inline void descend_lanes(const TreeView<T>& tree, int64_t* x, double* r) {
   // The candidates at depth d + k are m[2^k, 2^(k+1)). After each decision, every deeper
   // depth keeps only the half below the chosen child (a per-lane select), so the children
   // to compare next are always m[2^k], m[2^k + 1].
-  Doubles rv;
+  F64x4 rv;
   std::memcpy(&rv, r, sizeof rv);
-  Longs offset = {};
+  I64x4 offset = {};
   for (int k = 1; k <= S; ++k) {
-    const Doubles left = m[1 << k], right = m[(1 << k) + 1];
-    const Longs go_right = (right > 0.0) & (rv >= left);  // lanes: all ones (-1) or 0
-    rv -= (Doubles)((Longs)left & go_right);  // r - left, or r - (+0.0), which is r
+    const F64x4 left = m[1 << k], right = m[(1 << k) + 1];
+    const I64x4 go_right = (right > 0.0) & (rv >= left);  // lanes: all ones (-1) or 0
+    rv -= (F64x4)((I64x4)left & go_right);  // r - left, or r - (+0.0), which is r
     offset = 2 * offset - go_right;
     for (int depth = k + 1; depth <= S; ++depth) {
       const int half = 1 << (depth - k);
-      Doubles* level = m + (1 << depth);
+      F64x4* level = m + (1 << depth);
       for (int t = 0; t < half; ++t) level[t] = go_right ? level[half + t] : level[t];
     }
   }
   std::memcpy(r, &rv, sizeof rv);
-  Longs xv;
+  I64x4 xv;
   std::memcpy(&xv, x, sizeof xv);
   xv = (xv << S) + offset;
   std::memcpy(x, &xv, sizeof xv);

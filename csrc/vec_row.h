@@ -3,46 +3,14 @@
 // it (and the row's last, partial vector), so a row has no scalar remainders but its last.
 #pragma once
 
-#include <ATen/cpu/vec/vec.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
+#include "simd.h"
+
 namespace is_kernels {
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-// exp(x) for x <= 0, -inf or NaN (softmax exponents z_j - max z): float32 to a few ulp (-inf,
-// and x below about -87.7, give 0; NaN gives NaN), float64 exact.
-template <typename T>
-Vec<T> exp_nonpositive(const Vec<T>& x) {
-  return x.exp_u20();  // float: ~20 ulp, double: exact exp
-}
-
-#if defined(CPU_CAPABILITY_AVX2)
-// exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2]; exp(r) is a
-// degree-5 polynomial (a relative least-squares fit; max relative error 4e-7 over [-87, 0]).
-// Fewer instructions than exp_u20, which also serves x > 0: x is raised to -100 so that n
-// fits, and 2^n is n + 127 shifted into the exponent bits, raised to 0 (2^n -> 0) below -126.
-template <>
-inline Vec<float> exp_nonpositive(const Vec<float>& x_in) {
-  const __m256 x = _mm256_max_ps(_mm256_set1_ps(-100.f), x_in);  // max(c, NaN) is NaN
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693147181f), x);
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.00841856f), r, _mm256_set1_ps(0.0418891f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.166665f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.499999f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-  __m256i bits = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-  bits = _mm256_slli_epi32(_mm256_max_epi32(bits, _mm256_setzero_si256()), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-#endif
 
 // The W lanes of z from j on, with the lanes at or past n, and lane y if among them, set to
 // `fill`.

@@ -12,7 +12,7 @@ import pytest
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench")
 
-# In a process of its own: the pin would otherwise hold for the rest of the test session.
+# In a process of its own: the pin would otherwise hold for the rest of the test run.
 SCRIPT = """
 import ctypes, ctypes.util
 from allocator import pin_glibc_allocator

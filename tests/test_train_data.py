@@ -82,10 +82,20 @@ def test_real_fashion_mnist():
     assert torch.equal(torch.bincount(d.y_test), torch.full((10,), 1000))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_models_output_logits(name):
     model = build_model(name, (1, 28, 28), 10)
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_coordinate_network():
+    torch.manual_seed(0)
+    model = build_model("coord_mlp", (2,), 3)
+    assert model(torch.zeros(5, 2)).shape == (5, 3)
+    torch.manual_seed(0)
+    same = build_model("coord_mlp", (2,), 3)
+    assert torch.equal(model[0].b, same[0].b)  # the Fourier features follow the seed
+    assert "coord_mlp" in MODELS
 
 
 def test_mlp_is_the_dlis_network():

@@ -108,3 +108,40 @@ def load_fashion_mnist(data_dir: Union[str, os.PathLike] = DEFAULT_DATA_DIR,
                    y_train=y_train.to(device),
                    x_test=((x_test - mean) / std).to(device),
                    y_test=y_test.to(device))
+
+
+IMAGE_FILE = "grace_hopper.jpg"
+"""The regression target: a 600x512 RGB photograph shipped in matplotlib's sample data."""
+
+
+def load_image_regression(device: Union[torch.device, str] = "cpu", *, downsample: int = 4,
+                          test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
+    """Image regression: pixel coordinates -> RGB of matplotlib's ``grace_hopper.jpg``.
+
+    The image is average-pooled by ``downsample`` (default: 150x128 = 19,200 pixels);
+    inputs are the pixel centres in ``[-1, 1]²`` (float32 ``[N, 2]``), targets the RGB
+    values in ``[0, 1]`` (float32 ``[N, 3]``). A fixed random ``test_fraction`` of the pixels
+    (drawn with ``split_seed``) is held out: the test loss measures interpolation.
+    ``num_classes`` is 3, the output width.
+    """
+    import matplotlib.cbook
+    import matplotlib.image
+
+    if downsample < 1 or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"downsample must be >= 1 and test_fraction in (0, 1), got "
+                         f"{downsample}, {test_fraction}")
+    with matplotlib.cbook.get_sample_data(IMAGE_FILE) as f:
+        image = torch.from_numpy(matplotlib.image.imread(f, format="jpg").copy())
+    rgb = image.permute(2, 0, 1).float().div(255.0).unsqueeze(0)
+    rgb = torch.nn.functional.avg_pool2d(rgb, downsample)[0]  # [3, H, W]
+    h, w = rgb.shape[1:]
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+    targets = rgb.permute(1, 2, 0).reshape(-1, 3)
+    perm = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(split_seed))
+    n_test = round(test_fraction * coords.shape[0])
+    test, train = perm[:n_test], perm[n_test:]
+    return Dataset(x_train=coords[train].to(device), y_train=targets[train].to(device),
+                   x_test=coords[test].to(device), y_test=targets[test].to(device),
+                   num_classes=3)

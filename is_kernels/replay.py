@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ._checks import ErrorFlag, check_num_draws
+from .ops.cuda_path import uses_cuda_path
 from .ops.sum_tree import MinTree, SumTree
 
 __all__ = ["PrioritizedReplay"]
@@ -69,7 +70,7 @@ class PrioritizedReplay:
         # The trees' storage, as the ops take it (updated in place, never reallocated).
         self._trees = (self._sum.values, self._sum.inner_nodes, self._min.values,
                        self._min.inner_nodes)
-        self._cpu = self.device.type == "cpu"
+        self._cpu = not uses_cuda_path(self._sum.values)  # else: the no-sync CUDA path
         self._errors = ErrorFlag("PrioritizedReplay", _MESSAGES, self.device)
         self._next = 0  # the slot the next add writes first
         self._stored = 0

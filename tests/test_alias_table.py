@@ -367,17 +367,39 @@ def test_sum_overflow(group):
 
 
 @interpreted
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", GROUPS + [64])  # 64: a lane per group (above the tile)
 @pytest.mark.parametrize("name", ["sparse", "adversarial", "uniform", "one", "single", "float64"])
 def test_triton_build_and_sample(name, group):
     from is_kernels.ops import alias_table_triton as at
 
     g = torch.Generator().manual_seed(7)
     w = WEIGHTS[name](g)[:2000]
-    table = at.build(w, group)
+    *table, status = at.build(w, group)
+    assert int(status) == 0
     check_table(w, table, group)
     u = torch.rand(3, 3000, dtype=torch.float64, generator=g)
     assert torch.equal(at.sample(*table, w, u, group), draw(table, w, u, group))
+
+
+@interpreted
+@pytest.mark.parametrize("group", [1, 16, 64])
+@pytest.mark.parametrize("bad,code", [(float("nan"), 1), (-1.0, 1), (float("inf"), 1),
+                                      (0.0, 2)])
+def test_triton_build_status(group, bad, code):
+    """An invalid weight (or all zero) gives the status code, recorded in err unless a code
+    is there, and draws of -1."""
+    from is_kernels.ops import alias_table_triton as at
+
+    w = torch.zeros(100) if code == 2 else torch.rand(100)
+    w[37] = bad
+    err = torch.zeros((), dtype=torch.int32)
+    *table, status = at.build(w, group, err=err)
+    assert int(status) == code and int(err) == code
+    u = torch.rand(3, 50, dtype=torch.float64)
+    assert (at.sample(*table, w, u, group, status) == -1).all()
+    err.fill_(7)
+    at.build(torch.rand(100), group, err=err)
+    assert int(err) == 7
 
 
 @interpreted
@@ -395,7 +417,7 @@ def test_triton_equals_cpp_on_exact_sums(group):
     w[:, 0] = sums // 2
     w[:, -1] += sums - sums // 2
     w = w.flatten()
-    cpp, triton = build(w, group), at.build(w, group)
+    cpp, triton = build(w, group), at.build(w, group)[:3]
     assert all(torch.equal(c, t) for c, t in zip(cpp, triton))
 
 

@@ -3,7 +3,7 @@ reference and against the CUDA path, argument checks, opcheck."""
 
 import pytest
 import torch
-from helpers.triton_env import INTERPRETER_WORKS
+from helpers.triton_env import INTERPRETER_WORKS, interpreted
 
 from is_kernels.ops import online_is
 from is_kernels.ops.online_is import mixture
@@ -65,17 +65,18 @@ def test_draw_op_equals_reference(unbiased, active_fraction):
         torch.testing.assert_close(w, torch.ones(300))
 
 
+@interpreted
 @pytest.mark.parametrize("active_fraction", [1.0, 0.4])
-def test_update_op_equals_the_cuda_composition(active_fraction):
-    """The C++ op against the tensor-op composition registered for CUDA, run on CPU."""
+def test_update_op_equals_the_cuda_kernel(active_fraction):
+    """The C++ op against the kernels registered for CUDA, run on CPU."""
     state = _op_state(active_fraction=active_fraction)
     ref = [t.clone() for t in state]
     idx = torch.tensor([3, 17, 3, 49, 0, 17, 17])  # duplicates: the last one is kept
     scores = torch.rand(7, generator=torch.Generator().manual_seed(4)) * 3
     torch.ops.is_kernels.online_is_update(*state, idx, scores, 0.25)
-    online_is.update_with_tensor_ops(*ref, idx, scores, 0.25)
+    online_is.update_cuda(*ref, idx, scores, 0.25)
     for got, want in zip(state, ref):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+        assert torch.equal(got, want)
     memory, seen, active, leaves, inner = state
     assert bool(seen[idx].all())
     assert torch.equal(leaves, torch.where(active, memory, 0.0))
@@ -108,7 +109,7 @@ def test_update_op_checks_momentum_and_tree_before_writing(momentum, inner_size,
     if inner_size is not None:
         state[4] = torch.zeros(inner_size, dtype=torch.float64)
     before = [t.clone() for t in state]
-    for update in (torch.ops.is_kernels.online_is_update, online_is.update_with_tensor_ops):
+    for update in (torch.ops.is_kernels.online_is_update, online_is.update_cuda):
         with pytest.raises((ValueError, RuntimeError), match=match):
             update(*state, torch.tensor([1, 2]), torch.tensor([1.0, 2.0]), momentum)
         for got, want in zip(state, before):
@@ -127,18 +128,17 @@ def test_draw_op_checks_its_arguments(active_idx, uniform_mix, match):
                                             uniform_mix, False)
 
 
+@interpreted
 @pytest.mark.parametrize("idx,scores", [([1, 2], [1.0, float("nan")]), ([1, 2], [-0.5, 1.0])])
-def test_cuda_composition_drops_a_bad_batch(idx, scores):
+def test_cuda_kernel_drops_a_bad_batch(idx, scores):
     """The CUDA update cannot raise without a sync: a bad batch leaves the state unchanged
-    (run here on CPU tensors; an index out of range is the sum tree's to drop, whose CPU op
-    raises instead)."""
+    (run here on CPU tensors)."""
     state = _op_state()
     before = [t.clone() for t in state]
-    online_is.update_with_tensor_ops(*state, torch.tensor(idx), torch.tensor(scores), 0.2)
+    online_is.update_cuda(*state, torch.tensor(idx), torch.tensor(scores), 0.2)
     for got, want in zip(state, before):
         assert torch.equal(got, want)
-    with pytest.raises(RuntimeError, match="out of range"):
-        online_is.update_with_tensor_ops(*state, torch.tensor([1, 50]), torch.ones(2), 0.2)
+    online_is.update_cuda(*state, torch.tensor([1, 50]), torch.ones(2), 0.2)
     for got, want in zip(state, before):
         assert torch.equal(got, want)
 

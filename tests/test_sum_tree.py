@@ -470,17 +470,24 @@ def test_triton_matches_cpp(cap, fused_max):
     w = sparse(cap, g) if cap > 1 else torch.ones(1)
     inner = st.build(w)
     assert torch.equal(inner, ops.sum_tree_build(w))
-    idx = torch.randint(0, cap, (300,), generator=g)
-    val = sparse(300, g)
+    k = 300 if fused_max > 300 else 3000  # multi-program: three programs
+    idx = torch.randint(0, cap, (k,), generator=g)
+    val = sparse(k, g)
     ref_l, ref_i = w.clone(), inner.clone()
     ops.sum_tree_update(ref_l, ref_i, idx, val)
     l, i = w.clone(), inner.clone()
-    st.update(l, i, idx, val, torch.tensor(1, dtype=torch.int32), fused_max=fused_max)
-    assert torch.equal(l, ref_l) and torch.equal(i, ref_i)
-    # A batch flagged invalid writes nothing.
-    l2, i2 = w.clone(), inner.clone()
-    st.update(l2, i2, idx, val, torch.tensor(0, dtype=torch.int32), fused_max=fused_max)
-    assert torch.equal(l2, w) and torch.equal(i2, inner)
+    err = torch.zeros((), dtype=torch.int32)
+    st.update(l, i, idx, val, err=err, fused_max=fused_max)
+    assert torch.equal(l, ref_l) and torch.equal(i, ref_i) and int(err) == 0
+    # An invalid batch writes nothing and records its code (an index out of range first).
+    for bad_idx, bad_val, code in ((cap, 1.0, 1), (0, float("nan"), 2), (-1, -1.0, 1)):
+        l2, i2 = w.clone(), inner.clone()
+        err.zero_()
+        st.update(l2, i2, torch.cat([idx, torch.tensor([bad_idx])]),
+                  torch.cat([val, torch.tensor([bad_val])]), err=err, fused_max=fused_max)
+        assert torch.equal(l2, w) and torch.equal(i2, inner) and int(err) == code
+        st.update(l2, i2, idx, val, fused_max=fused_max)  # the workspace was reset
+        assert torch.equal(l2, ref_l) and torch.equal(i2, ref_i)
     if ref_i[1] > 0:
         u = torch.cat([torch.rand(500, dtype=torch.float64, generator=g),
                        boundary_uniforms(ref_l)])
@@ -792,9 +799,16 @@ def test_triton_queries_and_min_tree_match_cpp(cap, dtype):
     ops.min_tree_update(ref_l, ref_i, idx, val)
     for fused_max in (1 << 14, 16):
         l, i = v.clone(), min_inner.clone()
-        st.update(l, i, idx, val, torch.tensor(1, dtype=torch.int32), fused_max=fused_max,
-                  is_min=True)
-        assert torch.equal(l, ref_l) and torch.equal(i, ref_i)
+        err = torch.zeros((), dtype=torch.int32)
+        st.update(l, i, idx, val, err=err, fused_max=fused_max, is_min=True)
+        assert torch.equal(l, ref_l) and torch.equal(i, ref_i) and int(err) == 0
+        # A NaN (or an index out of range) drops the batch and records its code.
+        for bad_idx, bad_val, code in ((0, math.nan, 2), (cap, 1.0, 1)):
+            st.update(l, i, torch.cat([idx, torch.tensor([bad_idx])]),
+                      torch.cat([val, torch.tensor([bad_val], dtype=dtype)]), err=err,
+                      fused_max=fused_max, is_min=True)
+            assert torch.equal(l, ref_l) and torch.equal(i, ref_i) and int(err) == code
+            err.zero_()
     # Ranges out of bounds give NaN, never an out-of-bounds read.
     out = st.query(v, min_inner, torch.tensor([-1, 0, 2]), torch.tensor([1, cap + 1, 1]),
                    is_min=True)

@@ -17,8 +17,10 @@ triton = pytest.importorskip("triton")
 def ce_signature(logits: str, acc: str, rows: bool) -> dict:
     sig = {"Z": f"*{logits}", "stride_zn": "i64", "stride_zc": "i64", "T": "*i64",
            "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}", "COUNT": "*i64",
-           "N": "i32", "C": "i32", "ignore_index": "i64", "EPS": f"*{acc}"}
-    names = (["ROWS"] if rows else []) + ["BLOCK_C", "WRITE_GRAD", "MEAN", "SMOOTH", "F64"]
+           "OUT": f"*{logits}", "WS": "*i32", "N": "i32", "C": "i32", "ignore_index": "i64",
+           "eps_hi": "fp32", "eps_mid": "fp32", "eps_lo": "fp32"}
+    names = (["ROWS"] if rows else []) + ["BLOCK_C", "WRITE_GRAD", "MEAN", "REDUCE", "SMOOTH",
+                                          "F64"]
     sig.update({name: "constexpr" for name in names})
     return sig
 
@@ -32,11 +34,29 @@ def cases():
     for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")]:
         f64 = acc == "fp64"
         for grad, mean, smooth in [(True, True, True), (False, False, False)]:
-            flags = {"WRITE_GRAD": grad, "MEAN": mean, "SMOOTH": smooth, "F64": f64}
+            flags = {"WRITE_GRAD": grad, "MEAN": mean, "REDUCE": mean, "SMOOTH": smooth,
+                     "F64": f64}
             yield (og._ce_tile_kernel, ce_signature(logits, acc, True),
                    {"ROWS": 4, "BLOCK_C": 1024, **flags})
             yield (og._ce_loop_kernel, ce_signature(logits, acc, False),
                    {"BLOCK_C": 4096, **flags})
+        yield (og._scale_grad_kernel, {"GRAD": f"*{logits}", "GL": f"*{logits}", "n": "i64",
+                                       "C": "i64", "PER_ROW": "constexpr", "F64": "constexpr",
+                                       "BLOCK": "constexpr"},
+               {"PER_ROW": logits == "bf16", "F64": f64, "BLOCK": 4096})
+    for logits, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:
+        for grad, mean in [(True, True), (False, False)]:
+            yield (og._soft_ce_kernel,
+                   {"Z": f"*{logits}", "stride_zn": "i64", "stride_zc": "i64",
+                    "Q": f"*{logits}", "stride_qn": "i64", "stride_qc": "i64",
+                    "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}", "N": "i32",
+                    "C": "i32", "EPS": f"*{acc}",
+                    **{name: "constexpr" for name in ("ROWS", "BLOCK_C", "WRITE_GRAD", "MEAN",
+                                                      "F64")}},
+                   {"ROWS": 4, "BLOCK_C": 1024, "WRITE_GRAD": grad, "MEAN": mean,
+                    "F64": acc == "fp64"})
+    yield (og._count_kernel, {"T": "*i64", "COUNT": "*i64", "N": "i32", "ignore_index": "i64",
+                              "BLOCK": "constexpr"}, {"BLOCK": 4096})
     for dtype, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:
         sig = {"P": f"*{dtype}", "Y": f"*{dtype}", "LOSS": f"*{acc}", "SCORE": "*fp32",
                "GRAD": f"*{dtype}", "N": "i32", "D": "i32"}
@@ -50,44 +70,65 @@ def cases():
             yield (st._level_kernel, {**tree, "width": "i64", "P": "i64", "capacity": "i64",
                                       "IS_MIN": "constexpr", "BLOCK": "constexpr"},
                    {"IS_MIN": is_min, "BLOCK": st.BLOCK})
-            ints = ("k", "capacity", "P", "H", "d_first", "n_levels", "d_dense", "per_prog")
-            for write in (True, False):
+            yield (st._validate_kernel, {"IDX": "*i64", "VAL": f"*{leaf}", "WS": "*i32",
+                                         "k": "i64", "capacity": "i64", "per_prog": "i64",
+                                         "IS_MIN": "constexpr", "F64": "constexpr",
+                                         "BLOCK": "constexpr"},
+                   {"IS_MIN": is_min, "F64": leaf == "fp64", "BLOCK": st.BLOCK})
+            ints = {name: "i64" for name in ("k", "capacity", "P", "H", "d_dense", "per_prog")}
+            for fused, online in ((True, False), (False, False), (True, True), (False, True)):
+                if online and (leaf == "fp64" or is_min):
+                    continue
+                state = ({"MEMORY": "*fp32", "SEEN": "*u8", "ACTIVE": "*u8"} if online else
+                         {"MEMORY": f"*{leaf}", "SEEN": "*i32", "ACTIVE": "*i32"})
                 yield (st._update_kernel,
-                       {**tree, "IDX": "*i64", "VAL": f"*{leaf}", "KEEP": "*i8", "OK": "*i32",
-                        **{name: "i64" for name in ints}, "WRITE_LEAVES": "constexpr",
-                        "IS_MIN": "constexpr", "BLOCK": "constexpr"},
-                       {"WRITE_LEAVES": write, "IS_MIN": is_min, "BLOCK": st.BLOCK})
+                       {**tree, "SIDX": "*i64", "PERM": "*i64", "VAL": f"*{leaf}", "WS": "*i32",
+                        "ERR": "*i32", **state, **ints, "keep_q": "fp32", "take_s": "fp32",
+                        "bad_index_code": "i32", "bad_value_code": "i32",
+                        **{name: "constexpr" for name in ("FUSED", "RECORD", "ONLINE", "IS_MIN",
+                                                          "F64", "BLOCK")}},
+                       {"FUSED": fused, "RECORD": not online, "ONLINE": online,
+                        "IS_MIN": is_min, "F64": leaf == "fp64", "BLOCK": st.BLOCK})
             yield (st._query_kernel,
                    {**tree, "START": "*i64", "END": "*i64", "OUT": tree["INNER"],
                     **{name: "i64" for name in ("n", "capacity", "P", "H")},
                     "IS_MIN": "constexpr", "BLOCK": "constexpr"},
                    {"IS_MIN": is_min, "BLOCK": st.BLOCK})
         tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
-        for kernel, x in ((st._sample_kernel, "U"), (st._scan_kernel, "MASS")):
-            yield (kernel, {**tree, x: "*fp64", "OUT": "*i64", "n": "i64", "capacity": "i64",
-                            "P": "i64", "H": "i64", "BLOCK": "constexpr"}, {"BLOCK": st.BLOCK})
+        yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "ERR": "*i32",
+                                   "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
+                                   "empty_code": "i32", "RECORD": "constexpr",
+                                   "BLOCK": "constexpr"},
+               {"RECORD": True, "BLOCK": st.SAMPLE_BLOCK})
+        yield (st._scan_kernel, {**tree, "MASS": "*fp64", "OUT": "*i64", "n": "i64",
+                                 "capacity": "i64", "P": "i64", "H": "i64",
+                                 "BLOCK": "constexpr"}, {"BLOCK": st.SAMPLE_BLOCK})
     for unbiased in (True, False):
         yield (oi._draw_kernel,
                {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",
                 "U": "*fp64", "IDX": "*i64", "W": "*fp32",
                 **{name: "i64" for name in ("b", "n_active", "capacity", "P", "H")},
-                **{name: "fp32" for name in ("uniform_mix", "keep", "floor_p", "empty_share",
-                                             "n_float")},
+                **{name: "fp32" for name in ("mix_hi", "mix_mid", "mix_lo", "keep", "floor_p",
+                                             "empty_share", "n_float")},
                 "UNBIASED": "constexpr", "BLOCK": "constexpr"},
                {"UNBIASED": unbiased, "BLOCK": oi.BLOCK})
-    yield (at._build_kernel, {"PR": "*fp64", "CUM_D": "*fp64", "CUM_E": "*fp64",
-                              "CUM_H": "*i64", "LAST_H": "*i64", "PROB": "*fp64",
-                              "ALIAS": "*i32", "n": "i64", "STEPS": "constexpr",
+    yield (at._classify_kernel, {"S": "*fp64", "TOTAL": "*fp64", "X": "*fp64", "n": "i64",
+                                 "BLOCK": "constexpr"}, {"BLOCK": at.BLOCK})
+    yield (at._build_kernel, {"S": "*fp64", "TOTAL": "*fp64", "CUM": "*fp64", "PROB": "*fp64",
+                              "ALIAS": "*i32", "STATUS": "*i32", "ERR": "*i32", "n": "i64",
+                              "bad_code": "i32", "zero_code": "i32", "STEPS": "constexpr",
                               "BLOCK": "constexpr"}, {"STEPS": 21, "BLOCK": at.BLOCK})
     for weight in ("fp32", "fp64"):
-        yield (at._group_sums_kernel, {"W": f"*{weight}", "SUMS": "*fp64", "n": "i64",
-                                       "m": "i64", "group": "i64", "BLOCK": "constexpr"},
-               {"BLOCK": at.BLOCK})
+        for rows, gp, tile in ((128, 16, True), (1024, 1024, False)):
+            yield (at._group_sums_kernel, {"W": f"*{weight}", "SUMS": "*fp64", "n": "i64",
+                                           "m": "i64", "group": "i64", "ROWS": "constexpr",
+                                           "GP": "constexpr", "TILE": "constexpr"},
+                   {"ROWS": rows, "GP": gp, "TILE": tile})
         for one in (True, False):
             yield (at._sample_kernel,
                    {"PROB": "*fp64", "ALIAS": "*i32", "SUMS": "*fp64", "W": f"*{weight}",
-                    "U": "*fp64", "OUT": "*i64", **{name: "i64" for name in
-                                                    ("n", "m", "size", "group")},
+                    "U": "*fp64", "OUT": "*i64", "STATUS": "*i32",
+                    **{name: "i64" for name in ("n", "m", "size", "group")},
                     "ONE": "constexpr", "BLOCK": "constexpr"}, {"ONE": one, "BLOCK": at.BLOCK})
 
 

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, uses_cuda_path
 from .._checks import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
                        raise_invalid_weights, weights_valid)
 
@@ -100,15 +101,15 @@ def _sample_fake(prob, alias, sums, weights, u, group_size):
     return u.new_empty((u.shape[1],), dtype=torch.int64)
 
 
-@torch.library.register_kernel("is_kernels::alias_table_build", "cuda")
+@cuda_kernel("is_kernels::alias_table_build")
 def _build_cuda(weights, group_size):
     from . import alias_table_triton
 
     _check_weights("alias_table_build", weights, group_size)
-    return alias_table_triton.build(weights, group_size)
+    return alias_table_triton.build(weights, group_size)[:3]
 
 
-@torch.library.register_kernel("is_kernels::alias_table_sample", "cuda")
+@cuda_kernel("is_kernels::alias_table_sample")
 def _sample_cuda(prob, alias, sums, weights, u, group_size):
     from . import alias_table_triton
 
@@ -158,32 +159,38 @@ class AliasTable:
         if check_values is not None and not isinstance(check_values, bool):
             raise TypeError(f"{op}: check_values must be None or a bool, "
                             f"got {type(check_values).__name__}")
-        self.check_values = weights.device.type != "cuda" if check_values is None \
+        self.check_values = not uses_cuda_path(weights) if check_values is None \
             else check_values
         self.group_size = group_size
-        # Without immediate checks: the recorded error, and whether the weights are valid (a
-        # device bool: the draws are masked to -1 by it, without a sync).
+        # Without immediate checks: the recorded error, and the table's status (a device
+        # int, 0 if the weights are valid: the draws are -1 otherwise, without a sync).
         self._errors: Optional[ErrorFlag] = None
-        self._valid: Optional[torch.Tensor] = None
+        self._status: Optional[torch.Tensor] = None
         weights = weights.detach().contiguous()
+        self._weights = weights
+        self._version = weights._version
         if self.check_values and can_sync(weights):
-            if weights.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            if uses_cuda_path(weights):  # the C++ kernel checks (and raises) itself
                 if not bool(weights_valid(weights)):
                     raise_invalid_weights(op, "weights", weights)
                 if not bool(weights.sum() > 0):
                     raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
                                        "sample")
-        else:
-            valid = weights_valid(weights)
-            code = torch.where(valid, torch.where(weights.sum() > 0, 0, _ALL_ZERO),
-                               _BAD_WEIGHT)
+        elif uses_cuda_path(weights):  # the build kernels check and record
+            from . import alias_table_triton
+
             self._errors = ErrorFlag(op, _MESSAGES, weights.device)
-            self._errors.record(code)
-            self._valid = code == 0
-            # An invalid table is built from ones (its draws are all masked to -1).
-            weights = torch.where(self._valid, weights, 1.0)
-        self._weights = weights
-        self._version = weights._version
+            self._prob, self._alias, self._sums, self._status = alias_table_triton.build(
+                weights, group_size, err=self._errors.code, codes=(_BAD_WEIGHT, _ALL_ZERO))
+            return
+        else:  # (reading a CPU tensor is no sync)
+            code = 0 if bool(weights_valid(weights)) else _BAD_WEIGHT
+            code = code or (0 if bool(weights.sum() > 0) else _ALL_ZERO)
+            self._errors = ErrorFlag(op, _MESSAGES, weights.device)
+            self._errors.record(torch.tensor(code))
+            self._status = torch.tensor(code, dtype=torch.int32)
+            # An invalid table is built from ones (its draws are all -1).
+            weights = torch.ones_like(weights) if code else weights
         self._prob, self._alias, self._sums = torch.ops.is_kernels.alias_table_build(
             weights, group_size)
 
@@ -224,9 +231,14 @@ class AliasTable:
         check_num_draws("AliasTable.sample", n)
         self._check_unmodified("AliasTable.sample")
         u = torch.rand((3, n), generator=generator, device=self.device, dtype=torch.float64)
+        if self._status is not None and uses_cuda_path(u):
+            from . import alias_table_triton
+
+            return alias_table_triton.sample(self._prob, self._alias, self._sums,
+                                             self._weights, u, self.group_size, self._status)
         draws = torch.ops.is_kernels.alias_table_sample(
             self._prob, self._alias, self._sums, self._weights, u, self.group_size)
-        return draws if self._valid is None else torch.where(self._valid, draws, -1)
+        return draws if self._status is None else torch.where(self._status == 0, draws, -1)
 
     def raise_errors(self) -> None:
         """Raises the error recorded at construction (with ``check_values=False``) and clears

@@ -5,8 +5,9 @@
 - ``online_is_update(memory!, seen!, active, leaves!, inner!, idx, scores, momentum)``: the
   checks, the memory update ``q <- m·q + (1-m)·s`` and the sum-tree leaves and ancestors.
 
-C++ on CPU (``csrc/online_is.cpp``); on CUDA a Triton kernel (:mod:`.online_is_triton`) and
-tensor ops around the Triton sum tree update, with no host sync.
+C++ on CPU (``csrc/online_is.cpp``); on CUDA Triton kernels (:mod:`.online_is_triton` draws,
+the update is the sum tree update kernel with the memory update fused in), with no host
+sync.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel
 from .sum_tree import check_tree
 
-__all__ = ["mixture", "update_with_tensor_ops"]
+__all__ = ["mixture", "update_cuda"]
 
 def mixture(q: torch.Tensor, total: torch.Tensor, n: int, uniform_mix: float) -> torch.Tensor:
     """``p = (1-λ)·q/total + λ/n`` in the dtype of ``q`` (``q/total`` reads ``1/n`` when
@@ -74,7 +76,7 @@ def _draw_fake(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     return u.new_empty((b,), dtype=torch.int64), u.new_empty((b,), dtype=torch.float32)
 
 
-@torch.library.register_kernel("is_kernels::online_is_draw", "cuda")
+@cuda_kernel("is_kernels::online_is_draw")
 def _draw_cuda(leaves, inner, memory, active_idx, u, uniform_mix, unbiased):
     from . import online_is_triton
 
@@ -88,22 +90,14 @@ def _update_fake(memory, seen, active, leaves, inner, idx, scores, momentum):
     _check_update(memory, seen, active, leaves, inner, idx, scores, momentum)
 
 
-def update_with_tensor_ops(memory, seen, active, leaves, inner, idx, scores, momentum):
-    """``online_is_update`` from tensor ops: the CUDA kernel. No host sync, so no raising: a
-    batch with an index out of range or a score not finite and >= 0 changes nothing (its
-    gathers read clamped indices, its writes put the old values back, and the sum tree
-    update drops it). Duplicates: every entry is computed from the memory before the batch,
-    and index_put keeps one of them, which the leaf then reads back."""
+@cuda_kernel("is_kernels::online_is_update")
+def update_cuda(memory, seen, active, leaves, inner, idx, scores, momentum):
+    """``online_is_update`` on CUDA: a sort of ``idx`` and one kernel (two for more than
+    ``sum_tree_triton.FUSED_MAX`` entries) that check the batch, update the memory and the
+    sum tree. No host sync, so no raising: a batch with an index out of range or a score not
+    finite and >= 0 changes nothing. Duplicates: the last occurrence of an index is the one
+    applied, computed from the memory before the batch (as the CPU kernel does)."""
+    from . import sum_tree_triton
+
     _check_update(memory, seen, active, leaves, inner, idx, scores, momentum)
-    n = memory.shape[0]
-    ok = ((idx >= 0) & (idx < n)).all() & (torch.isfinite(scores) & (scores >= 0)).all()
-    safe = idx.clamp(0, n - 1)
-    old, was_seen = memory[safe], seen[safe]
-    new = torch.where(was_seen, momentum * old + (1.0 - momentum) * scores, scores)
-    memory.index_put_((safe,), torch.where(ok, new, old))
-    seen.index_put_((safe,), ok | was_seen)
-    values = torch.where(active[safe], memory[safe], 0.0)
-    torch.ops.is_kernels.sum_tree_update(leaves, inner, idx, values)
-
-
-torch.library.register_kernel("is_kernels::online_is_update", "cuda", update_with_tensor_ops)
+    sum_tree_triton.update(leaves, inner, idx, scores, online=(memory, seen, active, momentum))

@@ -13,20 +13,30 @@ import torch
 import triton
 import triton.language as tl
 
+from .cuda_path import float32_parts
 from .sum_tree_triton import descend, heap_depth
 
-BLOCK = 256
+# Draws per program: the descents are latency-bound, 4096 draws spread over 32 programs.
+BLOCK = 128
 
 
 @triton.jit
 def _draw_kernel(LEAVES, INNER, MEMORY, ACTIVE, U, IDX, W, b, n_active, capacity, P, H,
-                 uniform_mix, keep, floor_p, empty_share, n_float, UNBIASED: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 mix_hi, mix_mid, mix_lo, keep, floor_p, empty_share, n_float,
+                 UNBIASED: tl.constexpr, BLOCK: tl.constexpr):
+    """uniform_mix = mix_hi + mix_mid + mix_lo exactly (three float32 parts of the float64
+    the CPU kernel compares the coin with); the weight's float32 factors are rounded to
+    float32 here as kernel arguments are on a GPU (the interpreter passes float64)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    f64 = tl.zeros([BLOCK], tl.float64)
+    f32 = tl.zeros([BLOCK], tl.float32)
+    uniform_mix = ((mix_hi + f64) + mix_mid) + mix_lo
+    keep, floor_p, empty_share, n_float = keep + f32, floor_p + f32, empty_share + f32, \
+        n_float + f32
     mask = offs < b
     u = tl.load(U + offs, mask=mask, other=0.0)
-    coin = tl.load(U + b + offs, mask=mask, other=0.0)
-    pick = tl.load(U + 2 * b + offs, mask=mask, other=0.0)
+    coin = tl.load(U + (offs + b), mask=mask, other=0.0)  # (int64: b + b may pass 2^31)
+    pick = tl.load(U + (offs + b) + b, mask=mask, other=0.0)
     leaf = descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK)
     k = tl.minimum((pick * n_active).to(tl.int64), n_active - 1)
     uniform = tl.load(ACTIVE + k, mask=mask, other=0)
@@ -53,6 +63,7 @@ def draw(leaves: torch.Tensor, inner: torch.Tensor, memory: torch.Tensor,
         p = inner.numel()
         _draw_kernel[(triton.cdiv(b, BLOCK),)](
             leaves, inner, memory, active_idx, u, idx, w, b, n, leaves.numel(), p,
-            heap_depth(p), uniform_mix, 1.0 - uniform_mix, uniform_mix / n, 1.0 / n, float(n),
+            heap_depth(p), *float32_parts(uniform_mix), 1.0 - uniform_mix, uniform_mix / n,
+            1.0 / n, float(n),
             UNBIASED=bool(unbiased), BLOCK=BLOCK, num_warps=4)
     return idx, w

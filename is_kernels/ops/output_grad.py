@@ -14,9 +14,9 @@ import operator
 from typing import Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, in_foreign_dispatch_mode, uses_cuda_path
 
 __all__ = ["cross_entropy_with_score", "mse_with_score", "output_grad_norm"]
 
@@ -130,7 +130,7 @@ def _norm_fake(logits, target, ignore_index, label_smoothing):
 
 # ---- CUDA kernels: Triton, imported on first use so CPU-only installs need no Triton -----
 
-@torch.library.register_kernel("is_kernels::cross_entropy_with_score", "cuda")
+@cuda_kernel("is_kernels::cross_entropy_with_score")
 def _ce_cuda(logits, target, ignore_index, label_smoothing, reduction, compute_grad):
     from . import output_grad_triton
 
@@ -140,7 +140,7 @@ def _ce_cuda(logits, target, ignore_index, label_smoothing, reduction, compute_g
         logits, target, ignore_index, label_smoothing, reduction, compute_grad)
 
 
-@torch.library.register_kernel("is_kernels::soft_cross_entropy_with_score", "cuda")
+@cuda_kernel("is_kernels::soft_cross_entropy_with_score")
 def _soft_ce_cuda(logits, target, label_smoothing, reduction, compute_grad):
     from . import output_grad_triton
 
@@ -150,7 +150,7 @@ def _soft_ce_cuda(logits, target, label_smoothing, reduction, compute_grad):
         logits, target, label_smoothing, reduction, compute_grad)
 
 
-@torch.library.register_kernel("is_kernels::mse_with_score", "cuda")
+@cuda_kernel("is_kernels::mse_with_score")
 def _mse_cuda(pred, target, reduction, compute_grad):
     from . import output_grad_triton
 
@@ -159,7 +159,7 @@ def _mse_cuda(pred, target, reduction, compute_grad):
     return output_grad_triton.mse_with_score(pred, target, reduction, compute_grad)
 
 
-@torch.library.register_kernel("is_kernels::output_grad_norm", "cuda")
+@cuda_kernel("is_kernels::output_grad_norm")
 def _norm_cuda(logits, target, ignore_index, label_smoothing):
     from . import output_grad_triton
 
@@ -181,7 +181,7 @@ def can_donate(grad: torch.Tensor) -> bool:
     """Whether this backward may scale the forward's gradient buffer in place: an eager
     backward on real tensors (not traced, no create_graph) whose graph is freed after it."""
     return not (torch.is_grad_enabled() or _graph_is_kept() or torch.compiler.is_compiling()
-                or is_in_torch_dispatch_mode() or type(grad) is not torch.Tensor)
+                or in_foreign_dispatch_mode() or type(grad) is not torch.Tensor)
 
 
 def _setup_context(ctx, inputs, output):
@@ -200,15 +200,20 @@ def _scaled_grad(ctx, grad_loss: Optional[torch.Tensor]) -> Optional[torch.Tenso
         raise RuntimeError("is_kernels: backward through an op called with compute_grad=False; "
                            "call it with compute_grad=True (the public wrappers do this "
                            "whenever the input requires grad)")
-    if ctx.reduction == "none" and grad.dim() == 2:
-        grad_loss = grad_loss.unsqueeze(1)
+    per_row = ctx.reduction == "none" and grad.dim() == 2
     if not can_donate(grad):
-        return grad * grad_loss
-    # Donate the buffer: no second logits-sized tensor, and on CPU no pass at all for the
-    # usual loss.backward() (a CPU scalar is read without a device sync).
-    if grad_loss.numel() == 1 and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0:
+        return grad * (grad_loss.unsqueeze(1) if per_row else grad_loss)
+    # Donate the buffer: no second logits-sized tensor, and no pass at all for the usual
+    # loss.backward(): on CPU the scalar is read on the host (no sync), on CUDA by the
+    # scaling kernel, which returns at once when it is exactly 1.
+    if uses_cuda_path(grad) and grad.is_contiguous() and grad.dim() == 2 and \
+            grad_loss.dim() == (1 if per_row else 0):
+        from . import output_grad_triton
+
+        return output_grad_triton.scale_grad_(grad, grad_loss)
+    if grad_loss.numel() == 1 and not uses_cuda_path(grad_loss) and grad_loss.item() == 1.0:
         return grad
-    return grad.mul_(grad_loss)
+    return grad.mul_(grad_loss.unsqueeze(1) if per_row else grad_loss)
 
 
 def _ce_backward(ctx, grad_loss, grad_score, grad_grad):

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .cuda_path import float32_parts, workspace
+
 # Rows with at most this many (padded) columns are held whole in registers.
 MAX_TILE_C = 8192
 # Elements per program the tile kernel aims for.
@@ -71,6 +73,51 @@ def _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, 
 
 
 @triton.jit
+def _eps(eps_hi, eps_mid, eps_lo, F64: tl.constexpr):
+    """label_smoothing from its three float32 parts: exact in float64, rounded once in
+    float32 (kernel float arguments are float32)."""
+    zero = tl.zeros([1], tl.float64 if F64 else tl.float32)
+    return ((eps_hi + zero) + eps_mid) + eps_lo
+
+
+@triton.jit
+def _count_kernel(T, COUNT, N, ignore_index, BLOCK: tl.constexpr):
+    """*COUNT = the number of rows whose target is not ignore_index (one program)."""
+    acc = tl.zeros([BLOCK], tl.int64)
+    for start in range(0, N, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        y = tl.load(T + rows, mask=rows < N, other=ignore_index)
+        acc += (y != ignore_index).to(tl.int64)
+    tl.store(COUNT + tl.arange(0, 1), tl.sum(acc, axis=0) + tl.zeros([1], tl.int64))
+
+
+@triton.jit
+def _reduce_loss(ROW_LOSS, T, OUT, WS, N, ignore_index, MEAN: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """Called by every program after its rows: the last one to get here (WS counts them, and
+    is reset) writes *OUT = the sum of the row losses in index order of BLOCK-wide sums (a
+    fixed order: deterministic), over the count of non-ignored rows for MEAN."""
+    tl.debug_barrier()
+    if tl.atomic_add(WS, 1) == tl.num_programs(0) - 1:
+        offs = tl.arange(0, BLOCK)
+        total = tl.zeros([BLOCK], ROW_LOSS.dtype.element_ty)
+        count = tl.zeros([BLOCK], tl.int64)
+        for start in range(0, N, BLOCK):
+            rows = start + offs
+            m = rows < N
+            total += tl.load(ROW_LOSS + rows, mask=m, other=0.0, cache_modifier=".cg")
+            if MEAN:
+                count += (tl.load(T + rows, mask=m, other=ignore_index) != ignore_index).to(
+                    tl.int64)
+        loss = tl.sum(total, axis=0)
+        if MEAN:
+            loss = loss / tl.sum(count, axis=0).to(loss.dtype)
+        tl.store(OUT + offs * 0, (loss + tl.zeros([BLOCK], loss.dtype)).to(
+            OUT.dtype.element_ty), mask=offs == 0)
+        tl.store(WS + offs * 0, tl.zeros([BLOCK], tl.int32), mask=offs == 0)
+
+
+@triton.jit
 def _grad_scale(COUNT, y, row_ok, bad, MEAN: tl.constexpr, F64: tl.constexpr):
     """Per-row factor of the gradient: 1/count for "mean", 0 ignored, NaN out of range."""
     one = tl.full(y.shape, 1.0, tl.float64 if F64 else tl.float32)
@@ -80,12 +127,13 @@ def _grad_scale(COUNT, y, row_ok, bad, MEAN: tl.constexpr, F64: tl.constexpr):
 
 
 @triton.jit
-def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, ignore_index,
-                    EPS, ROWS: tl.constexpr, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr,
-                    MEAN: tl.constexpr, SMOOTH: tl.constexpr, F64: tl.constexpr):
+def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, OUT, WS, N, C,
+                    ignore_index, eps_hi, eps_mid, eps_lo, ROWS: tl.constexpr,
+                    BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
+                    REDUCE: tl.constexpr, SMOOTH: tl.constexpr, F64: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_C)
-    eps = tl.load(EPS)
+    eps = _eps(eps_hi, eps_mid, eps_lo, F64)
     row_in = rows < N
     y = tl.load(T + rows, mask=row_in, other=ignore_index)
     row_ok = row_in & (y != ignore_index) & (y >= 0) & (y < C)
@@ -120,14 +168,30 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, 
         g = tl.where(is_y, d_y[:, None], d) * scale[:, None]
         tl.store(GRAD + rows[:, None] * C + cols[None, :], g.to(GRAD.dtype.element_ty),
                  mask=mask)
+    if REDUCE:
+        _reduce_loss(LOSS, T, OUT, WS, N, ignore_index, MEAN, 1024)
 
 
 @triton.jit
-def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, N, C, ignore_index,
-                    EPS, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
+def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, OUT, WS, N, C,
+                    ignore_index, eps_hi, eps_mid, eps_lo, BLOCK_C: tl.constexpr,
+                    WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, REDUCE: tl.constexpr,
                     SMOOTH: tl.constexpr, F64: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    eps = tl.load(EPS)
+    """Persistent: program p takes rows p, p + grid, ...; with a grid of about one program
+    per SM the rows in flight fit in L2, where the second pass finds them."""
+    eps = _eps(eps_hi, eps_mid, eps_lo, F64)
+    for row in range(tl.program_id(0).to(tl.int64), N, tl.num_programs(0)):
+        _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row,
+                     N, C, ignore_index, eps, BLOCK_C, WRITE_GRAD, MEAN, SMOOTH, F64)
+    if REDUCE:
+        _reduce_loss(LOSS, T, OUT, WS, N, ignore_index, MEAN, 1024)
+
+
+@triton.jit
+def _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row, N, C, ignore_index,
+                 eps, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
+                 SMOOTH: tl.constexpr, F64: tl.constexpr):
+    """One row, walked in chunks: an online max/sum pass, then the gradient pass."""
     # Scalars as 1-element vectors, so the row helpers serve both kernels.
     rows = row + tl.arange(0, 1)
     y = tl.load(T + rows)
@@ -209,6 +273,45 @@ def _mse_kernel(P, Y, LOSS, SCORE, GRAD, N, D, ROWS: tl.constexpr, BLOCK_D: tl.c
 
 
 @triton.jit
+def _scale_grad_kernel(GRAD, GL, n, C, PER_ROW: tl.constexpr, F64: tl.constexpr,
+                       BLOCK: tl.constexpr):
+    """GRAD [n / C, C] *= grad_loss in place (grid-stride): per row (PER_ROW, GL [n / C]) or
+    by a scalar read on the device, where exactly 1 returns at once (the usual
+    ``loss.backward()``: no pass over the gradient, no host sync)."""
+    acc_t = tl.float64 if F64 else tl.float32
+    offs = tl.arange(0, BLOCK)
+    step = tl.num_programs(0).to(tl.int64) * BLOCK
+    if PER_ROW:
+        for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, step):
+            i = start + offs
+            m = i < n
+            g = tl.load(GL + i // C, mask=m, other=0.0).to(acc_t)
+            x = tl.load(GRAD + i, mask=m, other=0.0).to(acc_t)
+            tl.store(GRAD + i, (x * g).to(GRAD.dtype.element_ty), mask=m)
+    else:
+        g = tl.load(GL).to(acc_t)
+        if g != 1.0:
+            for start in range(tl.program_id(0).to(tl.int64) * BLOCK, n, step):
+                i = start + offs
+                m = i < n
+                x = tl.load(GRAD + i, mask=m, other=0.0).to(acc_t)
+                tl.store(GRAD + i, (x * g).to(GRAD.dtype.element_ty), mask=m)
+
+
+def scale_grad_(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
+    """``grad.mul_(grad_loss)`` (a 0-dim or a per-row ``[N]`` grad_loss) in one launch that
+    leaves ``grad`` untouched when a 0-dim ``grad_loss`` is exactly 1. grad: contiguous."""
+    n = grad.numel()
+    if n > 0:
+        per_row = grad_loss.dim() == 1
+        grid = (min(triton.cdiv(n, 4096), 4 * _programs_per_device(grad.device)),)
+        _scale_grad_kernel[grid](grad, grad_loss.contiguous(), n, grad.shape[-1] if per_row
+                                 else 1, PER_ROW=per_row, F64=grad.dtype == torch.float64,
+                                 BLOCK=4096, num_warps=8)
+    return grad
+
+
+@triton.jit
 def _soft_ce_block(Z, stride_zn, stride_zc, Q, stride_qn, stride_qc, rows, row_in, start, C,
                    BLOCK_C: tl.constexpr, acc_t: tl.constexpr):
     """Mask, logits (-inf outside) and target probabilities (0 outside) of a column block."""
@@ -273,35 +376,56 @@ def _reduce(row_loss: torch.Tensor, reduction: str, mean_divisor, sum_factor: fl
     return total.to(dtype)
 
 
+def _programs_per_device(device: torch.device) -> int:
+    """About one resident program per SM (4 under the interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
 def cross_entropy_with_score(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
                              label_smoothing: float, reduction: str, compute_grad: bool,
                              max_tile_c: int = MAX_TILE_C):
-    """Launches the CE kernel; returns (loss, score, grad or empty). Inputs already checked."""
+    """Launches the CE kernel; returns (loss, score, grad or empty). Inputs already checked.
+
+    One launch; two with ``reduction="mean"`` and a gradient (a one-program count of the
+    non-ignored rows first: the gradient is written scaled by it). The last program of the
+    CE kernel reduces the row losses."""
     N, C = logits.shape
+    dev = logits.device
     f64 = logits.dtype == torch.float64
     acc = torch.float64 if f64 else torch.float32
-    row_loss = torch.empty(N, dtype=acc, device=logits.device)
-    score = torch.empty(N, dtype=torch.float32, device=logits.device)
-    grad = torch.empty((N, C) if compute_grad else (0,), dtype=logits.dtype,
-                       device=logits.device)
-    count = (target != ignore_index).sum()
-    # A device scalar, not a kernel float argument (those are float32): exact in float64 too.
-    eps = torch.full((1,), label_smoothing, dtype=acc, device=logits.device)
+    reduce = reduction != "none"
+    # The row losses: in the output for "none", else a buffer the last program reduces.
+    row_loss = torch.empty(N, dtype=acc if reduce else logits.dtype, device=dev)
+    out = torch.empty((), dtype=logits.dtype, device=dev) if reduce else row_loss
+    score = torch.empty(N, dtype=torch.float32, device=dev)
+    grad = torch.empty((N, C) if compute_grad else (0,), dtype=logits.dtype, device=dev)
     target = target.contiguous()
-    if N > 0:
-        flags = dict(WRITE_GRAD=compute_grad, MEAN=reduction == "mean",
-                     SMOOTH=label_smoothing != 0.0, F64=f64)
-        args = (logits, logits.stride(0), logits.stride(1), target, row_loss, score, grad,
-                count, N, C, ignore_index, eps)
-        block_c = triton.next_power_of_2(C)
-        if block_c <= max_tile_c:
-            rows = max(1, min(16, TILE_ELEMS // block_c))
-            warps = min(16, max(4, rows * block_c // 512))
-            _ce_tile_kernel[(triton.cdiv(N, rows),)](*args, ROWS=rows, BLOCK_C=block_c,
-                                                     num_warps=warps, **flags)
-        else:
-            _ce_loop_kernel[(N,)](*args, BLOCK_C=min(4096, max_tile_c), num_warps=8, **flags)
-    return _reduce(row_loss, reduction, count, 1.0, logits.dtype), score, grad
+    count = torch.empty(1, dtype=torch.int64, device=dev)
+    mean = reduction == "mean"
+    if N == 0:
+        if reduce:  # as F.cross_entropy: a mean over nothing is NaN
+            out = torch.full((), float("nan") if mean else 0.0, dtype=logits.dtype,
+                             device=dev)
+        return out, score, grad
+    if mean and compute_grad:
+        _count_kernel[(1,)](target, count, N, ignore_index, BLOCK=4096, num_warps=8)
+    flags = dict(WRITE_GRAD=compute_grad, MEAN=mean, REDUCE=reduce,
+                 SMOOTH=label_smoothing != 0.0, F64=f64)
+    args = (logits, logits.stride(0), logits.stride(1), target, row_loss, score, grad,
+            count, out, workspace(dev)[2:], N, C, ignore_index,
+            *float32_parts(label_smoothing))
+    block_c = triton.next_power_of_2(C)
+    if block_c <= max_tile_c:
+        rows = max(1, min(16, TILE_ELEMS // block_c))
+        warps = min(16, max(4, rows * block_c // 512))
+        _ce_tile_kernel[(triton.cdiv(N, rows),)](*args, ROWS=rows, BLOCK_C=block_c,
+                                                 num_warps=warps, **flags)
+    else:
+        grid = (min(N, _programs_per_device(dev)),)
+        _ce_loop_kernel[grid](*args, BLOCK_C=min(4096, max_tile_c), num_warps=8, **flags)
+    return out, score, grad
 
 
 def mse_with_score(pred: torch.Tensor, target: torch.Tensor, reduction: str,

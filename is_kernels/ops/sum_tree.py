@@ -21,8 +21,9 @@ on CPU (``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
 - ``sum_tree_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u, beta) ->
   (indices, weights)``: draws with their importance weights ``(leaf / min) ** -beta``.
 
-The ops never synchronise with the host on CUDA: the CUDA update kernels drop a batch with an
-index out of range or an invalid value (they write nothing), the CUDA builds do not check
+The ops never synchronise with the host on CUDA: the CUDA update kernels check the batch
+themselves and drop one with an index out of range or an invalid value (they write nothing;
+the trees' own update records its error code on the device), the CUDA builds do not check
 their values, the CUDA queries return NaN for a range out of bounds and the CUDA
 ``sum_tree_scan_lower_bound`` returns -1 for a mass that is not finite and >= 0.
 ``sum_tree_sample`` and ``sum_tree_scan_lower_bound`` return -1 for every entry of an all-zero
@@ -38,6 +39,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .cuda_path import cuda_kernel, uses_cuda_path
 from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
                        check_weight_dtype, max_leaf, raise_invalid_weights, weights_valid)
 
@@ -190,8 +192,7 @@ def _update_cuda(op: str) -> Callable:
         from . import sum_tree_triton
 
         _check_update(op, leaves, inner, indices, values, op.startswith("min_tree"))
-        ok = (_update_error(op, indices, values, leaves.shape[0]) == 0).to(torch.int32)
-        sum_tree_triton.update(leaves, inner, indices, values, ok,
+        sum_tree_triton.update(leaves, inner, indices, values,
                                is_min=op.startswith("min_tree"))
     return kernel
 
@@ -207,15 +208,12 @@ def _query_cuda(op: str) -> Callable:
 
 
 for _tree in ("sum_tree", "min_tree"):
-    torch.library.register_kernel(f"is_kernels::{_tree}_build", "cuda",
-                                  _build_cuda(f"{_tree}_build"))
-    torch.library.register_kernel(f"is_kernels::{_tree}_update", "cuda",
-                                  _update_cuda(f"{_tree}_update"))
-    torch.library.register_kernel(f"is_kernels::{_tree}_query", "cuda",
-                                  _query_cuda(f"{_tree}_query"))
+    cuda_kernel(f"is_kernels::{_tree}_build")(_build_cuda(f"{_tree}_build"))
+    cuda_kernel(f"is_kernels::{_tree}_update")(_update_cuda(f"{_tree}_update"))
+    cuda_kernel(f"is_kernels::{_tree}_query")(_query_cuda(f"{_tree}_query"))
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_sample", "cuda")
+@cuda_kernel("is_kernels::sum_tree_sample")
 def _sample_cuda(leaves, inner, u):
     from . import sum_tree_triton
 
@@ -223,7 +221,7 @@ def _sample_cuda(leaves, inner, u):
     return sum_tree_triton.sample(leaves, inner, u)
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_scan_lower_bound", "cuda")
+@cuda_kernel("is_kernels::sum_tree_scan_lower_bound")
 def _scan_cuda(leaves, inner, mass):
     from . import sum_tree_triton
 
@@ -262,12 +260,14 @@ def _set_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, indices, 
     return sum_leaves.new_empty((), dtype=torch.float64)
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_set_priorities", "cuda")
+@cuda_kernel("is_kernels::sum_tree_set_priorities")
 def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
                          alpha, eps, limit):
     """Tensor ops around the Triton updates, no host sync: an invalid batch (an index out of
-    [0, limit), a priority not finite and >= 0) becomes NaN values, which both updates drop,
-    and its returned maximum is NaN."""
+    [0, limit), a priority not finite and >= 0) becomes NaN values, which both update kernels
+    drop, and its returned maximum is NaN."""
+    from . import sum_tree_triton
+
     _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
     if indices.numel() == 0:
         return torch.zeros((), dtype=torch.float64, device=sum_leaves.device)
@@ -277,9 +277,9 @@ def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, indices, 
           & weights_valid(prio, max_leaf(prio.dtype, sum_leaves.shape[0])))
     prio = torch.where(ok, prio, math.nan)
     safe = torch.where(ok, indices, 0)
-    torch.ops.is_kernels.sum_tree_update(sum_leaves, sum_inner, safe, prio)
-    torch.ops.is_kernels.min_tree_update(min_leaves, min_inner, safe,
-                                         prio.masked_fill(prio == 0, math.inf))
+    sum_tree_triton.update(sum_leaves, sum_inner, safe, prio)
+    sum_tree_triton.update(min_leaves, min_inner, safe, prio.masked_fill(prio == 0, math.inf),
+                           is_min=True)
     return torch.where(ok, priorities.max().to(torch.float64), math.nan)
 
 
@@ -296,7 +296,7 @@ def _sample_weighted_fake(sum_leaves, sum_inner, min_leaves, min_inner, u, beta)
             u.new_empty(u.shape, dtype=sum_leaves.dtype))
 
 
-@torch.library.register_kernel("is_kernels::sum_tree_sample_weighted", "cuda")
+@cuda_kernel("is_kernels::sum_tree_sample_weighted")
 def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, u, beta):
     from . import sum_tree_triton
 
@@ -312,13 +312,12 @@ def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, u, beta)
 _BAD_INDEX, _BAD_VALUE, _BAD_BUILD, _EMPTY, _BAD_RANGE, _BAD_MASS = 1, 2, 3, 4, 5, 6
 
 
-def _update_error(op: str, indices: torch.Tensor, values: torch.Tensor,
-                  capacity: int) -> torch.Tensor:
-    """int32 0-dim error code of an update batch, on its device (no sync): 0 if valid,
-    ``_BAD_INDEX`` if an index is out of range, else ``_BAD_VALUE`` if a value is invalid."""
-    in_range = ((indices >= 0) & (indices < capacity)).all()
-    code = torch.where(_values_valid(op, values, capacity), 0, _BAD_VALUE)
-    return torch.where(in_range, code, _BAD_INDEX).to(torch.int32)
+def _update_code(op: str, indices: torch.Tensor, values: torch.Tensor, capacity: int) -> int:
+    """Error code of a CPU update batch: 0 if valid, ``_BAD_INDEX`` if an index is out of
+    range, else ``_BAD_VALUE`` if a value is invalid."""
+    if not bool(((indices >= 0) & (indices < capacity)).all()):
+        return _BAD_INDEX
+    return 0 if bool(_values_valid(op, values, capacity)) else _BAD_VALUE
 
 
 def _raise_invalid_values(op: str, name: str, values: torch.Tensor, capacity: int,
@@ -407,7 +406,7 @@ class _Tree:
         self._leaves = torch.full((capacity,), self._FILL, dtype=dtype, device=device)
         self._inner = torch.full((heap_size(capacity),), self._FILL, device=device,
                                  dtype=dtype if self._is_min else torch.float64)
-        self.check_values = (self.device.type != "cuda" if check_values is None
+        self.check_values = (not uses_cuda_path(self._leaves) if check_values is None
                              else check_values)
         self._errors = ErrorFlag(name, self._MESSAGES, self.device)
 
@@ -459,7 +458,8 @@ class _Tree:
         """
         op = f"{type(self).__name__}.update"
         update_op = self._op("update")
-        if (self.check_values and self._leaves.is_cpu and type(indices) is torch.Tensor
+        cuda = uses_cuda_path(self._leaves)
+        if (self.check_values and not cuda and type(indices) is torch.Tensor
                 and indices.dtype == torch.int64):
             # CPU fast path: the C++ kernel checks every argument itself before it writes
             # anything. Only a call that fails goes on to the checks below, which raise the
@@ -476,13 +476,20 @@ class _Tree:
         indices = indices.long()
         _check_update(op, self._leaves, self._inner, indices, values, self._is_min)
         if self._raise_now():
-            if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            if cuda:  # the C++ kernel checks (and raises) itself
                 _raise_update_errors(op, indices, values, self.capacity, self._is_min)
-        else:
-            code = _update_error(self._PREFIX, indices, values, self.capacity)
-            self._errors.record(code)
-            if self.device.type == "cpu" and int(code) != 0:
-                return  # (reading a CPU tensor is no sync) the CUDA kernel drops it itself
+        elif cuda:  # the kernels check the batch and record its error code
+            from . import sum_tree_triton
+
+            sum_tree_triton.update(self._leaves, self._inner, indices, values,
+                                   err=self._errors.code, codes=(_BAD_INDEX, _BAD_VALUE),
+                                   is_min=self._is_min)
+            return
+        else:  # (reading a CPU tensor is no sync)
+            code = _update_code(self._PREFIX, indices, values, self.capacity)
+            self._errors.record(torch.tensor(code))
+            if code != 0:
+                return
         update_op(self._leaves, self._inner, indices, values)
 
     def build(self, values: torch.Tensor) -> None:
@@ -502,13 +509,13 @@ class _Tree:
         values = values.contiguous()
         guard = None  # on CUDA without immediate checks: whether the build may land
         if self._raise_now():
-            if self.device.type != "cpu" and not bool(
+            if uses_cuda_path(values) and not bool(
                     _values_valid(self._PREFIX, values, self.capacity)):
                 _raise_invalid_values(op, "values", values, self.capacity, self._is_min)
         else:
             ok = _values_valid(self._PREFIX, values, self.capacity)
             self._errors.record(torch.where(ok, 0, _BAD_BUILD))
-            if self.device.type == "cpu":
+            if not uses_cuda_path(values):
                 if not bool(ok):  # reading a CPU tensor is no sync
                     return
             else:
@@ -540,12 +547,12 @@ class _Tree:
         shape = s.shape
         s, e = s.reshape(-1).contiguous(), e.reshape(-1).contiguous()
         if self._raise_now():
-            if self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+            if uses_cuda_path(s):  # the C++ kernel checks (and raises) itself
                 _raise_range_errors(op, s, e, self.capacity)
         else:
             bad = _range_error(s, e, self.capacity)
             self._errors.record(torch.where(bad, _BAD_RANGE, 0))
-            if self.device.type == "cpu" and bool(bad):  # (no sync on CPU)
+            if not uses_cuda_path(s) and bool(bad):  # (no sync on CPU)
                 nan = torch.full(shape, math.nan, dtype=self._inner.dtype)
                 ok = (s >= 0) & (s <= e) & (e <= self.capacity)
                 s, e = torch.where(ok, s, 0), torch.where(ok, e, 0)
@@ -654,14 +661,22 @@ class SumTree(_Tree):
         check_num_draws(op, n)
         if empty not in ("raise", "minus_one"):
             raise ValueError(f"{op}: empty must be 'raise' or 'minus_one', got {empty!r}")
+        record = False  # whether the sample kernel records an all-zero tree
         if empty == "raise":
             if self._raise_now():
                 if not self._inner[1].item() > 0:  # (fewer torch ops than bool(inner[1] > 0))
                     raise RuntimeError(f"{op}: all weights are zero, there is nothing to "
                                        "sample (pass empty='minus_one' to get -1 draws)")
+            elif uses_cuda_path(self._leaves):
+                record = True
             else:
                 self._errors.record(torch.where(self._inner[1] > 0, 0, _EMPTY))
         u = torch.rand((n,), generator=generator, device=self.device, dtype=torch.float64)
+        if record:
+            from . import sum_tree_triton
+
+            return sum_tree_triton.sample(self._leaves, self._inner, u, err=self._errors.code,
+                                          empty_code=_EMPTY)
         return torch.ops.is_kernels.sum_tree_sample(self._leaves, self._inner, u)
 
     def scan_lower_bound(self, mass: Union[float, torch.Tensor]) -> torch.Tensor:
@@ -690,12 +705,12 @@ class SumTree(_Tree):
         if not self._raise_now():
             ok = (torch.isfinite(m) & (m >= 0)).all()
             self._errors.record(torch.where(ok, 0, _BAD_MASS))
-            if self.device.type == "cpu" and not bool(ok):  # (no sync on CPU)
+            if not uses_cuda_path(m) and not bool(ok):  # (no sync on CPU)
                 good = torch.isfinite(m) & (m >= 0)
                 out = torch.ops.is_kernels.sum_tree_scan_lower_bound(
                     self._leaves, self._inner, torch.where(good, m, 0.0))
                 return torch.where(good, out, -1).reshape(shape)
-        elif self.device.type != "cpu":  # the C++ kernel checks (and raises) itself
+        elif uses_cuda_path(m):  # the C++ kernel checks (and raises) itself
             bad = ~(torch.isfinite(m) & (m >= 0))
             if bool(bad.any()):
                 i = int(bad.nonzero()[0, 0])

@@ -1,29 +1,45 @@
 """Triton kernels of the sum and min tree ops (the CUDA implementation; layout in
-csrc/sum_tree.cpp). Build, update and query serve both trees (``is_min``).
+csrc/sum_tree.cpp). Build, update and query serve both trees (``IS_MIN``).
 
 The launchers take any tensors Triton can address: CUDA tensors normally, CPU tensors under
 ``TRITON_INTERPRET=1`` (how the tests check these kernels without a GPU). Nothing here
 synchronises with the host, so update and sample can be captured in a CUDA graph.
 
-Update: the batch is sorted (stable) and only the last occurrence of every index is written
-(last wins, no write race). Parents are then recomputed level by level from their children,
-bottom-up: a level no wider than the batch is recomputed whole, a wider one at the batch's
-ancestors only. Two programs recomputing the same ancestor read the same final children and
-write the same value, so duplicates are benign. Batches of up to ``FUSED_MAX`` entries run in
-one program that walks all levels with a block barrier between them (one launch); larger
-batches launch one grid per level.
+Update: the batch is sorted by index (a stable ``torch.sort``); only the last occurrence of
+every index writes its leaf (last wins, no write race), and the checks (indices in range,
+values valid) run inside the kernels, so an invalid batch writes nothing and its error code
+lands in a device flag. Parents are recomputed from their children, bottom-up; two lanes
+recomputing the same ancestor read the same final children and write the same value.
+
+- ``k <= FUSED_MAX``: one program checks the batch, writes, and walks all levels with a
+  block barrier between them; a level no wider than the batch is recomputed whole.
+- larger batches: a check kernel, then one program per ``BLOCK`` sorted entries: it writes
+  its leaves and recomputes the ancestors that no other program's entries share; the last
+  program to finish (a counter in a device workspace) recomputes the shared ones, the
+  ancestors of every program's first and last entry, bottom-up.
+
+Launches: sort + 1 (fused) or sort + 2. Crossover model for ``FUSED_MAX``: a level of a
+1024-entry chunk costs one dependent global round trip c (~1 us), a launch L (~4 us). Fused:
+ceil(k / 1024) (H + 1) c; multi: L + (2H + 1) c (every program one chunk, then the last
+program's shared levels). With H = 24 the fused path wins up to two chunks.
+bench/gpu_check.sh measures the crossover on a GPU.
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from .cuda_path import workspace
+
 BLOCK = 1024
-# Batches up to this size are handled by a single program (one launch for all levels).
-FUSED_MAX = 1 << 14
+# Draws per program of the sample kernel: 4096 draws spread over 32 programs.
+SAMPLE_BLOCK = 128
+# Batches up to this size are handled by a single program (see the crossover model above).
+FUSED_MAX = 2 * BLOCK
 
 
 def heap_depth(p: int) -> int:
@@ -49,13 +65,15 @@ def _identity(INNER, BLOCK: tl.constexpr, IS_MIN: tl.constexpr):
 
 
 @triton.jit
-def _node(LEAVES, INNER, y, mask, P, capacity, IS_MIN: tl.constexpr):
+def _node(LEAVES, INNER, y, mask, P, capacity, IS_MIN: tl.constexpr, CACHE: tl.constexpr):
     """Values of the nodes at heap positions y >= 1 (inner, leaf, or padding: 0 for the sum
-    tree, +inf for the min tree), in the dtype of INNER."""
+    tree, +inf for the min tree), in the dtype of INNER. CACHE ".cg" reads past the SM's L1
+    (nodes other programs wrote in this launch)."""
     is_inner = y < P
     j = y - P
-    iv = tl.load(INNER + y, mask=mask & is_inner, other=0.0)
-    lv = tl.load(LEAVES + j, mask=mask & ~is_inner & (j < capacity), other=0.0)
+    iv = tl.load(INNER + y, mask=mask & is_inner, other=0.0, cache_modifier=CACHE)
+    lv = tl.load(LEAVES + j, mask=mask & ~is_inner & (j < capacity), other=0.0,
+                 cache_modifier=CACHE)
     v = tl.where(is_inner, iv, lv.to(INNER.dtype.element_ty))
     if IS_MIN:
         v = tl.where(is_inner | (j < capacity), v, float("inf"))
@@ -63,10 +81,11 @@ def _node(LEAVES, INNER, y, mask, P, capacity, IS_MIN: tl.constexpr):
 
 
 @triton.jit
-def _children(LEAVES, INNER, x, mask, P, capacity, IS_MIN: tl.constexpr):
+def _children(LEAVES, INNER, x, mask, P, capacity, IS_MIN: tl.constexpr,
+              CACHE: tl.constexpr):
     """Inner nodes x recomputed from their two children."""
-    return _combine(_node(LEAVES, INNER, 2 * x, mask, P, capacity, IS_MIN),
-                    _node(LEAVES, INNER, 2 * x + 1, mask, P, capacity, IS_MIN), IS_MIN)
+    return _combine(_node(LEAVES, INNER, 2 * x, mask, P, capacity, IS_MIN, CACHE),
+                    _node(LEAVES, INNER, 2 * x + 1, mask, P, capacity, IS_MIN, CACHE), IS_MIN)
 
 
 @triton.jit
@@ -76,43 +95,147 @@ def _level_kernel(LEAVES, INNER, width, P, capacity, IS_MIN: tl.constexpr,
     t = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = t < width
     x = width + t
-    tl.store(INNER + x, _children(LEAVES, INNER, x, mask, P, capacity, IS_MIN), mask=mask)
+    tl.store(INNER + x, _children(LEAVES, INNER, x, mask, P, capacity, IS_MIN, ""), mask=mask)
 
 
 @triton.jit
-def _update_kernel(LEAVES, INNER, IDX, VAL, KEEP, OK, k, capacity, P, H, d_first, n_levels,
-                   d_dense, per_prog, WRITE_LEAVES: tl.constexpr, IS_MIN: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """Entries [pid * per_prog, ...) of the sorted batch: optionally writes their leaves, then
-    recomputes `n_levels` levels of ancestors from depth d_first upwards (a block barrier
-    between levels). Depths <= d_dense are no wider than k and recomputed whole. Does
-    nothing unless *OK != 0 (the batch passed validation)."""
-    P64 = P.to(tl.int64)
+def _entry_ok(IDX, VAL, t, m, capacity, IS_MIN: tl.constexpr, F64: tl.constexpr):
+    """(index in range, value valid) per lane of the batch entries t (masked lanes: valid).
+    A valid sum tree value is finite and >= 0, and for float64 leaves at most float64 max /
+    (2 capacity), so that no float64 sum overflows (as csrc/sum_tree.cpp checks); a valid
+    min tree value is not NaN."""
+    idx = tl.load(IDX + t, mask=m, other=0)
+    val = tl.load(VAL + t, mask=m, other=0.0)
+    if IS_MIN:
+        val_ok = val == val
+    elif F64:
+        cap = capacity + tl.zeros([1], tl.float64)
+        limit = tl.full([1], 1.7976931348623157e308, tl.float64) / (2.0 * cap)
+        val_ok = (val >= 0.0) & (val <= limit)
+    else:
+        val_ok = (val >= 0.0) & (val < float("inf"))
+    return ~m | ((idx >= 0) & (idx < capacity)), ~m | val_ok
+
+
+@triton.jit
+def _or_all(flags):
+    """The OR of the lanes' flags (bits 1 and 2)."""
+    return tl.max(flags & 1, axis=0) | tl.max(flags & 2, axis=0)
+
+
+@triton.jit
+def _validate_kernel(IDX, VAL, WS, k, capacity, per_prog, IS_MIN: tl.constexpr,
+                     F64: tl.constexpr, BLOCK: tl.constexpr):
+    """Multi-program updates: ORs 1 (an index out of range) / 2 (an invalid value) of the
+    entries [pid * per_prog, ...) into WS[0]."""
     lo = tl.program_id(0).to(tl.int64) * per_prog
     hi = tl.minimum(lo + per_prog, k)
     offs = tl.arange(0, BLOCK)
-    ok = tl.load(OK + offs * 0) != 0  # the flag, broadcast to the block
-    if WRITE_LEAVES:
+    flags = tl.zeros([BLOCK], tl.int32)
+    for start in range(lo, hi, BLOCK):
+        t = start + offs
+        idx_ok, val_ok = _entry_ok(IDX, VAL, t, t < hi, capacity, IS_MIN, F64)
+        flags |= tl.where(idx_ok, 0, 1) | tl.where(val_ok, 0, 2)
+    flag = _or_all(flags)
+    tl.atomic_or(WS, flag, mask=flag != 0)
+
+
+@triton.jit
+def _write_entries(LEAVES, SIDX, PERM, VAL, MEMORY, SEEN, ACTIVE, lo, hi, k, offs, ok, keep_q,
+                   take_s, ONLINE: tl.constexpr, BLOCK: tl.constexpr):
+    """Writes the leaf of the last occurrence of every index among the sorted entries
+    [lo, hi) (the next entry holds another index); with ONLINE, first the memory update
+    q <- keep_q * q + take_s * s (s replaces q where not seen yet), seen, and the leaf q (0
+    where inactive)."""
+    for start in range(lo, hi, BLOCK):
+        t = start + offs
+        m = (t < hi) & ok
+        idx = tl.load(SIDX + t, mask=m, other=0)
+        nxt = tl.load(SIDX + t + 1, mask=m & (t + 1 < k), other=-1)
+        m = m & (nxt != idx)
+        val = tl.load(VAL + tl.load(PERM + t, mask=m, other=0), mask=m, other=0.0)
+        if ONLINE:
+            q = tl.load(MEMORY + idx, mask=m, other=0.0)
+            seen = tl.load(SEEN + idx, mask=m, other=0) != 0
+            val = tl.where(seen, keep_q * q + take_s * val, val)
+            tl.store(MEMORY + idx, val, mask=m)
+            tl.store(SEEN + idx, tl.full([BLOCK], 1, SEEN.dtype.element_ty), mask=m)
+            val = tl.where(tl.load(ACTIVE + idx, mask=m, other=0) != 0, val, 0.0)
+        tl.store(LEAVES + idx, val, mask=m)
+
+
+@triton.jit
+def _update_kernel(LEAVES, INNER, SIDX, PERM, VAL, WS, ERR, MEMORY, SEEN, ACTIVE, k, capacity,
+                   P, H, d_dense, per_prog, keep_q, take_s, bad_index_code, bad_value_code,
+                   FUSED: tl.constexpr, RECORD: tl.constexpr, ONLINE: tl.constexpr,
+                   IS_MIN: tl.constexpr, F64: tl.constexpr, BLOCK: tl.constexpr):
+    """Update with the batch sorted by index (SIDX, PERM: its stable sort): the sorted
+    entries [pid * per_prog, ...) write their leaves (last occurrence wins), then recompute
+    their ancestors bottom-up (a block barrier between levels). Levels <= d_dense (no wider
+    than k, FUSED only) are recomputed whole.
+
+    FUSED (one program): validates the whole batch first. Otherwise _validate_kernel has
+    ORed its flags into WS[0], each program recomputes the ancestors no other program's
+    entries share, and the last program to finish (WS[1] counts them) recomputes the shared
+    ones, the ancestors of every program's first and last entry, and resets WS. A batch with
+    an invalid entry writes nothing; with RECORD its code goes to *ERR unless one is there."""
+    P64 = P.to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64)
+    lo = pid * per_prog
+    hi = tl.minimum(lo + per_prog, k)
+    offs = tl.arange(0, BLOCK)
+    if FUSED:
+        flags = tl.zeros([BLOCK], tl.int32)
+        for start in range(0, k, BLOCK):
+            t = start + offs
+            idx_ok, val_ok = _entry_ok(SIDX, VAL, t, t < k, capacity, IS_MIN, F64)
+            flags |= tl.where(idx_ok, 0, 1) | tl.where(val_ok, 0, 2)
+        flag = _or_all(flags)
+    else:
+        flag = tl.load(WS)
+    ok = (offs * 0 + flag) == 0  # per lane (scalar bool masks upset the interpreter)
+    _write_entries(LEAVES, SIDX, PERM, VAL, MEMORY, SEEN, ACTIVE, lo, hi, k, offs, ok, keep_q,
+                   take_s, ONLINE, BLOCK)
+    tl.debug_barrier()
+    # Ancestors of the entries before and after this program's (none: -1).
+    prev = tl.load(SIDX + lo - 1, mask=lo > 0, other=-1)
+    after = tl.load(SIDX + hi, mask=hi < k, other=-1)
+    for s in range(H):
+        d = H - 1 - s
+        shift = H - d
+        width = P64 >> shift
+        dense = (offs * 0 + d) <= d_dense
         for start in range(lo, hi, BLOCK):
             t = start + offs
             m = (t < hi) & ok
-            idx = tl.load(IDX + t, mask=m, other=0)
-            keep = tl.load(KEEP + t, mask=m, other=0) != 0
-            val = tl.load(VAL + t, mask=m, other=0.0)
-            tl.store(LEAVES + idx, val, mask=m & keep)
-        tl.debug_barrier()
-    for s in range(n_levels):
-        d = d_first - s
-        width = P64 >> (H - d)
-        dense = (offs * 0 + d) <= d_dense  # per lane (scalar bool masks upset the interpreter)
-        for start in range(lo, hi, BLOCK):
-            t = start + offs
-            m = (t < hi) & ok
-            idx = tl.load(IDX + t, mask=m & ~dense, other=0)
-            x = tl.where(dense, width + t, (idx + P64) >> (H - d))
+            idx = tl.load(SIDX + t, mask=m & ~dense, other=0)
+            x = tl.where(dense, width + t, (idx + P64) >> shift)
             m = m & (~dense | (t < width))
-            tl.store(INNER + x, _children(LEAVES, INNER, x, m, P64, capacity, IS_MIN), mask=m)
+            if not FUSED:  # a node another program's entries share waits for the last one
+                m = m & (x != (prev + P64) >> shift) & (x != (after + P64) >> shift)
+            tl.store(INNER + x, _children(LEAVES, INNER, x, m, P64, capacity, IS_MIN, ""),
+                     mask=m)
         tl.debug_barrier()
+    if not FUSED:
+        n_prog = tl.num_programs(0)
+        if tl.atomic_add(WS + 1, 1) == n_prog - 1:  # the last program: shared ancestors
+            for s in range(H):
+                shift = s + 1
+                for start in range(0, 2 * n_prog, BLOCK):
+                    e = start + offs  # the first (even e) or last (odd e) entry of a program
+                    m = (e < 2 * n_prog) & ok
+                    t = tl.minimum((e // 2) * per_prog + (e % 2) * (per_prog - 1), k - 1)
+                    x = (tl.load(SIDX + t, mask=m, other=0) + P64) >> shift
+                    tl.store(INNER + x,
+                             _children(LEAVES, INNER, x, m, P64, capacity, IS_MIN, ".cg"),
+                             mask=m)
+                tl.debug_barrier()
+            tl.store(WS, 0)
+            tl.store(WS + 1, 0)
+    if RECORD:
+        code = tl.where((flag & 1) != 0, bad_index_code, bad_value_code)
+        old = tl.load(ERR)
+        tl.store(ERR, tl.where((flag != 0) & (old == 0), code, old))
 
 
 @triton.jit
@@ -125,8 +248,8 @@ def descend_mass(LEAVES, INNER, r, mask, P, capacity, H, BLOCK: tl.constexpr):
     total = tl.load(INNER + 1)
     x = tl.full([BLOCK], 1, tl.int64)
     for _ in range(H):
-        left = _node(LEAVES, INNER, 2 * x, mask, P64, capacity, False)
-        right = _node(LEAVES, INNER, 2 * x + 1, mask, P64, capacity, False)
+        left = _node(LEAVES, INNER, 2 * x, mask, P64, capacity, False, "")
+        right = _node(LEAVES, INNER, 2 * x + 1, mask, P64, capacity, False, "")
         go_right = (right > 0.0) & (r >= left)
         r = tl.where(go_right, r - left, r)
         x = 2 * x + go_right.to(tl.int64)
@@ -142,11 +265,19 @@ def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _sample_kernel(LEAVES, INNER, U, OUT, n, capacity, P, H, BLOCK: tl.constexpr):
+def _sample_kernel(LEAVES, INNER, U, OUT, ERR, n, capacity, P, H, empty_code,
+                   RECORD: tl.constexpr, BLOCK: tl.constexpr):
+    """Draws [pid * BLOCK, ...); with RECORD, program 0 records empty_code in *ERR (unless a
+    code is there) when the tree is all zero."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     u = tl.load(U + offs, mask=mask, other=0.0)
     tl.store(OUT + offs, descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK), mask=mask)
+    if RECORD:
+        first = offs == 0
+        old = tl.load(ERR + offs * 0, mask=first, other=0)
+        empty = tl.load(INNER + 1 + offs * 0, mask=first, other=1.0) <= 0.0
+        tl.store(ERR + offs * 0, tl.where(empty & (old == 0), empty_code, old), mask=first)
 
 
 @triton.jit
@@ -181,13 +312,13 @@ def _query_kernel(LEAVES, INNER, START, END, OUT, n, capacity, P, H, IS_MIN: tl.
     for _ in range(H + 1):
         active = mask & (l < r)
         take = active & ((l & 1) == 1)
-        acc = _combine(acc, tl.where(take, _node(LEAVES, INNER, l, take, P64, capacity, IS_MIN),
-                                     pad), IS_MIN)
+        acc = _combine(acc, tl.where(take, _node(LEAVES, INNER, l, take, P64, capacity,
+                                                 IS_MIN, ""), pad), IS_MIN)
         l = tl.where(take, l + 1, l)
         take = active & ((r & 1) == 1)
         r = tl.where(take, r - 1, r)
-        acc = _combine(acc, tl.where(take, _node(LEAVES, INNER, r, take, P64, capacity, IS_MIN),
-                                     pad), IS_MIN)
+        acc = _combine(acc, tl.where(take, _node(LEAVES, INNER, r, take, P64, capacity,
+                                                 IS_MIN, ""), pad), IS_MIN)
         l = l >> 1
         r = r >> 1
     tl.store(OUT + offs, tl.where(ok, acc, float("nan")), mask=mask)
@@ -213,32 +344,60 @@ def build(leaves: torch.Tensor, is_min: bool = False) -> torch.Tensor:
 
 
 def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
-           values: torch.Tensor, ok: torch.Tensor, fused_max: int = FUSED_MAX,
-           is_min: bool = False) -> None:
-    """Writes leaves[indices] = values (last occurrence wins) and their ancestors, unless
-    ``ok`` (int32 0-dim, on device) is 0. Shapes/dtypes already checked."""
+           values: torch.Tensor, err: Optional[torch.Tensor] = None,
+           codes: Tuple[int, int] = (1, 2), online: Optional[tuple] = None,
+           fused_max: Optional[int] = None, is_min: bool = False) -> None:
+    """Writes leaves[indices] = values (last occurrence wins) and their ancestors (of a min
+    tree with ``is_min``), unless an index is out of range or a value invalid (for the min
+    tree: NaN): then nothing is written, and with ``err`` (an int32 0-dim error flag) its
+    code (``codes``: bad index, bad value) is recorded there unless one is.
+    ``online = (memory, seen, active, momentum)`` (sum tree only): ``values`` are scores and
+    the online sampler's memory update comes first (:mod:`.online_is_triton`). Batches of
+    at most ``fused_max`` (default :data:`FUSED_MAX`) entries take one program. Launches: a
+    sort, then one kernel (fused) or two (multi-program). Shapes/dtypes already checked."""
     k = indices.numel()
     if k == 0:
         return
+    fused_max = FUSED_MAX if fused_max is None else fused_max
     p, capacity = inner.numel(), leaves.numel()
     h = heap_depth(p)
     sorted_idx, perm = torch.sort(indices.reshape(-1), stable=True)
-    keep = torch.ones(k, dtype=torch.int8, device=leaves.device)
-    keep[:-1] = sorted_idx[1:] != sorted_idx[:-1]
-    vals = values.reshape(-1)[perm]
-    # Depths whose width 2^d is at most k are recomputed whole.
-    d_dense = min(h - 1, k.bit_length() - 1)
-    args = (leaves, inner, sorted_idx, vals, keep, ok, k, capacity, p, h)
-    if k <= fused_max:
-        _update_kernel[(1,)](*args, h - 1, h, d_dense, k, WRITE_LEAVES=True, IS_MIN=is_min,
-                             BLOCK=BLOCK, num_warps=8)
-        return
-    grid = (triton.cdiv(k, BLOCK),)
-    _update_kernel[grid](*args, h - 1, 0, d_dense, BLOCK, WRITE_LEAVES=True, IS_MIN=is_min,
-                         BLOCK=BLOCK, num_warps=4)
-    for d in range(h - 1, -1, -1):
-        _update_kernel[grid](*args, d, 1, d_dense, BLOCK, WRITE_LEAVES=False, IS_MIN=is_min,
-                             BLOCK=BLOCK, num_warps=4)
+    values = values.reshape(-1)
+    fused = k <= fused_max
+    ws = workspace(leaves.device)
+    f64 = leaves.dtype == torch.float64
+    memory, seen, active, momentum = online if online is not None else (leaves, ws, ws, 0.0)
+    if online is not None:
+        seen, active = seen.view(torch.uint8), active.view(torch.uint8)
+    per_prog = k if fused else BLOCK
+    grid = (1,) if fused else (triton.cdiv(k, per_prog),)
+    if not fused:
+        _validate_kernel[grid](indices, values, ws, k, capacity, per_prog, IS_MIN=is_min,
+                               F64=f64, BLOCK=BLOCK, num_warps=4)
+    # Depths whose width 2^d is at most k are recomputed whole (one program only).
+    d_dense = min(h - 1, k.bit_length() - 1) if fused else -1
+    _update_kernel[grid](leaves, inner, sorted_idx, perm, values, ws,
+                         err if err is not None else ws, memory, seen, active, k, capacity, p,
+                         h, d_dense, per_prog, momentum, 1.0 - momentum, codes[0], codes[1],
+                         FUSED=fused, RECORD=err is not None, ONLINE=online is not None,
+                         IS_MIN=is_min, F64=f64, BLOCK=BLOCK, num_warps=8 if fused else 4)
+
+
+def sample(leaves: torch.Tensor, inner: torch.Tensor, u: torch.Tensor,
+           err: Optional[torch.Tensor] = None, empty_code: int = 0) -> torch.Tensor:
+    """int64 leaf indices for the float64 uniforms u ([n], in [0, 1)); -1 where total == 0,
+    and then ``empty_code`` is recorded in ``err`` (int32 0-dim) unless a code is there.
+    SAMPLE_BLOCK draws a program: the descents are latency-bound, so small batches get more
+    programs."""
+    u = u.contiguous()
+    n = u.numel()
+    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
+    if n > 0:
+        p = inner.numel()
+        _sample_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](
+            leaves, inner, u, out, err if err is not None else out, n, leaves.numel(), p,
+            heap_depth(p), empty_code, RECORD=err is not None, BLOCK=SAMPLE_BLOCK, num_warps=4)
+    return out
 
 
 def query(leaves: torch.Tensor, inner: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
@@ -256,25 +415,17 @@ def query(leaves: torch.Tensor, inner: torch.Tensor, start: torch.Tensor, end: t
     return out
 
 
-def _descend(kernel, leaves: torch.Tensor, inner: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """int64 leaf indices of the descents of x ([n] float64) by a descent kernel."""
-    x = x.contiguous()
-    n = x.numel()
-    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
-    if n > 0:
-        p = inner.numel()
-        kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, x, out, n, leaves.numel(), p,
-                                         heap_depth(p), BLOCK=BLOCK, num_warps=4)
-    return out
-
-
 def scan_lower_bound(leaves: torch.Tensor, inner: torch.Tensor,
                      mass: torch.Tensor) -> torch.Tensor:
     """int64 leaf indices for the float64 masses ([n]); -1 for a mass that is not finite and
-    >= 0, and for all of them where total == 0."""
-    return _descend(_scan_kernel, leaves, inner, mass)
-
-
-def sample(leaves: torch.Tensor, inner: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """int64 leaf indices for the float64 uniforms u ([n], in [0, 1)); -1 where total == 0."""
-    return _descend(_sample_kernel, leaves, inner, u)
+    >= 0, and for all of them where total == 0. SAMPLE_BLOCK masses a program, as
+    :func:`sample`."""
+    mass = mass.contiguous()
+    n = mass.numel()
+    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
+    if n > 0:
+        p = inner.numel()
+        _scan_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](leaves, inner, mass, out, n,
+                                                      leaves.numel(), p, heap_depth(p),
+                                                      BLOCK=SAMPLE_BLOCK, num_warps=4)
+    return out

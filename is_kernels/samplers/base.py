@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 import torch
 
 from .._checks import int_at_least, state_int
+from ..ops.cuda_path import uses_cuda_path
 
 __all__ = ["Sampler", "Draw", "ScoreFn", "DeviceLike"]
 
@@ -66,7 +67,8 @@ class Sampler(abc.ABC):
     :meth:`_load_state` (which :meth:`load_state_dict` runs, with the rollback).
 
     :meth:`update` accepts only the indices of a draw that has not been updated yet (the
-    tensor :meth:`sample` returned, or an equal one, e.g. after a DataLoader collated it).
+    tensor :meth:`sample` returned, or an equal one, e.g. after a DataLoader collated it; on
+    CUDA the tensor itself or one sharing its memory, since comparing values would sync).
     Updating a draw retires it and every older outstanding draw (updates come in draw
     order). Up to :attr:`MAX_PENDING` draws may be outstanding (a prefetching DataLoader);
     a draw beyond that drops the oldest (the first drop warns, and updating a dropped draw
@@ -218,8 +220,10 @@ class Sampler(abc.ABC):
             draw, fate = retired[-1]
             return f"idx is draw {draw.serial}, which was already {fate}; each draw is " \
                    f"updated once"
-        return "idx must be the indices of a draw not updated yet, as returned by sample(); " \
-               "got indices of no recent draw"
+        where = (" (on CUDA: that tensor itself, not an equal copy, whose comparison would "
+                 "sync)" if uses_cuda_path(idx) else "")
+        return f"idx must be the indices of a draw not updated yet, as returned by " \
+               f"sample(){where}; got indices of no recent draw"
 
     @property
     def _update_checks_values(self) -> bool:
@@ -382,6 +386,9 @@ class Draw(NamedTuple):
 def _position(draws, idx: torch.Tensor) -> Optional[int]:
     """The position of the draw with indices ``idx`` among ``draws`` (None: not there)."""
     for k, draw in enumerate(draws):
-        if draw.idx is idx or (draw.idx.shape == idx.shape and torch.equal(draw.idx, idx)):
+        if draw.idx is idx or (draw.idx.shape == idx.shape and (
+                # on the CUDA path: the same memory (comparing the values would sync)
+                (draw.idx.data_ptr(), draw.idx.stride()) == (idx.data_ptr(), idx.stride())
+                if uses_cuda_path(draw.idx) else torch.equal(draw.idx, idx))):
             return k
     return None

@@ -1,0 +1,87 @@
+"""Launch and host-sync budgets of the CUDA path, counted on CPU (bench/launch_counts.py runs
+every public operation inside ``cuda_path_on_cpu()`` under a ``LaunchCounter``)."""
+import os
+import sys
+
+import pytest
+import torch
+from helpers.triton_env import interpreted
+
+from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu
+
+pytest.importorskip("triton")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+import launch_counts  # noqa: E402
+
+pytestmark = interpreted
+
+# Operation (a row of launch_counts.OPERATIONS) -> most kernel launches allowed.
+BUDGETS = {
+    "SumTree.update (fused, k <= FUSED_MAX)": 3,
+    "SumTree.update (multi-program, k > FUSED_MAX)": 3,
+    "MinTree.update (fused, k <= FUSED_MAX)": 3,
+    "SumTree.sample": 2,
+    "online IS step (draw + update)": 4,
+    "AliasTable build (group 16)": 6,
+    "AliasTable build (group 1)": 6,
+    "AliasTable.sample": 2,
+    # mean: the gradient is written scaled by the count of non-ignored rows, which a
+    # one-program kernel counts first (a kernel cannot wait for its other programs).
+    "CE forward + backward (mean)": 3,
+    "CE forward + backward (sum)": 2,
+    "CE forward + backward (none)": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {r["operation"]: r for r in launch_counts.counts()}
+
+
+@pytest.mark.parametrize("operation", sorted(BUDGETS))
+def test_launch_budget(rows, operation):
+    row = rows[operation]
+    assert row["launches"] <= BUDGETS[operation], row
+
+
+@pytest.mark.parametrize("operation", sorted(BUDGETS))
+def test_no_host_sync(rows, operation):
+    assert rows[operation]["syncs"] == 0, rows[operation]
+
+
+def test_every_operation_has_a_budget(rows):
+    assert set(rows) == set(BUDGETS)
+
+
+def test_the_counter_sees_syncs_and_launches():
+    """The counter is not blind: .item(), bool() and torch.equal count as syncs; a Triton
+    launch and an aten kernel as launches; views and allocations as nothing."""
+    from is_kernels.ops import sum_tree_triton
+
+    t = torch.arange(4.0)
+    with LaunchCounter() as c, cuda_path_on_cpu():
+        t.view(2, 2)
+        torch.empty(3)
+        (t + 1).sum().item()
+        bool(t[0] > 0)
+        torch.equal(t, t.clone())
+        sum_tree_triton.build(t)
+    assert c.num_syncs == 3, c.summary()
+    assert c.aten["add"] == 1 and c.aten["sum"] == 1 and c.triton["_level_kernel"] == 2
+    assert "view" not in c.aten and "empty" not in c.aten
+
+
+def test_sampler_update_with_an_equal_copy_does_not_sync():
+    """On the CUDA path the sampler matches an update to its draw by memory, not by value
+    (torch.equal would sync): the same storage is accepted, an equal copy refused."""
+    from is_kernels.samplers import OnlineImportanceSampler
+
+    with cuda_path_on_cpu():
+        s = OnlineImportanceSampler(16, 4, warmup_epochs=0)
+        idx, _ = s.sample()
+        with LaunchCounter() as c:
+            s.update(idx[:], torch.ones(4))  # a view of the draw
+        assert c.num_syncs == 0
+        idx, _ = s.sample()
+        with pytest.raises(ValueError, match="indices of a draw"):
+            s.update(idx.clone(), torch.ones(4))

@@ -44,18 +44,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> List[str]:
     """The SIMD extensions among the CPU's flags that the kernels can use."""
     try:
@@ -79,6 +67,8 @@ def machine_kind(gpu_name: Optional[str]) -> str:
 def environment(command: str) -> Dict[str, Any]:
     """The facts a result depends on: machine, versions, command, time."""
     import torch
+
+    from is_kernels.environment import cpu_model
 
     try:
         import triton

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..environment import cpu_model
 from .data import DEFAULT_DATA_DIR
 from .loop import DEFAULT_LR, OPTIMIZERS, TrainConfig, run_lockstep
 from .methods import BASELINES, DEFAULT_METHODS, FULL_METHODS, METHODS, parse_spec
@@ -170,7 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "lr": config.learning_rate, "task": task.name, "methods": methods,
                    "seeds": seeds},
         "environment": {"device": str(device), "torch": torch.__version__,
-                        "python": platform.python_version(), "cpu": _cpu_model(),
+                        "python": platform.python_version(), "cpu": cpu_model(),
                         "threads": torch.get_num_threads()},
         "dataset": {"train": task.data.x_train.shape[0], "test": task.data.x_test.shape[0]},
     }
@@ -184,14 +185,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"\nwrote {report['results.json']}, {report['curves.png']}, {report['table.txt']}",
           file=sys.stderr)
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

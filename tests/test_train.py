@@ -3,6 +3,7 @@ statistics and the report, on a tiny synthetic dataset."""
 import dataclasses
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -152,8 +153,7 @@ def test_clock_excludes_evaluation(task, monkeypatch):
     evaluate = loop.evaluate
 
     def slow(*args, **kwargs):
-        import time
-        time.sleep(0.05)
+        _busy(0.05)  # CPU time, seen by either clock
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loop, "evaluate", slow)
@@ -163,6 +163,24 @@ def test_clock_excludes_evaluation(task, monkeypatch):
     assert evals == 1 + 2 * 4  # the start, then every chunk (3, 3, 3, 1 steps an epoch)
     assert r["wall_clock"] < 0.05 * 2 * evals  # 2 evaluations (train, test) per point
     assert r["wall_clock"] >= 0
+
+
+def _busy(seconds):
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+@pytest.mark.parametrize("threads, kind", [(1, "thread_cpu"), (2, "wall")])
+def test_clock_kind_follows_the_threads(restore_threads, threads, kind):
+    torch.set_num_threads(threads)
+    assert loop.clock_kind(torch.device("cpu")) == kind
+    clock = loop._Clock(torch.device("cpu"))
+    clock.time(lambda: time.sleep(0.2))  # no CPU time: only the wall clock counts it
+    assert (clock.elapsed >= 0.2) == (kind == "wall")
+    before = clock.elapsed
+    clock.time(lambda: _busy(0.1))
+    assert clock.elapsed - before >= 0.1
 
 
 def test_time_budget_stops_the_run(task):

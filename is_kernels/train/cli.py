@@ -19,7 +19,7 @@ import torch
 
 from ..environment import cpu_model
 from .data import DEFAULT_DATA_DIR
-from .loop import DEFAULT_LR, OPTIMIZERS, TrainConfig, run_lockstep
+from .loop import DEFAULT_LR, OPTIMIZERS, TrainConfig, clock_kind, run_lockstep
 from .methods import BASELINES, DEFAULT_METHODS, FULL_METHODS, METHODS, parse_spec
 from .models import MODELS
 from .report import merge_results, write_report
@@ -172,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    "seeds": seeds},
         "environment": {"device": str(device), "torch": torch.__version__,
                         "python": platform.python_version(), "cpu": cpu_model(),
-                        "threads": torch.get_num_threads()},
+                        "threads": torch.get_num_threads(), "clock": clock_kind(device)},
         "dataset": {"train": task.data.x_train.shape[0], "test": task.data.x_test.shape[0]},
     }
     out = args.out or os.path.join("runs", task.name)

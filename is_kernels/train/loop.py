@@ -4,7 +4,8 @@ For one seed, each method gets its own model (the same initial weights for all),
 sampler and generator. They advance in rounds of ``chunk_steps`` steps each, in an order
 drawn afresh every round from the seed, so a slowdown of the machine hits all of them
 alike. Each method's clock counts only its own steps (on CUDA with events around each
-chunk, no per-step sync); it is stopped while the method is evaluated. Evaluations of the
+chunk, no per-step sync; on CPU with one thread, the thread's CPU time, blind to other
+processes); it is stopped while the method is evaluated. Evaluations of the
 full test set and a fixed subset of the training set happen at fixed fractions of every epoch
 (and optionally every ``eval_every`` seconds of the method's own training time); each
 point records the method's own time and epoch, so the report can compare the methods at
@@ -27,7 +28,7 @@ from .methods import make_sampler, parse_spec
 from .models import build_model
 from .tasks import Task
 
-__all__ = ["TrainConfig", "SAMPLER_STATS", "OPTIMIZERS", "DEFAULT_LR", "evaluate",
+__all__ = ["TrainConfig", "SAMPLER_STATS", "OPTIMIZERS", "DEFAULT_LR", "clock_kind", "evaluate",
            "run_lockstep"]
 
 SAMPLER_STATS = ("tau", "is_on", "data_fraction")
@@ -108,14 +109,20 @@ def evaluate(model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor,
 
 
 class _Clock:
-    """A method's own training time: the sum of its timed chunks (CUDA: events)."""
+    """A method's own training time: the sum of its timed chunks.
+
+    ``kind``: ``"cuda_events"`` (a pair of CUDA events around each chunk), ``"thread_cpu"``
+    (CPU with one torch thread: the CPU time of the thread that runs the chunk, which is the
+    wall-clock time on a dedicated core and does not count the time the OS gives other
+    processes on a shared one) or ``"wall"`` (CPU with several threads: ``perf_counter``)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
+        self.kind = clock_kind(device)
         self.elapsed = 0.0
+        self._now = time.thread_time if self.kind == "thread_cpu" else time.perf_counter
 
     def time(self, fn) -> None:
-        if self.cuda:
+        if self.kind == "cuda_events":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -123,9 +130,16 @@ class _Clock:
             end.synchronize()  # once per chunk: the next method's chunk must not overlap
             self.elapsed += start.elapsed_time(end) / 1000.0
         else:
-            t0 = time.perf_counter()
+            t0 = self._now()
             fn()
-            self.elapsed += time.perf_counter() - t0
+            self.elapsed += self._now() - t0
+
+
+def clock_kind(device: torch.device) -> str:
+    """How the harness times a method's training on ``device`` (see ``_Clock``)."""
+    if device.type == "cuda":
+        return "cuda_events"
+    return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
 
 
 class _Run:

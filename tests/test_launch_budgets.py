@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 from helpers.triton_env import interpreted
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu
 
@@ -69,6 +70,25 @@ def test_the_counter_sees_syncs_and_launches():
     assert c.num_syncs == 3, c.summary()
     assert c.aten["add"] == 1 and c.aten["sum"] == 1 and c.triton["_level_kernel"] == 2
     assert "view" not in c.aten and "empty" not in c.aten
+
+
+def test_the_counter_sees_copies_of_aliasing_ops():
+    """Inside a mode's handler (where cuda_path_on_cpu() runs a CUDA implementation) ``to``,
+    ``contiguous`` and ``reshape`` arrive whole, not decomposed: each counts when it copies,
+    not when it returns a view."""
+    class Inner(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.neg.default:
+                x = args[0]
+                x.to(torch.float32), x.contiguous(), x.reshape(-1)  # views
+                x.to(torch.float64), x.t().contiguous(), x.t().reshape(-1)  # copies
+            return out
+
+    t = torch.ones(2, 3)
+    with LaunchCounter() as c, Inner():
+        torch.neg(t)
+    assert dict(c.aten) == {"neg": 1, "to": 1, "contiguous": 1, "reshape": 1}, c.summary()
 
 
 def test_sampler_update_with_an_equal_copy_does_not_sync():

@@ -31,6 +31,21 @@ BUDGETS = {
     "CE forward + backward (mean)": 3,
     "CE forward + backward (sum)": 2,
     "CE forward + backward (none)": 2,
+    # Linear CE, per chunk of rows: the projection, the row kernel, the copies of the chunk's
+    # losses and scores into the outputs, grad_input's matmul, grad_weight's accumulating
+    # matmul, and for a bias its column sum and accumulation (8). Once: the zeroed
+    # accumulators (2), the loss sum, the count of non-ignored rows kept on the device (ne,
+    # sum, cast), the mean's division, the clamped count dividing the three gradients (4),
+    # and the backward's three scaling kernels, which return at once for an incoming
+    # gradient of 1 (14). The matmuls of a chunk dwarf its launches: chunks are large.
+    f"linear CE fwd + bwd (mean, bias, {launch_counts.LCE_CHUNKS} chunks)":
+        8 * launch_counts.LCE_CHUNKS + 14,
+    # "none": the forward per chunk (projection, row kernel, two copies: 4); the backward
+    # recomputes each chunk (projection, row kernel: 2) and weights its rows (grad_input's
+    # matmul and row scaling, the scaled input, grad_weight's matmul: 4); grad_weight's
+    # zeroed accumulator once.
+    f"linear CE fwd + bwd (none, {launch_counts.LCE_CHUNKS} chunks)":
+        10 * launch_counts.LCE_CHUNKS + 1,
 }
 
 

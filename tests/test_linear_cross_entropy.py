@@ -3,8 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.asserts import assert_close
+from helpers.triton_env import interpreted
 
 import is_kernels
+from is_kernels.ops.cuda_path import cuda_path_on_cpu
 from is_kernels.ops.linear_cross_entropy import default_chunk_size
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -255,6 +257,23 @@ def test_cuda_matches_float64_eager(dtype, reduction):
     for N, H, V, chunk in [(37, 16, 50, 8), (300, 64, 20000, None)]:
         x, w, b, t = make_case(N, H, V, dtype, device="cuda")
         check(x, w, b, t, dtype, reduction=reduction, chunk_size=chunk, label_smoothing=0.1)
+
+
+@interpreted
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_path_on_cpu_matches_float64_eager(dtype, reduction):
+    """The CUDA implementation (Triton row kernel + torch matmuls) on CPU tensors: bias or
+    not, ignored rows, label smoothing, N not a multiple of the chunk; V above the tile
+    kernel's limit (8192 columns) takes the large-vocabulary loop kernel."""
+    cases = [((13, 5, 7, 4), dict(bias=True), {}),
+             ((6, 3, 40, 4), dict(bias=False, ignore_index=1),
+              dict(ignore_index=1, label_smoothing=0.1)),
+             ((3, 2, 8200, 2), dict(bias=True), dict(label_smoothing=0.05))]
+    for (N, H, V, chunk), case, kw in cases:
+        x, w, b, t = make_case(N, H, V, dtype, seed=N + V, **case)
+        with cuda_path_on_cpu():
+            check(x, w, b, t, dtype, reduction=reduction, chunk_size=chunk, **kw)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

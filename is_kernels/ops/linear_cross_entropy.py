@@ -3,11 +3,14 @@
 Public API: :func:`linear_cross_entropy_with_score`. The op
 ``torch.ops.is_kernels.linear_cross_entropy_with_score`` runs, per chunk of rows, the
 projection ``z = x·Wᵀ + b`` (a torch matmul), the fused cross-entropy op
-``is_kernels::cross_entropy_with_score`` (C++ on CPU, Triton on CUDA: loss, score and the
-logits gradient ``p − t`` in one pass) and the matmuls of the gradients ``grad_input = G·W``,
+``is_kernels::cross_entropy_with_score`` (loss, score and the logits gradient ``p − t`` in
+one pass: the C++ kernel, or on the CUDA path the Triton launcher, called directly) and the
+matmuls of the gradients ``grad_input = G·W``,
 ``grad_weight += Gᵀ·x``, ``grad_bias += Σ G``. With ``reduction`` ``"mean"``/``"sum"`` the
 forward computes the gradients eagerly and the backward only scales them; with ``"none"`` the
-backward recomputes the chunks, weighting each row by its incoming gradient. The math is in
+backward recomputes the chunks, weighting each row by its incoming gradient. On the CUDA
+path nothing reads a tensor on the host: the count of the mean stays on the device, and the
+backward scales by the incoming gradient on the device. The math is in
 ``docs/linear_cross_entropy.md``.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import output_grad  # registers is_kernels::cross_entropy_with_score
+from .cuda_path import cuda_kernel, uses_cuda_path
 
 __all__ = ["linear_cross_entropy_with_score", "default_chunk_size"]
 
@@ -80,19 +84,35 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"{OP}: chunk_size must be >= 1, got {chunk_size}")
 
 
+def _row_kernel(input: torch.Tensor):
+    """The fused cross-entropy of a chunk's logits, ``(logits, target, ignore_index,
+    label_smoothing, reduction, compute_grad) -> (loss, score, grad or empty)``: on the CUDA
+    path the Triton launcher itself. Not through the dispatcher: inside this op, under
+    ``cuda_path_on_cpu()``, it would send CPU tensors to the C++ kernel."""
+    if uses_cuda_path(input):
+        from . import output_grad_triton
+
+        return output_grad_triton.cross_entropy_with_score
+    return torch.ops.is_kernels.cross_entropy_with_score
+
+
 def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_size,
             want_grad, row_weight=None):
     """One pass over the chunks of rows.
 
-    Returns per-row losses (float32, or float64 for float64 input), scores (float32) and,
-    when ``want_grad``, the unscaled gradients of ``Σ_i w_i·loss_i`` (``w = row_weight``, or
-    1) with respect to input, weight and bias (bias: None without one). grad_weight and
+    Returns per-row losses (float32, or float64 for float64 input) and scores (float32),
+    both None when ``row_weight`` is given (the backward's recomputation), and, when
+    ``want_grad``, the unscaled gradients of ``Σ_i w_i·loss_i`` (``w = row_weight``, or 1)
+    with respect to input, weight and bias (bias: None without one). grad_weight and
     grad_bias are accumulated in float32 (float64 for float64) and come back in that dtype.
     """
     N, V = input.shape[0], weight.shape[0]
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    row_loss = input.new_empty((N,), dtype=acc)
-    score = input.new_empty((N,), dtype=torch.float32)
+    row_ce = _row_kernel(input)
+    row_loss = score = None
+    if row_weight is None:
+        row_loss = input.new_empty((N,), dtype=acc)
+        score = input.new_empty((N,), dtype=torch.float32)
     grad_input = grad_weight = grad_bias = None
     if want_grad:
         grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -104,11 +124,12 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
         stop = min(N, start + chunk_size)
         x = input[start:stop]
         z = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
-        loss_c, score_c, g = torch.ops.is_kernels.cross_entropy_with_score(
-            z, target[start:stop], ignore_index, label_smoothing, "none", want_grad)
+        loss_c, score_c, g = row_ce(z, target[start:stop], ignore_index, label_smoothing,
+                                    "none", want_grad)
         del z
-        row_loss[start:stop] = loss_c
-        score[start:stop] = score_c
+        if row_loss is not None:
+            row_loss[start:stop] = loss_c
+            score[start:stop] = score_c
         if not want_grad:
             continue
         # g = p - t per row (0 for ignored rows). Row weights scale x and grad_input's rows,
@@ -136,11 +157,10 @@ def _empty(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((0,))
 
 
-@torch.library.custom_op(f"is_kernels::{OP}", mutates_args=())
-def _lce_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            target: torch.Tensor, ignore_index: int, label_smoothing: float, reduction: str,
-            chunk_size: int, compute_grad: bool
-            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             target: torch.Tensor, ignore_index: int, label_smoothing: float, reduction: str,
+             chunk_size: int, compute_grad: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, score, grad_input, grad_weight, grad_bias). The gradients are those of the
     reduced loss ("mean"/"sum", when compute_grad) and empty otherwise."""
     _check(input, weight, bias, target, label_smoothing, reduction, chunk_size)
@@ -150,21 +170,28 @@ def _lce_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if reduction == "none":
         return row_loss.to(input.dtype), score, _empty(input), _empty(input), _empty(input)
     total = row_loss.sum()
-    scale = 1.0
+    count = None
     if reduction == "mean":
-        count = int((target != ignore_index).sum())
+        # On the device (int() would sync with the host on CUDA).
+        count = (target != ignore_index).sum().to(total.dtype)
         total = total / count  # 0 / 0: NaN when every row is ignored, as F.cross_entropy
-        scale = 1.0 / max(count, 1)
     loss = total.to(input.dtype)
     if not eager:
         return loss, score, _empty(input), _empty(input), _empty(input)
-    if scale != 1.0:
-        gi.mul_(scale)
-        gw.mul_(scale)
-        if gb is not None:
-            gb.mul_(scale)
+    if count is not None:
+        count = count.clamp(min=1)
+        for g in (gi, gw, gb):
+            if g is not None:
+                g.div_(count)
     return (loss, score, gi, gw.to(weight.dtype),
             gb.to(weight.dtype) if gb is not None else _empty(input))
+
+
+# One function for every device (the row kernel is chosen inside), registered as the CUDA
+# kernel too, so that cuda_path_on_cpu() calls it under its mode, where a LaunchCounter sees
+# every launch inside it.
+_lce_op = torch.library.custom_op(f"is_kernels::{OP}", _forward, mutates_args=())
+cuda_kernel(f"is_kernels::{OP}")(_forward)
 
 
 @_lce_op.register_fake
@@ -180,16 +207,20 @@ def _lce_fake(input, weight, bias, target, ignore_index, label_smoothing, reduct
         torch.empty_like(weight, memory_format=torch.contiguous_format), gb
 
 
-@torch.library.custom_op(f"is_kernels::{OP}_backward", mutates_args=())
-def _lce_backward_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     target: torch.Tensor, grad_loss: torch.Tensor, ignore_index: int,
-                     label_smoothing: float, chunk_size: int
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _recompute_backward(input: torch.Tensor, weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], target: torch.Tensor,
+                        grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
+                        chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``Σ_i grad_loss_i · loss_i`` (reduction "none"), recomputed by chunks:
     (grad_input, grad_weight, grad_bias or empty)."""
     _, _, gi, gw, gb = _chunks(input, weight, bias, target, ignore_index, label_smoothing,
                                chunk_size, True, row_weight=grad_loss)
     return gi, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else _empty(input)
+
+
+_lce_backward_op = torch.library.custom_op(f"is_kernels::{OP}_backward", _recompute_backward,
+                                           mutates_args=())
+cuda_kernel(f"is_kernels::{OP}_backward")(_recompute_backward)
 
 
 @_lce_backward_op.register_fake
@@ -214,13 +245,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _times(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """grad · grad_loss (a scalar). The forward's gradient itself, handed on, for the usual
-    loss.backward() on CPU when nothing else will read it (output_grad.can_donate; a CPU
-    scalar is read without a device sync)."""
-    if (output_grad.can_donate(grad) and type(grad_loss) is torch.Tensor
-            and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
-        return grad
-    return grad * grad_loss
+    """grad · grad_loss (a scalar). When nothing else will read the forward's gradient
+    (output_grad.can_donate), that buffer itself, scaled in place: on the CUDA path by a
+    kernel that reads the scalar on the device and returns at once when it is exactly 1 (no
+    host sync); on the C++ path a CPU scalar of 1 is read on the host and nothing runs."""
+    if not output_grad.can_donate(grad) or type(grad_loss) is not torch.Tensor:
+        return grad * grad_loss
+    if uses_cuda_path(grad):
+        from . import output_grad_triton
+
+        return output_grad_triton.scale_grad_(grad, grad_loss)
+    return grad if grad_loss.item() == 1.0 else grad.mul_(grad_loss)
 
 
 def _backward(ctx, grad_loss, grad_score, grad_gi, grad_gw, grad_gb):

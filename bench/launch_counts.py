@@ -109,13 +109,15 @@ def _ce(reduction: str):
     return run
 
 
-def _linear_ce(reduction: str, bias: bool):
-    """Forward + backward of the linear CE over LCE_CHUNKS chunks of 4 rows."""
+def _linear_ce(reduction: str, bias: bool, soft: bool = False):
+    """Forward + backward of the linear CE over LCE_CHUNKS chunks of 4 rows; class indices
+    or (soft) class probabilities."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(4 * LCE_CHUNKS, 6, generator=g, requires_grad=True)
     w = torch.randn(9, 6, generator=g, requires_grad=True)
     b = torch.randn(9, generator=g, requires_grad=True) if bias else None
-    target = torch.randint(0, 9, (4 * LCE_CHUNKS,), generator=g)
+    target = torch.rand(4 * LCE_CHUNKS, 9, generator=g) if soft else \
+        torch.randint(0, 9, (4 * LCE_CHUNKS,), generator=g)
     seed = torch.ones(() if reduction != "none" else 4 * LCE_CHUNKS)
 
     def run():
@@ -172,6 +174,10 @@ OPERATIONS = [
      (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_V * 2 * CE_BYTES + LCE_N * (8 + 4)),
     (f"linear CE fwd + bwd (none, {LCE_CHUNKS} chunks)", lambda: _linear_ce("none", False),
      (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_N * (8 + 4 + 2 + 2)),
+    # class probabilities: the [N, V] target read too
+    (f"linear CE fwd + bwd (mean, probabilities, {LCE_CHUNKS} chunks)",
+     lambda: _linear_ce("mean", False, soft=True),
+     (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_N * LCE_V * CE_BYTES + LCE_N * 4),
 ]
 
 

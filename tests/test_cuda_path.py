@@ -387,13 +387,15 @@ def test_training_step():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize("dtype,bias,label_smoothing,ignore_index", [
-    (torch.float32, True, 0.0, -100), (torch.float32, False, 0.1, 2),
-    (torch.float64, True, 0.1, -100), (torch.float64, False, 0.0, 2)])
-def test_linear_cross_entropy(reduction, dtype, bias, label_smoothing, ignore_index):
+@pytest.mark.parametrize("dtype,bias,label_smoothing,ignore_index,soft", [
+    (torch.float32, True, 0.0, -100, False), (torch.float32, False, 0.1, 2, False),
+    (torch.float64, True, 0.1, -100, False), (torch.float64, False, 0.0, 2, False),
+    (torch.float32, True, 0.1, -100, True)])
+def test_linear_cross_entropy(reduction, dtype, bias, label_smoothing, ignore_index, soft):
     """The fused linear CE on its CUDA path (the Triton row kernel, torch matmuls) against
     its C++ path: loss, score and the three gradients, 11 rows in chunks of 4 (the last one
-    short), an incoming gradient other than 1 (one per row for "none"); no host sync."""
+    short), an incoming gradient other than 1 (one per row for "none"), class indices or
+    probabilities; no host sync."""
     def run():
         g = torch.Generator().manual_seed(13)
         x = torch.randn(11, 6, generator=g, dtype=dtype, requires_grad=True)
@@ -401,6 +403,8 @@ def test_linear_cross_entropy(reduction, dtype, bias, label_smoothing, ignore_in
         b = torch.randn(9, generator=g, dtype=dtype, requires_grad=True) if bias else None
         t = torch.randint(0, 9, (11,), generator=g)
         t[[3, 8]] = ignore_index
+        if soft:
+            t = torch.rand(11, 9, generator=g, dtype=dtype)
         loss, score = is_kernels.linear_cross_entropy_with_score(
             x, w, t, bias=b, ignore_index=ignore_index, label_smoothing=label_smoothing,
             reduction=reduction, chunk_size=4)
@@ -411,7 +415,8 @@ def test_linear_cross_entropy(reduction, dtype, bias, label_smoothing, ignore_in
     with LaunchCounter() as c, cuda_path_on_cpu():
         cuda = run()
     # 3 chunks, recomputed in the backward for "none"
-    assert c.triton["_ce_tile_kernel"] == (6 if reduction == "none" else 3), c.summary()
+    kernel = "_soft_ce_kernel" if soft else "_ce_tile_kernel"
+    assert c.triton[kernel] == (6 if reduction == "none" else 3), c.summary()
     assert c.num_syncs == 0, c.summary()
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
     for a, b in zip(cpp, cuda):

@@ -46,6 +46,12 @@ BUDGETS = {
     # zeroed accumulator once.
     f"linear CE fwd + bwd (none, {launch_counts.LCE_CHUNKS} chunks)":
         10 * launch_counts.LCE_CHUNKS + 1,
+    # Class probabilities, no bias: per chunk the projection, the label smoothing written to
+    # the device for the row kernel, the row kernel, two copies, two gradient matmuls (7);
+    # once: grad_weight's accumulator, the loss sum, the row count, the mean's division, the
+    # count dividing the two gradients (clamp + 2) and the backward's two scaling kernels (9).
+    f"linear CE fwd + bwd (mean, probabilities, {launch_counts.LCE_CHUNKS} chunks)":
+        7 * launch_counts.LCE_CHUNKS + 9,
 }
 
 

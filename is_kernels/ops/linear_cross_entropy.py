@@ -2,15 +2,15 @@
 
 Public API: :func:`linear_cross_entropy_with_score`. The op
 ``torch.ops.is_kernels.linear_cross_entropy_with_score`` runs, per chunk of rows, the
-projection ``z = x·Wᵀ + b`` (a torch matmul), the fused cross-entropy op
-``is_kernels::cross_entropy_with_score`` (loss, score and the logits gradient ``p − t`` in
-one pass: the C++ kernel, or on the CUDA path the Triton launcher, called directly) and the
-matmuls of the gradients ``grad_input = G·W``,
+projection ``z = x·Wᵀ + b`` (a torch matmul), the fused cross-entropy row kernel (loss,
+score and the logits gradient ``p − t`` in one pass: the C++ kernel, or on the CUDA path the
+Triton launcher, called directly; the class-probability kernel for ``[N, V]`` float targets,
+sliced by the same chunks) and the matmuls of the gradients ``grad_input = G·W``,
 ``grad_weight += Gᵀ·x``, ``grad_bias += Σ G``. With ``reduction`` ``"mean"``/``"sum"`` the
-forward computes the gradients eagerly and the backward only scales them; with ``"none"`` the
-backward recomputes the chunks, weighting each row by its incoming gradient. On the CUDA
-path nothing reads a tensor on the host: the count of the mean stays on the device, and the
-backward scales by the incoming gradient on the device. The math is in
+forward computes the gradients eagerly and the backward only scales them; with ``"none"``
+the backward recomputes the chunks, weighting each row by its incoming gradient. On the
+CUDA path nothing reads a tensor on the host: the count of the mean stays on the device,
+and the backward scales by the incoming gradient on the device. The math is in
 ``docs/linear_cross_entropy.md``.
 """
 from __future__ import annotations
@@ -69,9 +69,15 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{OP}: bias must have shape [V] = [{weight.shape[0]}], "
                          f"got {tuple(bias.shape)}")
-    if target.dtype != torch.int64:
-        raise TypeError(f"{OP}: target must be int64 class indices, got {target.dtype}")
-    if target.dim() != 1 or target.shape[0] != input.shape[0]:
+    if target.dtype.is_floating_point:  # class probabilities
+        want = (input.shape[0], weight.shape[0])
+        if tuple(target.shape) != want:
+            raise ValueError(f"{OP}: target (class probabilities) must have shape [N, V] = "
+                             f"{list(want)}, got {tuple(target.shape)}")
+    elif target.dtype != torch.int64:
+        raise TypeError(f"{OP}: target must be int64 class indices or float class "
+                        f"probabilities, got {target.dtype}")
+    elif target.dim() != 1 or target.shape[0] != input.shape[0]:
         raise ValueError(f"{OP}: target must have shape [N] = [{input.shape[0]}], "
                          f"got {tuple(target.shape)}")
     for name, t in named + [("target", target)]:
@@ -84,16 +90,24 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"{OP}: chunk_size must be >= 1, got {chunk_size}")
 
 
-def _row_kernel(input: torch.Tensor):
-    """The fused cross-entropy of a chunk's logits, ``(logits, target, ignore_index,
-    label_smoothing, reduction, compute_grad) -> (loss, score, grad or empty)``: on the CUDA
-    path the Triton launcher itself. Not through the dispatcher: inside this op, under
-    ``cuda_path_on_cpu()``, it would send CPU tensors to the C++ kernel."""
+def _row_kernel(input: torch.Tensor, target: torch.Tensor, ignore_index: int,
+                label_smoothing: float):
+    """``fn(z, rows, compute_grad) -> (loss, score, grad or empty)``: the fused cross-entropy
+    of a chunk's logits ``z`` against ``target[rows]`` (class indices, or class
+    probabilities rounded to the logits' dtype), per row. On the CUDA path the Triton
+    launcher itself, not through the dispatcher: inside this op, under
+    ``cuda_path_on_cpu()``, the dispatcher would send CPU tensors to the C++ kernel."""
     if uses_cuda_path(input):
-        from . import output_grad_triton
-
-        return output_grad_triton.cross_entropy_with_score
-    return torch.ops.is_kernels.cross_entropy_with_score
+        from . import output_grad_triton as kernels
+    else:
+        kernels = torch.ops.is_kernels
+    if target.dtype.is_floating_point:
+        soft = kernels.soft_cross_entropy_with_score
+        return lambda z, rows, grad: soft(z, target[rows].to(z.dtype), label_smoothing,
+                                          "none", grad)
+    hard = kernels.cross_entropy_with_score
+    return lambda z, rows, grad: hard(z, target[rows], ignore_index, label_smoothing, "none",
+                                      grad)
 
 
 def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_size,
@@ -108,7 +122,7 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
     """
     N, V = input.shape[0], weight.shape[0]
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    row_ce = _row_kernel(input)
+    row_ce = _row_kernel(input, target, ignore_index, label_smoothing)
     row_loss = score = None
     if row_weight is None:
         row_loss = input.new_empty((N,), dtype=acc)
@@ -124,16 +138,15 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
         stop = min(N, start + chunk_size)
         x = input[start:stop]
         z = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
-        loss_c, score_c, g = row_ce(z, target[start:stop], ignore_index, label_smoothing,
-                                    "none", want_grad)
+        loss_c, score_c, g = row_ce(z, slice(start, stop), want_grad)
         del z
         if row_loss is not None:
             row_loss[start:stop] = loss_c
             score[start:stop] = score_c
         if not want_grad:
             continue
-        # g = p - t per row (0 for ignored rows). Row weights scale x and grad_input's rows,
-        # never the chunk's [rows, V] gradient.
+        # g = ∂loss_i/∂z_i per row (p - t; 0 for ignored rows). Row weights scale x and
+        # grad_input's rows, never the chunk's [rows, V] gradient.
         w = None if row_weight is None else row_weight[start:stop, None].to(g.dtype)
         gi = grad_input[start:stop]
         torch.mm(g, weight, out=gi)
@@ -171,9 +184,12 @@ def _forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return row_loss.to(input.dtype), score, _empty(input), _empty(input), _empty(input)
     total = row_loss.sum()
     count = None
-    if reduction == "mean":
+    if reduction == "mean" and target.dtype.is_floating_point:
+        count = total.new_full((), input.shape[0])  # probabilities: a mean over all rows
+    elif reduction == "mean":
         # On the device (int() would sync with the host on CUDA).
         count = (target != ignore_index).sum().to(total.dtype)
+    if count is not None:
         total = total / count  # 0 / 0: NaN when every row is ignored, as F.cross_entropy
     loss = total.to(input.dtype)
     if not eager:
@@ -291,8 +307,12 @@ def _check_arguments(input, weight, target, bias, ignore_index, label_smoothing,
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{OP}: {name} must be an int, got {type(v).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"{OP}: target must be integer class indices, got {target.dtype}")
+    if target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"{OP}: target must be integer class indices or float class "
+                        f"probabilities, got {target.dtype}")
+    if target.dtype.is_floating_point and target.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{OP}: gradients with respect to class-probability targets are "
+                         "not computed; pass target.detach()")
 
 
 def linear_cross_entropy_with_score(
@@ -309,32 +329,46 @@ def linear_cross_entropy_with_score(
             that of the flattened logits ``[-1, V]`` and targets ``[-1]``).
         weight: ``[V, H]``, the ``nn.Linear`` layout (e.g. ``lm_head.weight``).
         target: ``input.shape[:-1]`` integer class indices in ``[0, V)`` or
-            ``ignore_index``.
+            ``ignore_index``; or class probabilities ``input.shape[:-1] + (V,)`` of
+            input's dtype (not differentiated; ``ignore_index`` unused, ``"mean"`` over
+            all rows, as ``F.cross_entropy``). Such a target is itself O(N × V): the op
+            adds O(chunk_size × V) to it (see ``docs/linear_cross_entropy.md``).
         bias: ``[V]`` or None.
         ignore_index, label_smoothing, reduction: as ``F.cross_entropy``.
         chunk_size: rows per chunk; None picks one (:func:`default_chunk_size`). The extra
             memory is O(chunk_size × V + V × H).
 
     Under autocast (CPU or CUDA) the projection runs in the autocast dtype and the loss
-    comes back in float32, as for ``F.linear`` followed by ``F.cross_entropy``.
+    comes back in float32, as for ``F.linear`` followed by ``F.cross_entropy``; class
+    probabilities of any float dtype are then rounded, a chunk at a time, to the autocast
+    dtype of the logits.
 
     Returns:
         ``(loss, score)``: ``loss`` as ``F.cross_entropy`` (differentiable w.r.t. input,
         weight and bias; ``"none"``: shape ``input.shape[:-1]``); ``score`` the detached
         float32 ``input.shape[:-1]`` ``‖softmax(z_i) − t_i‖₂``
-        with ``z = input·Wᵀ + b``, 0 for ignored rows (as :func:`cross_entropy_with_score`).
+        with ``z = input·Wᵀ + b``, 0 for ignored rows (probabilities:
+        ``‖(Σ_c t_ic)·softmax(z_i) − t_i‖₂``), as :func:`cross_entropy_with_score`.
     """
     _check_arguments(input, weight, target, bias, ignore_index, label_smoothing, chunk_size)
     ignore_index = operator.index(ignore_index)
-    target = target.long()
+    soft = target.dtype.is_floating_point
+    if not soft:
+        target = target.long()
     batch_shape = tuple(input.shape[:-1])
     if input.dim() > 2:
-        if tuple(target.shape) != batch_shape:
-            raise ValueError(f"{OP}: target must have shape input.shape[:-1] = {batch_shape}, "
-                             f"got {tuple(target.shape)}")
-        input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1)
+        classes = tuple(weight.shape[:1]) if soft else ()
+        if tuple(target.shape) != batch_shape + classes:
+            what = "input.shape[:-1] + (V,)" if soft else "input.shape[:-1]"
+            raise ValueError(f"{OP}: target must have shape {what} = "
+                             f"{batch_shape + classes}, got {tuple(target.shape)}")
+        input = input.reshape(-1, input.shape[-1])
+        target = target.reshape((-1,) + classes)
     device = input.device.type
     autocast = torch.is_autocast_enabled(device) if device in ("cpu", "cuda") else False
+    if soft and not autocast and target.dtype != input.dtype:
+        raise TypeError(f"{OP}: target (class probabilities) must have the dtype of input "
+                        f"({input.dtype}), got {target.dtype}")
     if autocast:
         dtype = torch.get_autocast_dtype(device)
         input, weight = input.to(dtype), weight.to(dtype)

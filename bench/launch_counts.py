@@ -3,7 +3,8 @@
 Each operation runs inside ``cuda_path_on_cpu()`` (the CUDA implementation on CPU tensors,
 Triton kernels in the interpreter) under a ``LaunchCounter``: Triton launches, aten ops that
 launch a kernel, aten ops that synchronise with the host on CUDA. The counts do not depend on
-the sizes beyond the fused/multi-launch choice of the sum tree update (both are listed). A
+the sizes beyond the fused/multi-launch choice of the sum tree update (both are listed) and
+the number of chunks of the linear CE (its launches grow by a fixed count per chunk). A
 CUDA aten op may launch more than one kernel (e.g. a radix sort), so on a GPU the aten part
 is a lower bound. Next to each: the bytes the operation must move at least (``min_bytes``,
 a formula) at the benchmark shapes.
@@ -31,9 +32,12 @@ from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu  # noqa: E4
 from is_kernels.samplers import OnlineImportanceSampler  # noqa: E402
 
 # Shapes of the byte formulas (the GPU targets): tree capacity, batch and draws, alias table
-# size and group, CE shape (bf16).
+# size and group, CE shape (bf16), linear CE shape (bf16).
 N_TREE, K, DRAWS, N_ALIAS, GROUP = 2**24, 4096, 4096, 2**24, 16
 CE_N, CE_C, CE_BYTES = 16384, 131072, 2
+LCE_N, LCE_H, LCE_V = 16384, 4096, 128256
+# Chunks of the counted linear CE runs (its launches grow with the number of chunks).
+LCE_CHUNKS = 3
 
 
 def _tree(n: int = 64) -> SumTree:
@@ -105,6 +109,27 @@ def _ce(reduction: str):
     return run
 
 
+def _linear_ce(reduction: str, bias: bool, soft: bool = False):
+    """Forward + backward of the linear CE over LCE_CHUNKS chunks of 4 rows; class indices
+    or (soft) class probabilities."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4 * LCE_CHUNKS, 6, generator=g, requires_grad=True)
+    w = torch.randn(9, 6, generator=g, requires_grad=True)
+    b = torch.randn(9, generator=g, requires_grad=True) if bias else None
+    target = torch.rand(4 * LCE_CHUNKS, 9, generator=g) if soft else \
+        torch.randint(0, 9, (4 * LCE_CHUNKS,), generator=g)
+    seed = torch.ones(() if reduction != "none" else 4 * LCE_CHUNKS)
+
+    def run():
+        x.grad = w.grad = None
+        if b is not None:
+            b.grad = None
+        loss, _ = is_kernels.linear_cross_entropy_with_score(x, w, target, bias=b,
+                                                             reduction=reduction, chunk_size=4)
+        loss.backward(seed)
+    return run
+
+
 _H = N_TREE.bit_length() - 1
 
 
@@ -143,6 +168,16 @@ OPERATIONS = [
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4)),
     ("CE forward + backward (none)", lambda: _ce("none"),
      CE_N * CE_C * 2 * CE_BYTES + CE_N * (8 + 4 + 2 + 2)),
+    # x and W read, their gradients written (bias: b read, its gradient written); targets,
+    # scores (and row losses and their gradients for "none")
+    (f"linear CE fwd + bwd (mean, bias, {LCE_CHUNKS} chunks)", lambda: _linear_ce("mean", True),
+     (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_V * 2 * CE_BYTES + LCE_N * (8 + 4)),
+    (f"linear CE fwd + bwd (none, {LCE_CHUNKS} chunks)", lambda: _linear_ce("none", False),
+     (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_N * (8 + 4 + 2 + 2)),
+    # class probabilities: the [N, V] target read too
+    (f"linear CE fwd + bwd (mean, probabilities, {LCE_CHUNKS} chunks)",
+     lambda: _linear_ce("mean", False, soft=True),
+     (LCE_N + LCE_V) * LCE_H * 2 * CE_BYTES + LCE_N * LCE_V * CE_BYTES + LCE_N * 4),
 ]
 
 
@@ -166,7 +201,8 @@ def table(rows: List[Dict[str, object]]) -> str:
         lines.append(f"| {r['operation']} | {r['launches']} | {sum(r['triton'].values())} | "
                      f"{sum(r['aten'].values())} | {r['syncs']} | {r['min_bytes']:.3g} |")
     lines.append(f"\nmin bytes at: tree capacity 2^{_H}, update batch {K}, {DRAWS} draws; alias "
-                 f"table of {N_ALIAS} weights in groups of {GROUP}; CE {CE_N}x{CE_C} bf16.")
+                 f"table of {N_ALIAS} weights in groups of {GROUP}; CE {CE_N}x{CE_C} bf16; "
+                 f"linear CE N={LCE_N}, H={LCE_H}, V={LCE_V} bf16, {LCE_CHUNKS} chunks counted.")
     return "\n".join(lines)
 
 

@@ -3,8 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.asserts import assert_close
+from helpers.triton_env import interpreted
 
 import is_kernels
+from is_kernels.ops.cuda_path import cuda_path_on_cpu
 from is_kernels.ops.linear_cross_entropy import default_chunk_size
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -25,8 +27,15 @@ def make_case(N, H, V, dtype, bias=True, ignore_index=-100, seed=0, device="cpu"
     return cast(x), cast(w), cast(b), t.to(device)
 
 
+def soft_target(N, V, dtype, seed=0):
+    """Class probabilities [N, V], not normalised (the loss and score take any t >= 0)."""
+    return torch.rand(N, V, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
 def reference(x, w, b, t, row_weight, **kw):
-    """float64 loss, score (‖p − t‖ per row, 0 if ignored) and gradients of Σ w_i·loss_i."""
+    """float64 loss, score (the norm of each row's loss gradient at the logits: ‖p − t‖, 0
+    if ignored) and gradients of Σ w_i·loss_i."""
+    t = t.double() if t.is_floating_point() else t
     xd, wd = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     bd = b.detach().double().requires_grad_() if b is not None else None
     z = F.linear(xd, wd, bd)
@@ -86,6 +95,18 @@ def test_label_smoothing_and_ignore_index(label_smoothing, ignore_index, reducti
           ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("N,H,V,chunk", [(37, 16, 50, 8), (5, 4, 7, 100)])
+def test_class_probability_targets(N, H, V, chunk, bias, dtype, reduction):
+    """[N, V] float targets, sliced per chunk: loss, score ‖(Σ_c t_c)·p − t‖ and the three
+    gradients as float64 eager F.cross_entropy with probabilities ("mean": over all rows)."""
+    x, w, b, _ = make_case(N, H, V, dtype, bias=bias, seed=N + V)
+    q = soft_target(N, V, dtype, seed=N)
+    check(x, w, b, q, dtype, reduction=reduction, chunk_size=chunk, label_smoothing=0.1)
+
+
 def test_all_ignored_and_empty():
     x, w, b, t = make_case(9, 4, 6, torch.float32)
     t[:] = -100
@@ -94,6 +115,7 @@ def test_all_ignored_and_empty():
     x, w, b, t = make_case(0, 4, 6, torch.float32)
     for reduction in ("sum", "none"):
         check(x, w, b, t, torch.float32, reduction=reduction)
+        check(x, w, b, soft_target(0, 6, torch.float32), torch.float32, reduction=reduction)
 
 
 def test_score_keeps_relative_precision_of_learned_rows():
@@ -132,11 +154,13 @@ def test_default_chunk_size():
 
 def test_gradcheck():
     x, w, b, t = make_case(7, 3, 5, torch.float64)
-    for reduction in REDUCTIONS:
-        assert torch.autograd.gradcheck(
-            lambda x, w, b: is_kernels.linear_cross_entropy_with_score(
-                x, w, t, bias=b, reduction=reduction, label_smoothing=0.1, chunk_size=3)[0],
-            tuple(a.clone().requires_grad_() for a in (x, w, b)))
+    for target in (t, soft_target(7, 5, torch.float64)):
+        for reduction in REDUCTIONS:
+            assert torch.autograd.gradcheck(
+                lambda x, w, b: is_kernels.linear_cross_entropy_with_score(
+                    x, w, target, bias=b, reduction=reduction, label_smoothing=0.1,
+                    chunk_size=3)[0],
+                tuple(a.clone().requires_grad_() for a in (x, w, b)))
 
 
 def test_no_grad_and_partial_requires_grad():
@@ -174,8 +198,13 @@ def test_opcheck():
             torch.library.opcheck(op, (x.clone().requires_grad_(), w.clone().requires_grad_(),
                                        bias, t, -100, 0.1, reduction, 4, True))
     torch.library.opcheck(op, (x, w, b, t, -100, 0.0, "mean", 4, False))
-    torch.library.opcheck(torch.ops.is_kernels.linear_cross_entropy_with_score_backward.default,
-                          (x, w, b, t, torch.rand(11), -100, 0.0, 4))
+    q = soft_target(11, 6, torch.float32)
+    for reduction in REDUCTIONS:
+        torch.library.opcheck(op, (x.clone().requires_grad_(), w.clone().requires_grad_(), b,
+                                   q, -100, 0.1, reduction, 4, True))
+    backward = torch.ops.is_kernels.linear_cross_entropy_with_score_backward.default
+    for target in (t, q):
+        torch.library.opcheck(backward, (x, w, b, target, torch.rand(11), -100, 0.0, 4))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -200,9 +229,14 @@ def test_torch_compile_fullgraph(reduction):
         assert torch.allclose(a, e, atol=1e-6)
 
 
+@pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_autocast_bf16_matches_eager_autocast(with_bias):
+def test_autocast_bf16_matches_eager_autocast(with_bias, soft):
+    """Class probabilities (float32) are rounded a chunk at a time to the bf16 of the
+    logits; eager autocast computes the loss in float32: within bf16 rounding."""
     x, w, b, t = make_case(40, 16, 30, torch.float32, bias=with_bias)
+    if soft:
+        t = soft_target(40, 30, torch.float32)
     runs = []
     for fused in (True, False):
         params = [p.clone().requires_grad_() for p in (x, w, b) if p is not None]
@@ -229,7 +263,16 @@ BAD = [
     ("bias must have shape", lambda x, w, b, t: (x, w, b[:-1], t), {}),
     ("bias must have the dtype", lambda x, w, b, t: (x, w, b.double(), t), {}),
     ("target must have shape", lambda x, w, b, t: (x, w, b, t[:-1]), {}),
-    ("target must be integer", lambda x, w, b, t: (x, w, b, t.float()), {}),
+    ("target must be integer class indices or float class probabilities",
+     lambda x, w, b, t: (x, w, b, t.bool()), {}),
+    ("target \\(class probabilities\\) must have shape \\[N, V\\] = \\[6, 5\\]",
+     lambda x, w, b, t: (x, w, b, t.float()), {}),
+    ("target must have shape input.shape\\[:-1\\] \\+ \\(V,\\) = \\(2, 3, 5\\)",
+     lambda x, w, b, t: (x.view(2, 3, 4), w, b, torch.rand(2, 3, 4)), {}),
+    ("target \\(class probabilities\\) must have the dtype of input",
+     lambda x, w, b, t: (x, w, b, torch.rand(6, 5, dtype=torch.float64)), {}),
+    ("pass target.detach\\(\\)",
+     lambda x, w, b, t: (x, w, b, torch.rand(6, 5, requires_grad=True)), {}),
     ("input must be float", lambda x, w, b, t: (x.int(), w.int(), b.int(), t), {}),
     ("out of range", lambda x, w, b, t: (x, w, b, t.index_fill(0, torch.tensor([2]), 99)), {}),
     ("reduction must be", lambda x, w, b, t: (x, w, b, t), {"reduction": "avg"}),
@@ -255,16 +298,44 @@ def test_cuda_matches_float64_eager(dtype, reduction):
     for N, H, V, chunk in [(37, 16, 50, 8), (300, 64, 20000, None)]:
         x, w, b, t = make_case(N, H, V, dtype, device="cuda")
         check(x, w, b, t, dtype, reduction=reduction, chunk_size=chunk, label_smoothing=0.1)
+        q = soft_target(N, V, torch.float64)
+        q = (q / q.sum(1, keepdim=True)).to(dtype).cuda()
+        check(x, w, b, q, dtype, reduction=reduction, chunk_size=chunk, label_smoothing=0.1)
 
 
+@interpreted
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_path_on_cpu_matches_float64_eager(dtype, reduction):
+    """The CUDA implementation (Triton row kernels + torch matmuls) on CPU tensors: bias or
+    not, ignored rows, label smoothing, N not a multiple of the chunk, class probabilities;
+    V above the tile kernel's limit (8192 columns) takes the large-vocabulary loop kernel."""
+    cases = [((13, 5, 7, 4), dict(bias=True), {}),
+             ((6, 3, 40, 4), dict(bias=False, ignore_index=1),
+              dict(ignore_index=1, label_smoothing=0.1)),
+             ((3, 2, 8200, 2), dict(bias=True), dict(label_smoothing=0.05)),
+             ((7, 3, 9, 3), dict(bias=True), dict(label_smoothing=0.1, soft=True))]
+    for (N, H, V, chunk), case, kw in cases:
+        x, w, b, t = make_case(N, H, V, dtype, seed=N + V, **case)
+        if kw.pop("soft", False):
+            t = soft_target(N, V, dtype)
+        with cuda_path_on_cpu():
+            check(x, w, b, t, dtype, reduction=reduction, chunk_size=chunk, **kw)
+
+
+@pytest.mark.parametrize("soft", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_never_allocates_the_logits(reduction):
+def test_never_allocates_the_logits(reduction, soft):
     """No allocation of forward + backward reaches the size of the [N, V] logits: the
-    profiler's largest memory event is O(chunk × V + V × H) (eager's is N × V)."""
+    profiler's largest memory event is O(chunk × V + V × H) (eager's is N × V). With class
+    probabilities the caller's [N, V] target exists before the call; nothing of that size
+    is added to it."""
     from torch.profiler import ProfilerActivity, profile
 
     N, H, V, chunk = 512, 16, 2000, 64
     x, w, b, t = make_case(N, H, V, torch.float32)
+    if soft:
+        t = soft_target(N, V, torch.float32)
     x.requires_grad_(), w.requires_grad_(), b.requires_grad_()
     runs = {
         "fused": lambda: is_kernels.linear_cross_entropy_with_score(
@@ -282,11 +353,14 @@ def test_never_allocates_the_logits(reduction):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_leading_dims_are_rows(reduction):
-    """[B, T, H] hidden states with [B, T] targets: the flattened rows' loss and gradients;
-    per-row loss and score of shape [B, T]."""
+@pytest.mark.parametrize("soft", [False, True])
+def test_leading_dims_are_rows(reduction, soft):
+    """[B, T, H] hidden states with [B, T] targets (or [B, T, V] probabilities): the
+    flattened rows' loss and gradients; per-row loss and score of shape [B, T]."""
     x, w, b, t = make_case(24, 8, 30, torch.float32)
-    x3, t3 = x.view(4, 6, 8).requires_grad_(), t.view(4, 6)
+    if soft:
+        t = soft_target(24, 30, torch.float32)
+    x3, t3 = x.view(4, 6, 8).requires_grad_(), t.view((4, 6) + t.shape[1:])
     loss3, score3 = is_kernels.linear_cross_entropy_with_score(x3, w, t3, bias=b,
                                                                reduction=reduction, chunk_size=5)
     (grad3,) = torch.autograd.grad(loss3.sum(), x3)

@@ -146,6 +146,14 @@ def _syncs(func, args) -> bool:
     return False
 
 
+def _copied(args, out) -> bool:
+    """Whether an op that may alias its input (``to``, ``contiguous``, ``reshape``: seen
+    whole, not decomposed, inside a CUDA implementation that the mode runs) copied it."""
+    return isinstance(out, torch.Tensor) and len(args) > 0 \
+        and isinstance(args[0], torch.Tensor) \
+        and out.untyped_storage().data_ptr() != args[0].untyped_storage().data_ptr()
+
+
 class LaunchCounter(TorchDispatchMode):
     """Counts, inside its context, the kernel launches and host syncs of the code run.
 
@@ -183,10 +191,11 @@ class LaunchCounter(TorchDispatchMode):
         short = name.split("::")[-1]
         if _syncs(func, args):
             self.syncs[short] += 1
-        if name.startswith("aten::") and short not in _NO_KERNEL and not func.is_view \
-                and not self._in_triton:
+        out = func(*args, **kwargs)
+        if name.startswith("aten::") and short not in _NO_KERNEL and not self._in_triton \
+                and (not func.is_view or _copied(args, out)):
             self.aten[short] += 1
-        return func(*args, **kwargs)
+        return out
 
     def __enter__(self):
         try:

@@ -2,12 +2,15 @@
 
 Public API: :func:`linear_cross_entropy_with_score`. The op
 ``torch.ops.is_kernels.linear_cross_entropy_with_score`` runs, per chunk of rows, the
-projection ``z = x·Wᵀ + b`` (a torch matmul), the fused cross-entropy op
-``is_kernels::cross_entropy_with_score`` (C++ on CPU, Triton on CUDA: loss, score and the
-logits gradient ``p − t`` in one pass) and the matmuls of the gradients ``grad_input = G·W``,
+projection ``z = x·Wᵀ + b`` (a torch matmul), the fused cross-entropy row kernel (loss,
+score and the logits gradient ``p − t`` in one pass: the C++ kernel, or on the CUDA path the
+Triton launcher, called directly; the class-probability kernel for ``[N, V]`` float targets,
+sliced by the same chunks) and the matmuls of the gradients ``grad_input = G·W``,
 ``grad_weight += Gᵀ·x``, ``grad_bias += Σ G``. With ``reduction`` ``"mean"``/``"sum"`` the
-forward computes the gradients eagerly and the backward only scales them; with ``"none"`` the
-backward recomputes the chunks, weighting each row by its incoming gradient. The math is in
+forward computes the gradients eagerly and the backward only scales them; with ``"none"``
+the backward recomputes the chunks, weighting each row by its incoming gradient. On the
+CUDA path nothing reads a tensor on the host: the count of the mean stays on the device,
+and the backward scales by the incoming gradient on the device. The math is in
 ``docs/linear_cross_entropy.md``.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import output_grad  # registers is_kernels::cross_entropy_with_score
+from .cuda_path import cuda_kernel, uses_cuda_path
 
 __all__ = ["linear_cross_entropy_with_score", "default_chunk_size"]
 
@@ -65,9 +69,15 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"{OP}: bias must have shape [V] = [{weight.shape[0]}], "
                          f"got {tuple(bias.shape)}")
-    if target.dtype != torch.int64:
-        raise TypeError(f"{OP}: target must be int64 class indices, got {target.dtype}")
-    if target.dim() != 1 or target.shape[0] != input.shape[0]:
+    if target.dtype.is_floating_point:  # class probabilities
+        want = (input.shape[0], weight.shape[0])
+        if tuple(target.shape) != want:
+            raise ValueError(f"{OP}: target (class probabilities) must have shape [N, V] = "
+                             f"{list(want)}, got {tuple(target.shape)}")
+    elif target.dtype != torch.int64:
+        raise TypeError(f"{OP}: target must be int64 class indices or float class "
+                        f"probabilities, got {target.dtype}")
+    elif target.dim() != 1 or target.shape[0] != input.shape[0]:
         raise ValueError(f"{OP}: target must have shape [N] = [{input.shape[0]}], "
                          f"got {tuple(target.shape)}")
     for name, t in named + [("target", target)]:
@@ -80,19 +90,43 @@ def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         raise ValueError(f"{OP}: chunk_size must be >= 1, got {chunk_size}")
 
 
+def _row_kernel(input: torch.Tensor, target: torch.Tensor, ignore_index: int,
+                label_smoothing: float):
+    """``fn(z, rows, compute_grad) -> (loss, score, grad or empty)``: the fused cross-entropy
+    of a chunk's logits ``z`` against ``target[rows]`` (class indices, or class
+    probabilities rounded to the logits' dtype), per row. On the CUDA path the Triton
+    launcher itself, not through the dispatcher: inside this op, under
+    ``cuda_path_on_cpu()``, the dispatcher would send CPU tensors to the C++ kernel."""
+    if uses_cuda_path(input):
+        from . import output_grad_triton as kernels
+    else:
+        kernels = torch.ops.is_kernels
+    if target.dtype.is_floating_point:
+        soft = kernels.soft_cross_entropy_with_score
+        return lambda z, rows, grad: soft(z, target[rows].to(z.dtype), label_smoothing,
+                                          "none", grad)
+    hard = kernels.cross_entropy_with_score
+    return lambda z, rows, grad: hard(z, target[rows], ignore_index, label_smoothing, "none",
+                                      grad)
+
+
 def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_size,
             want_grad, row_weight=None):
     """One pass over the chunks of rows.
 
-    Returns per-row losses (float32, or float64 for float64 input), scores (float32) and,
-    when ``want_grad``, the unscaled gradients of ``Σ_i w_i·loss_i`` (``w = row_weight``, or
-    1) with respect to input, weight and bias (bias: None without one). grad_weight and
+    Returns per-row losses (float32, or float64 for float64 input) and scores (float32),
+    both None when ``row_weight`` is given (the backward's recomputation), and, when
+    ``want_grad``, the unscaled gradients of ``Σ_i w_i·loss_i`` (``w = row_weight``, or 1)
+    with respect to input, weight and bias (bias: None without one). grad_weight and
     grad_bias are accumulated in float32 (float64 for float64) and come back in that dtype.
     """
     N, V = input.shape[0], weight.shape[0]
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    row_loss = input.new_empty((N,), dtype=acc)
-    score = input.new_empty((N,), dtype=torch.float32)
+    row_ce = _row_kernel(input, target, ignore_index, label_smoothing)
+    row_loss = score = None
+    if row_weight is None:
+        row_loss = input.new_empty((N,), dtype=acc)
+        score = input.new_empty((N,), dtype=torch.float32)
     grad_input = grad_weight = grad_bias = None
     if want_grad:
         grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -104,15 +138,15 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
         stop = min(N, start + chunk_size)
         x = input[start:stop]
         z = torch.mm(x, wt) if bias is None else torch.addmm(bias, x, wt)
-        loss_c, score_c, g = torch.ops.is_kernels.cross_entropy_with_score(
-            z, target[start:stop], ignore_index, label_smoothing, "none", want_grad)
+        loss_c, score_c, g = row_ce(z, slice(start, stop), want_grad)
         del z
-        row_loss[start:stop] = loss_c
-        score[start:stop] = score_c
+        if row_loss is not None:
+            row_loss[start:stop] = loss_c
+            score[start:stop] = score_c
         if not want_grad:
             continue
-        # g = p - t per row (0 for ignored rows). Row weights scale x and grad_input's rows,
-        # never the chunk's [rows, V] gradient.
+        # g = ∂loss_i/∂z_i per row (p - t; 0 for ignored rows). Row weights scale x and
+        # grad_input's rows, never the chunk's [rows, V] gradient.
         w = None if row_weight is None else row_weight[start:stop, None].to(g.dtype)
         gi = grad_input[start:stop]
         torch.mm(g, weight, out=gi)
@@ -136,11 +170,10 @@ def _empty(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((0,))
 
 
-@torch.library.custom_op(f"is_kernels::{OP}", mutates_args=())
-def _lce_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-            target: torch.Tensor, ignore_index: int, label_smoothing: float, reduction: str,
-            chunk_size: int, compute_grad: bool
-            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             target: torch.Tensor, ignore_index: int, label_smoothing: float, reduction: str,
+             chunk_size: int, compute_grad: bool
+             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, score, grad_input, grad_weight, grad_bias). The gradients are those of the
     reduced loss ("mean"/"sum", when compute_grad) and empty otherwise."""
     _check(input, weight, bias, target, label_smoothing, reduction, chunk_size)
@@ -150,21 +183,31 @@ def _lce_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     if reduction == "none":
         return row_loss.to(input.dtype), score, _empty(input), _empty(input), _empty(input)
     total = row_loss.sum()
-    scale = 1.0
-    if reduction == "mean":
-        count = int((target != ignore_index).sum())
+    count = None
+    if reduction == "mean" and target.dtype.is_floating_point:
+        count = total.new_full((), input.shape[0])  # probabilities: a mean over all rows
+    elif reduction == "mean":
+        # On the device (int() would sync with the host on CUDA).
+        count = (target != ignore_index).sum().to(total.dtype)
+    if count is not None:
         total = total / count  # 0 / 0: NaN when every row is ignored, as F.cross_entropy
-        scale = 1.0 / max(count, 1)
     loss = total.to(input.dtype)
     if not eager:
         return loss, score, _empty(input), _empty(input), _empty(input)
-    if scale != 1.0:
-        gi.mul_(scale)
-        gw.mul_(scale)
-        if gb is not None:
-            gb.mul_(scale)
+    if count is not None:
+        count = count.clamp(min=1)
+        for g in (gi, gw, gb):
+            if g is not None:
+                g.div_(count)
     return (loss, score, gi, gw.to(weight.dtype),
             gb.to(weight.dtype) if gb is not None else _empty(input))
+
+
+# One function for every device (the row kernel is chosen inside), registered as the CUDA
+# kernel too, so that cuda_path_on_cpu() calls it under its mode, where a LaunchCounter sees
+# every launch inside it.
+_lce_op = torch.library.custom_op(f"is_kernels::{OP}", _forward, mutates_args=())
+cuda_kernel(f"is_kernels::{OP}")(_forward)
 
 
 @_lce_op.register_fake
@@ -180,16 +223,20 @@ def _lce_fake(input, weight, bias, target, ignore_index, label_smoothing, reduct
         torch.empty_like(weight, memory_format=torch.contiguous_format), gb
 
 
-@torch.library.custom_op(f"is_kernels::{OP}_backward", mutates_args=())
-def _lce_backward_op(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                     target: torch.Tensor, grad_loss: torch.Tensor, ignore_index: int,
-                     label_smoothing: float, chunk_size: int
-                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _recompute_backward(input: torch.Tensor, weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], target: torch.Tensor,
+                        grad_loss: torch.Tensor, ignore_index: int, label_smoothing: float,
+                        chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``Σ_i grad_loss_i · loss_i`` (reduction "none"), recomputed by chunks:
     (grad_input, grad_weight, grad_bias or empty)."""
     _, _, gi, gw, gb = _chunks(input, weight, bias, target, ignore_index, label_smoothing,
                                chunk_size, True, row_weight=grad_loss)
     return gi, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else _empty(input)
+
+
+_lce_backward_op = torch.library.custom_op(f"is_kernels::{OP}_backward", _recompute_backward,
+                                           mutates_args=())
+cuda_kernel(f"is_kernels::{OP}_backward")(_recompute_backward)
 
 
 @_lce_backward_op.register_fake
@@ -214,13 +261,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _times(grad: torch.Tensor, grad_loss: torch.Tensor) -> torch.Tensor:
-    """grad · grad_loss (a scalar). The forward's gradient itself, handed on, for the usual
-    loss.backward() on CPU when nothing else will read it (output_grad.can_donate; a CPU
-    scalar is read without a device sync)."""
-    if (output_grad.can_donate(grad) and type(grad_loss) is torch.Tensor
-            and grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
-        return grad
-    return grad * grad_loss
+    """grad · grad_loss (a scalar). When nothing else will read the forward's gradient
+    (output_grad.can_donate), that buffer itself, scaled in place: on the CUDA path by a
+    kernel that reads the scalar on the device and returns at once when it is exactly 1 (no
+    host sync); on the C++ path a CPU scalar of 1 is read on the host and nothing runs."""
+    if not output_grad.can_donate(grad) or type(grad_loss) is not torch.Tensor:
+        return grad * grad_loss
+    if uses_cuda_path(grad):
+        from . import output_grad_triton
+
+        return output_grad_triton.scale_grad_(grad, grad_loss)
+    return grad if grad_loss.item() == 1.0 else grad.mul_(grad_loss)
 
 
 def _backward(ctx, grad_loss, grad_score, grad_gi, grad_gw, grad_gb):
@@ -256,8 +307,12 @@ def _check_arguments(input, weight, target, bias, ignore_index, label_smoothing,
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{OP}: {name} must be an int, got {type(v).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"{OP}: target must be integer class indices, got {target.dtype}")
+    if target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"{OP}: target must be integer class indices or float class "
+                        f"probabilities, got {target.dtype}")
+    if target.dtype.is_floating_point and target.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{OP}: gradients with respect to class-probability targets are "
+                         "not computed; pass target.detach()")
 
 
 def linear_cross_entropy_with_score(
@@ -274,32 +329,46 @@ def linear_cross_entropy_with_score(
             that of the flattened logits ``[-1, V]`` and targets ``[-1]``).
         weight: ``[V, H]``, the ``nn.Linear`` layout (e.g. ``lm_head.weight``).
         target: ``input.shape[:-1]`` integer class indices in ``[0, V)`` or
-            ``ignore_index``.
+            ``ignore_index``; or class probabilities ``input.shape[:-1] + (V,)`` of
+            input's dtype (not differentiated; ``ignore_index`` unused, ``"mean"`` over
+            all rows, as ``F.cross_entropy``). Such a target is itself O(N × V): the op
+            adds O(chunk_size × V) to it (see ``docs/linear_cross_entropy.md``).
         bias: ``[V]`` or None.
         ignore_index, label_smoothing, reduction: as ``F.cross_entropy``.
         chunk_size: rows per chunk; None picks one (:func:`default_chunk_size`). The extra
             memory is O(chunk_size × V + V × H).
 
     Under autocast (CPU or CUDA) the projection runs in the autocast dtype and the loss
-    comes back in float32, as for ``F.linear`` followed by ``F.cross_entropy``.
+    comes back in float32, as for ``F.linear`` followed by ``F.cross_entropy``; class
+    probabilities of any float dtype are then rounded, a chunk at a time, to the autocast
+    dtype of the logits.
 
     Returns:
         ``(loss, score)``: ``loss`` as ``F.cross_entropy`` (differentiable w.r.t. input,
         weight and bias; ``"none"``: shape ``input.shape[:-1]``); ``score`` the detached
         float32 ``input.shape[:-1]`` ``‖softmax(z_i) − t_i‖₂``
-        with ``z = input·Wᵀ + b``, 0 for ignored rows (as :func:`cross_entropy_with_score`).
+        with ``z = input·Wᵀ + b``, 0 for ignored rows (probabilities:
+        ``‖(Σ_c t_ic)·softmax(z_i) − t_i‖₂``), as :func:`cross_entropy_with_score`.
     """
     _check_arguments(input, weight, target, bias, ignore_index, label_smoothing, chunk_size)
     ignore_index = operator.index(ignore_index)
-    target = target.long()
+    soft = target.dtype.is_floating_point
+    if not soft:
+        target = target.long()
     batch_shape = tuple(input.shape[:-1])
     if input.dim() > 2:
-        if tuple(target.shape) != batch_shape:
-            raise ValueError(f"{OP}: target must have shape input.shape[:-1] = {batch_shape}, "
-                             f"got {tuple(target.shape)}")
-        input, target = input.reshape(-1, input.shape[-1]), target.reshape(-1)
+        classes = tuple(weight.shape[:1]) if soft else ()
+        if tuple(target.shape) != batch_shape + classes:
+            what = "input.shape[:-1] + (V,)" if soft else "input.shape[:-1]"
+            raise ValueError(f"{OP}: target must have shape {what} = "
+                             f"{batch_shape + classes}, got {tuple(target.shape)}")
+        input = input.reshape(-1, input.shape[-1])
+        target = target.reshape((-1,) + classes)
     device = input.device.type
     autocast = torch.is_autocast_enabled(device) if device in ("cpu", "cuda") else False
+    if soft and not autocast and target.dtype != input.dtype:
+        raise TypeError(f"{OP}: target (class probabilities) must have the dtype of input "
+                        f"({input.dtype}), got {target.dtype}")
     if autocast:
         dtype = torch.get_autocast_dtype(device)
         input, weight = input.to(dtype), weight.to(dtype)

@@ -128,6 +128,19 @@ def test_lockstep_runs_share_the_start_and_nothing_else(task):
     assert ends(res["uniform_replacement"])[0] != pytest.approx(ends(u)[0], rel=1e-5)
 
 
+def test_a_method_trains_alike_alone_and_in_lockstep(task):
+    """Every method's trajectory (epoch ends) in a lock-step group equals its trajectory
+    alone: the methods share no state (DLIS is left out: its threshold is timed)."""
+    specs = [s for s in methods.DEFAULT_METHODS if s != "dlis"]
+    config = _config(eval_every=0.0)
+    together = run_lockstep(specs, 5, task, config)
+    ends = lambda r: [(p["step"], p["train_loss"], p["test_error"]) for p in r["curve"]
+                      if p["epoch_end"]]
+    for spec in specs:
+        alone = run_lockstep([spec], 5, task, config)[spec]
+        assert ends(together[spec]) == ends(alone), spec
+
+
 def test_rotation_order_changes_with_the_seed(task, monkeypatch):
     calls = []
     advance = loop._Run.advance

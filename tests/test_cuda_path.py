@@ -294,6 +294,23 @@ def test_output_grad_ops():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_label_smoothing_tensor_on_the_cuda_path_is_refused():
+    """A 0-dim label_smoothing tensor is read on the host: on the CPU path a CPU one is taken;
+    on the CUDA path (a CUDA one on a GPU) reading it would be a host sync, so it is refused
+    with an error naming the argument, before anything runs."""
+    logits = torch.randn(4, 5)
+    target = torch.tensor([0, 1, 2, 3])
+    loss, _ = is_kernels.cross_entropy_with_score(logits, target,
+                                                  label_smoothing=torch.tensor(0.1))
+    ref, _ = is_kernels.cross_entropy_with_score(logits, target, label_smoothing=0.1)
+    assert torch.equal(loss, ref)
+    with cuda_path_on_cpu():
+        for fn in (is_kernels.cross_entropy_with_score, is_kernels.output_grad_norm):
+            with pytest.raises(TypeError, match="label_smoothing must be a float or a 0-dim "
+                                                "CPU tensor"):
+                fn(logits, target, label_smoothing=torch.tensor(0.1))
+
+
 def _online_steps():
     """Three steps of the online sampler past its warm-up, with duplicated draws."""
     s = OnlineImportanceSampler(20, 16, warmup_epochs=0, momentum=0.3,

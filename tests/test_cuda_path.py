@@ -294,6 +294,25 @@ def test_output_grad_ops():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_samplers_choose_check_values_as_on_cuda():
+    """Inside the switch the samplers default to check_values=False, as on CUDA (the check
+    syncs); switched on, update checks in Python before the CUDA op, which records invalid
+    scores instead of raising, so the sampler is unchanged by a bad update."""
+    assert OnlineImportanceSampler(16, 4).check_values is True
+    with cuda_path_on_cpu():
+        s = OnlineImportanceSampler(16, 4, warmup_epochs=0)
+        assert s.check_values is False
+        assert ImportancePruningSampler(16, 4, epochs=3).check_values is False
+        s.check_values = True
+        idx, _ = s.sample()
+        before = s.state_dict()
+        with pytest.raises(ValueError, match="scores"):
+            s.update(idx, torch.tensor([1.0, math.nan, 1.0, 1.0]))
+        after = s.state_dict()
+        for key in ("memory", "seen"):
+            assert torch.equal(before[key], after[key])
+
+
 def test_label_smoothing_tensor_on_the_cuda_path_is_refused():
     """A 0-dim label_smoothing tensor is read on the host: on the CPU path a CPU one is taken;
     on the CUDA path (a CUDA one on a GPU) reading it would be a host sync, so it is refused

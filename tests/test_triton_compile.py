@@ -89,18 +89,33 @@ def cases():
                         "IS_MIN": is_min, "F64": leaf == "fp64", "BLOCK": st.BLOCK})
             yield (st._query_kernel,
                    {**tree, "START": "*i64", "END": "*i64", "OUT": tree["INNER"],
-                    **{name: "i64" for name in ("n", "capacity", "P", "H")},
-                    "IS_MIN": "constexpr", "BLOCK": "constexpr"},
-                   {"IS_MIN": is_min, "BLOCK": st.BLOCK})
+                    "ERR": "*i32", **{name: "i64" for name in ("n", "capacity", "P", "H")},
+                    "bad_code": "i32", "IS_MIN": "constexpr", "RECORD": "constexpr",
+                    "BLOCK": "constexpr"},
+                   {"IS_MIN": is_min, "RECORD": True, "BLOCK": st.BLOCK})
+        yield (st._priorities_kernel,
+               {"IDX": "*i64", "RAW": "*fp32", "stride_raw": "i64", "PRIO": f"*{leaf}",
+                "PRIO_MIN": f"*{leaf}", "HI": "*fp64", "MAXP": "*fp64", "ERR": "*i32",
+                **{name: "i64" for name in ("k", "limit", "first_slot", "capacity")},
+                **{name: "fp32" for name in ("alpha_hi", "alpha_mid", "alpha_lo", "eps_hi",
+                                             "eps_mid", "eps_lo")},
+                "bad_code": "i32", **{name: "constexpr" for name in ("SLOTS", "RECORD", "F64",
+                                                                     "BLOCK")}},
+               {"SLOTS": leaf == "fp32", "RECORD": True, "F64": leaf == "fp64",
+                "BLOCK": st.BLOCK})
         tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
         yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "ERR": "*i32",
+                                   "MIN_INNER": f"*{leaf}", "W": f"*{leaf}",
                                    "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
-                                   "empty_code": "i32", "RECORD": "constexpr",
-                                   "BLOCK": "constexpr"},
+                                   "empty_code": "i32", "beta_hi": "fp32", "beta_mid": "fp32",
+                                   "beta_lo": "fp32", "RECORD": "constexpr",
+                                   "WEIGHTED": "constexpr", "BLOCK": "constexpr"},
+               {"RECORD": True, "WEIGHTED": True, "BLOCK": st.SAMPLE_BLOCK})
+        yield (st._scan_kernel, {**tree, "MASS": "*fp32", "OUT": "*i64", "ERR": "*i32",
+                                 "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
+                                 "bad_code": "i32", "RECORD": "constexpr",
+                                 "BLOCK": "constexpr"},
                {"RECORD": True, "BLOCK": st.SAMPLE_BLOCK})
-        yield (st._scan_kernel, {**tree, "MASS": "*fp64", "OUT": "*i64", "n": "i64",
-                                 "capacity": "i64", "P": "i64", "H": "i64",
-                                 "BLOCK": "constexpr"}, {"BLOCK": st.SAMPLE_BLOCK})
     for unbiased in (True, False):
         yield (oi._draw_kernel,
                {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",

@@ -26,7 +26,7 @@ if __name__ == "__main__":  # (imported, it leaves the environment alone)
 import torch  # noqa: E402
 
 import is_kernels  # noqa: E402
-from is_kernels import AliasTable, MinTree, SumTree  # noqa: E402
+from is_kernels import AliasTable, MinTree, PrioritizedReplay, SumTree  # noqa: E402
 from is_kernels.ops import sum_tree_triton  # noqa: E402
 from is_kernels.ops.cuda_path import LaunchCounter, cuda_path_on_cpu  # noqa: E402
 from is_kernels.samplers import OnlineImportanceSampler  # noqa: E402
@@ -72,6 +72,32 @@ def _update(k: int, fused_max: int, make=_tree) -> Callable[[], Callable[[], Non
 def _sample():
     tree = _tree()
     return lambda: tree.sample(100)
+
+
+def _query(make):
+    tree = make()
+    g = torch.Generator().manual_seed(4)
+    start = torch.randint(0, 32, (100,), generator=g)
+    end = start + torch.randint(0, 32, (100,), generator=g)
+    return lambda: tree.query(start, end)
+
+
+def _scan():
+    tree = _tree()
+    mass = torch.rand(100, generator=torch.Generator().manual_seed(5)) * float(tree.total())
+    return lambda: tree.scan_lower_bound(mass)
+
+
+def _replay(what: str):
+    replay = PrioritizedReplay(64, device="cpu")
+    g = torch.Generator().manual_seed(6)
+    replay.add(64, torch.rand(64, generator=g))
+    prio = torch.rand(16, generator=g)
+    idx = torch.randint(0, 64, (16,), generator=g)
+    return {"add": lambda: replay.add(16, prio),
+            "add_default": lambda: replay.add(16),
+            "sample": lambda: replay.sample(16, generator=g),
+            "update": lambda: replay.update(idx, prio)}[what]
 
 
 def _online_step():
@@ -144,6 +170,7 @@ _NODE = 8 + 8 + 8
 _UPDATE = K * (8 + 4 + 4) + _ancestors(K) * _NODE  # indices, values, leaves; ancestors
 _MIN_UPDATE = K * (8 + 4 + 4) + _ancestors(K) * (4 + 4 + 4)
 _SAMPLE = DRAWS * (8 + 8) + _ancestors(DRAWS) * 16  # uniforms, draws; children read
+_PER_SET = K * (8 + 4 + 4 + 4) + _ancestors(K) * (_NODE + 4 + 4 + 4)
 # (name, setup, minimum bytes moved at the benchmark shapes: what the result needs, no
 # intermediates such as the sort of a batch or the scans of an alias build)
 OPERATIONS = [
@@ -151,6 +178,17 @@ OPERATIONS = [
     ("SumTree.update (multi-program, k > FUSED_MAX)", _update(40, 16), _UPDATE),
     ("MinTree.update (fused, k <= FUSED_MAX)", _update(8, 1 << 14, _min_tree), _MIN_UPDATE),
     ("SumTree.sample", _sample, _SAMPLE),
+    # per query: the range, the result; two root-ward paths of children read
+    ("SumTree.query", lambda: _query(_tree), K * (8 + 8 + 8 + 2 * _H * 8)),
+    ("MinTree.query", lambda: _query(_min_tree), K * (8 + 8 + 4 + 2 * _H * 4)),
+    # per mass: the mass, the index; one descent (children read), as a draw
+    ("SumTree.scan_lower_bound", _scan, _SAMPLE),
+    # indices and raw priorities read, a leaf of each tree written, the ancestors of both
+    ("PrioritizedReplay.add", lambda: _replay("add"), _PER_SET),
+    ("PrioritizedReplay.add (max priority)", lambda: _replay("add_default"), _PER_SET),
+    ("PrioritizedReplay.update", lambda: _replay("update"), _PER_SET),
+    # a draw, plus the drawn leaves and the minimum read, the weights written
+    ("PrioritizedReplay.sample", lambda: _replay("sample"), _SAMPLE + DRAWS * (4 + 4)),
     # the draw: 2 more uniforms, weights, the memory of the drawn; the update: scores,
     # memory and seen read and written, active read
     ("online IS step (draw + update)", _online_step,

@@ -107,30 +107,39 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return self._stored
 
-    def _set(self, op: str, slots: torch.Tensor, raw: torch.Tensor, limit: int) -> None:
-        """Stores ``(raw + eps) ** alpha`` at ``slots`` (each in ``[0, limit)``) in both trees
-        (``sum_tree_set_priorities``: the C++ kernel checks everything and raises before
-        writing; the CUDA one drops an invalid batch, recorded here) and raises the max
-        priority."""
+    def _set(self, op: str, slots: Optional[torch.Tensor], raw: torch.Tensor, limit: int,
+             n: int = 0) -> torch.Tensor:
+        """Stores ``(raw + eps) ** alpha`` at ``slots`` (each in ``[0, limit)``; None: the
+        next ``n`` ring slots) in both trees and raises the max priority; returns the slots. The C++ op ``sum_tree_set_priorities`` checks everything and raises before
+        writing; on the CUDA path one kernel computes and checks the priorities, drops an
+        invalid batch and records it, and raises the max priority (then a sort and the two
+        tree updates)."""
+        shape = (n,) if slots is None else tuple(slots.shape)
         if not isinstance(raw, torch.Tensor):
             raise TypeError(f"{op}: priorities must be a tensor, got {type(raw).__name__}")
-        if raw.dtype not in (torch.float32, torch.float64) or raw.shape != slots.shape:
+        if raw.dtype not in (torch.float32, torch.float64) or tuple(raw.shape) != shape:
             raise ValueError(f"{op}: priorities must be a float32/float64 tensor of shape "
-                             f"{tuple(slots.shape)}, got {raw.dtype} of shape "
-                             f"{tuple(raw.shape)}")
+                             f"{shape}, got {raw.dtype} of shape {tuple(raw.shape)}")
         if raw.device != self.device:
             raise ValueError(f"{op}: priorities must be on {self.device}, got {raw.device}")
+        if not self._cpu:
+            from .ops import sum_tree_triton
+
+            return sum_tree_triton.set_priorities(
+                *self._trees, slots, raw, self._alpha, self._eps, limit, first_slot=self._next,
+                max_priority=self._max_priority, err=self._errors.code,
+                bad_code=_BAD_BATCH)[0]
+        if slots is None:
+            slots = torch.arange(self._next, self._next + n, device=self.device)
+            slots %= self.capacity
         try:
             hi = torch.ops.is_kernels.sum_tree_set_priorities(*self._trees, slots, raw,
                                                                self._alpha, self._eps, limit)
         except RuntimeError as e:
             raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
-        if self._cpu:
-            if float(hi) > float(self._max_priority):
-                self._max_priority.fill_(float(hi))
-        else:
-            self._errors.record(torch.where(torch.isnan(hi), _BAD_BATCH, 0))
-            self._max_priority = torch.fmax(self._max_priority, hi)
+        if float(hi) > float(self._max_priority):
+            self._max_priority.fill_(float(hi))
+        return slots
 
     def add(self, n: int, priorities: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reserves the next ``n`` ring-buffer slots (overwriting the oldest when full) and
@@ -141,11 +150,8 @@ class PrioritizedReplay:
         check_num_draws(op, n)
         if n > self.capacity:
             raise ValueError(f"{op}: n = {n} is more than the capacity {self.capacity}")
-        slots = torch.arange(self._next, self._next + n, device=self.device)
-        if self._next + n > self.capacity:
-            slots %= self.capacity
-        self._set(op, slots, self._max_priority.expand(n) if priorities is None else priorities,
-                  self.capacity)
+        slots = self._set(op, None, self._max_priority.expand(n) if priorities is None
+                          else priorities, self.capacity, n)
         self._next = (self._next + n) % self.capacity
         self._stored = min(self.capacity, self._stored + n)
         return slots
@@ -165,12 +171,15 @@ class PrioritizedReplay:
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")
         u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
+        if not self._cpu:  # one kernel: draws, weights, an all-zero tree recorded
+            from .ops import sum_tree_triton
+
+            return sum_tree_triton.sample_weighted(*self._trees[:2], self._trees[3], u, beta,
+                                                   err=self._errors.code,
+                                                   empty_code=_ALL_ZERO)
         idx, weights = torch.ops.is_kernels.sum_tree_sample_weighted(*self._trees, u, beta)
-        if self._cpu:
-            if batch_size and int(idx[0]) < 0:
-                raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")
-        else:
-            self._errors.record(torch.where(self._sum.total() > 0, 0, _ALL_ZERO))
+        if batch_size and int(idx[0]) < 0:
+            raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")
         return idx, weights
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:

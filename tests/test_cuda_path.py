@@ -130,16 +130,47 @@ def test_min_tree_range_queries_and_scan(dtype):
         assert_same(a, b)
 
 
-def test_prioritized_replay_ops():
+@pytest.mark.parametrize("tree_class", [SumTree, MinTree])
+def test_query_and_scan_record_in_their_kernel(tree_class):
+    """On the CUDA path a query or scan with check_values=False is one kernel, which records
+    a bad range or mass itself (also when only a later program has one) and nothing else."""
+    from is_kernels.ops import sum_tree_triton
+
+    n = sum_tree_triton.BLOCK + 3  # two query programs, many scan programs
+    with cuda_path_on_cpu():
+        tree = tree_class(50, check_values=False)
+        tree.build(torch.rand(50, generator=torch.Generator().manual_seed(3)))
+        start = torch.randint(0, 25, (n,), generator=torch.Generator().manual_seed(4))
+        end = start + 20
+        tree.query(start, end)
+        tree.raise_errors()  # nothing recorded
+        end[-1] = 51
+        got = tree.query(start, end)
+        assert got[-1].isnan() and not got[:-1].isnan().any()
+        with pytest.raises(RuntimeError, match="query.. got a range"):
+            tree.raise_errors()
+        if tree_class is SumTree:
+            mass = torch.rand(n, generator=torch.Generator().manual_seed(5)) * 10
+            tree.scan_lower_bound(mass)
+            tree.raise_errors()
+            mass[-1] = math.nan
+            assert tree.scan_lower_bound(mass)[-1] == -1
+            with pytest.raises(RuntimeError, match="scan_lower_bound.. got a mass"):
+                tree.raise_errors()
+
+
+@pytest.mark.parametrize("dtype,beta", [(torch.float32, 0.5), (torch.float64, 0.4),
+                                        (torch.float32, 0.0)])
+def test_prioritized_replay_ops(dtype, beta):
     """sum_tree_set_priorities and sum_tree_sample_weighted (through PrioritizedReplay). The
     powers ``(p + eps) ** alpha`` and ``ratio ** -beta`` come from std::pow on the C++ path and
-    from torch.pow on the CUDA path: 1 ulp apart at most."""
+    from torch.pow and the sample kernel (in float64) on the CUDA path: 1 ulp apart at most."""
     def run():
         g = torch.Generator().manual_seed(6)
-        per = PrioritizedReplay(50, alpha=0.7)
+        per = PrioritizedReplay(50, alpha=0.7, dtype=dtype)
         per.add(40, torch.rand(40, generator=g))
         per.update(torch.tensor([3, 17, 3, 39, 0, 17]), torch.rand(6, generator=g))
-        idx, w = per.sample(200, beta=0.5, generator=g)
+        idx, w = per.sample(200, beta=beta, generator=g)
         return [per.priorities.clone(), per._sum.inner_nodes.clone(), per._min.values.clone(),
                 per._min.inner_nodes.clone(), per.max_priority.clone(), idx, w]
 
@@ -157,6 +188,12 @@ def test_prioritized_replay_ops():
         assert all(torch.equal(a, b) for a, b in zip(before, per._trees))
         with pytest.raises(RuntimeError, match="dropped"):
             per.raise_errors()
+        zero = PrioritizedReplay(4, eps=0.0)  # all priorities zero: -1 draws, NaN weights
+        zero.add(4, torch.zeros(4))
+        idx, w = zero.sample(300)
+        assert (idx == -1).all() and w.isnan().all()
+        with pytest.raises(RuntimeError, match="all priorities zero"):
+            zero.raise_errors()
 
 
 def test_descents_never_return_an_index_out_of_range():
@@ -292,6 +329,42 @@ def test_output_grad_ops():
     cpp, cuda = both_paths(run)
     for a, b in zip(cpp, cuda):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_samplers_choose_check_values_as_on_cuda():
+    """Inside the switch the samplers default to check_values=False, as on CUDA (the check
+    syncs); switched on, update checks in Python before the CUDA op, which records invalid
+    scores instead of raising, so the sampler is unchanged by a bad update."""
+    assert OnlineImportanceSampler(16, 4).check_values is True
+    with cuda_path_on_cpu():
+        s = OnlineImportanceSampler(16, 4, warmup_epochs=0)
+        assert s.check_values is False
+        assert ImportancePruningSampler(16, 4, epochs=3).check_values is False
+        s.check_values = True
+        idx, _ = s.sample()
+        before = s.state_dict()
+        with pytest.raises(ValueError, match="scores"):
+            s.update(idx, torch.tensor([1.0, math.nan, 1.0, 1.0]))
+        after = s.state_dict()
+        for key in ("memory", "seen"):
+            assert torch.equal(before[key], after[key])
+
+
+def test_label_smoothing_tensor_on_the_cuda_path_is_refused():
+    """A 0-dim label_smoothing tensor is read on the host: on the CPU path a CPU one is taken;
+    on the CUDA path (a CUDA one on a GPU) reading it would be a host sync, so it is refused
+    with an error naming the argument, before anything runs."""
+    logits = torch.randn(4, 5)
+    target = torch.tensor([0, 1, 2, 3])
+    loss, _ = is_kernels.cross_entropy_with_score(logits, target,
+                                                  label_smoothing=torch.tensor(0.1))
+    ref, _ = is_kernels.cross_entropy_with_score(logits, target, label_smoothing=0.1)
+    assert torch.equal(loss, ref)
+    with cuda_path_on_cpu():
+        for fn in (is_kernels.cross_entropy_with_score, is_kernels.output_grad_norm):
+            with pytest.raises(TypeError, match="label_smoothing must be a float or a 0-dim "
+                                                "CPU tensor"):
+                fn(logits, target, label_smoothing=torch.tensor(0.1))
 
 
 def _online_steps():

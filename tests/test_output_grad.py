@@ -469,6 +469,34 @@ def test_triton_ce_interpreted_precision_and_bad_rows(max_tile_c):
 
 
 @interpreted
+@pytest.mark.parametrize("max_tile_c", [output_grad_triton.MAX_TILE_C, 16])
+def test_triton_ce_mean_counts_in_every_program(max_tile_c):
+    """"mean" with a gradient: every program counts the non-ignored targets itself (one
+    launch). The tile kernel's grid is then capped, so programs take several row blocks;
+    a mean over no counted row is NaN with a zero gradient, as F.cross_entropy."""
+    from is_kernels.ops.cuda_path import LaunchCounter
+
+    N, C = (300, 3) if max_tile_c > 16 else (23, 40)
+    logits, target = random_case(N, C, torch.float32, ignore_frac=0.3, seed=5)
+    with LaunchCounter() as c:
+        check_ce(lambda z, t, **kw: run_triton_ce(z, t, max_tile_c=max_tile_c, **kw),
+                 logits, target, torch.float32, reduction="mean", label_smoothing=0.1)
+    assert sum(c.triton.values()) == 1, c.summary()  # the reference adds aten ops
+    loss, _, grad = run_triton_ce(logits, torch.full_like(target, -100), max_tile_c=max_tile_c)
+    assert loss.isnan() and (grad == 0).all()
+
+
+def test_loop_programs_fit_rows_in_half_the_l2():
+    """At most one program per SM and per row; rows in flight within half the L2."""
+    loop_programs = output_grad_triton.loop_programs
+    assert loop_programs(16384, 131072 * 2, 132, 50 << 20) == 100  # bf16 rows of 256 KB
+    assert loop_programs(16384, 131072 * 4, 132, 50 << 20) == 50
+    assert loop_programs(16384, 16384 * 2, 132, 50 << 20) == 132
+    assert loop_programs(3, 16384 * 2, 132, 50 << 20) == 3
+    assert loop_programs(5, 64 << 20, 132, 50 << 20) == 1
+
+
+@interpreted
 @pytest.mark.parametrize("shape,dtype", [((7,), torch.float32), ((11, 5), torch.float64),
                                          ((3, 1500), torch.float32)])
 def test_triton_mse_interpreted(shape, dtype):

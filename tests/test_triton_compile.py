@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 
 def ce_signature(logits: str, acc: str, rows: bool) -> dict:
     sig = {"Z": f"*{logits}", "stride_zn": "i64", "stride_zc": "i64", "T": "*i64",
-           "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}", "COUNT": "*i64",
+           "LOSS": f"*{acc}", "SCORE": "*fp32", "GRAD": f"*{logits}",
            "OUT": f"*{logits}", "WS": "*i32", "N": "i32", "C": "i32", "ignore_index": "i64",
            "eps_hi": "fp32", "eps_mid": "fp32", "eps_lo": "fp32"}
     names = (["ROWS"] if rows else []) + ["BLOCK_C", "WRITE_GRAD", "MEAN", "REDUCE", "SMOOTH",
@@ -55,8 +55,6 @@ def cases():
                                                       "F64")}},
                    {"ROWS": 4, "BLOCK_C": 1024, "WRITE_GRAD": grad, "MEAN": mean,
                     "F64": acc == "fp64"})
-    yield (og._count_kernel, {"T": "*i64", "COUNT": "*i64", "N": "i32", "ignore_index": "i64",
-                              "BLOCK": "constexpr"}, {"BLOCK": 4096})
     for dtype, acc in [("fp32", "fp32"), ("bf16", "fp32"), ("fp64", "fp64")]:
         sig = {"P": f"*{dtype}", "Y": f"*{dtype}", "LOSS": f"*{acc}", "SCORE": "*fp32",
                "GRAD": f"*{dtype}", "N": "i32", "D": "i32"}
@@ -91,18 +89,33 @@ def cases():
                         "IS_MIN": is_min, "F64": leaf == "fp64", "BLOCK": st.BLOCK})
             yield (st._query_kernel,
                    {**tree, "START": "*i64", "END": "*i64", "OUT": tree["INNER"],
-                    **{name: "i64" for name in ("n", "capacity", "P", "H")},
-                    "IS_MIN": "constexpr", "BLOCK": "constexpr"},
-                   {"IS_MIN": is_min, "BLOCK": st.BLOCK})
+                    "ERR": "*i32", **{name: "i64" for name in ("n", "capacity", "P", "H")},
+                    "bad_code": "i32", "IS_MIN": "constexpr", "RECORD": "constexpr",
+                    "BLOCK": "constexpr"},
+                   {"IS_MIN": is_min, "RECORD": True, "BLOCK": st.BLOCK})
+        yield (st._priorities_kernel,
+               {"IDX": "*i64", "RAW": "*fp32", "stride_raw": "i64", "PRIO": f"*{leaf}",
+                "PRIO_MIN": f"*{leaf}", "HI": "*fp64", "MAXP": "*fp64", "ERR": "*i32",
+                **{name: "i64" for name in ("k", "limit", "first_slot", "capacity")},
+                **{name: "fp32" for name in ("alpha_hi", "alpha_mid", "alpha_lo", "eps_hi",
+                                             "eps_mid", "eps_lo")},
+                "bad_code": "i32", **{name: "constexpr" for name in ("SLOTS", "RECORD", "F64",
+                                                                     "BLOCK")}},
+               {"SLOTS": leaf == "fp32", "RECORD": True, "F64": leaf == "fp64",
+                "BLOCK": st.BLOCK})
         tree = {"LEAVES": f"*{leaf}", "INNER": "*fp64"}
         yield (st._sample_kernel, {**tree, "U": "*fp64", "OUT": "*i64", "ERR": "*i32",
+                                   "MIN_INNER": f"*{leaf}", "W": f"*{leaf}",
                                    "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
-                                   "empty_code": "i32", "RECORD": "constexpr",
-                                   "BLOCK": "constexpr"},
+                                   "empty_code": "i32", "beta_hi": "fp32", "beta_mid": "fp32",
+                                   "beta_lo": "fp32", "RECORD": "constexpr",
+                                   "WEIGHTED": "constexpr", "BLOCK": "constexpr"},
+               {"RECORD": True, "WEIGHTED": True, "BLOCK": st.SAMPLE_BLOCK})
+        yield (st._scan_kernel, {**tree, "MASS": "*fp32", "OUT": "*i64", "ERR": "*i32",
+                                 "n": "i64", "capacity": "i64", "P": "i64", "H": "i64",
+                                 "bad_code": "i32", "RECORD": "constexpr",
+                                 "BLOCK": "constexpr"},
                {"RECORD": True, "BLOCK": st.SAMPLE_BLOCK})
-        yield (st._scan_kernel, {**tree, "MASS": "*fp64", "OUT": "*i64", "n": "i64",
-                                 "capacity": "i64", "P": "i64", "H": "i64",
-                                 "BLOCK": "constexpr"}, {"BLOCK": st.SAMPLE_BLOCK})
     for unbiased in (True, False):
         yield (oi._draw_kernel,
                {"LEAVES": "*fp32", "INNER": "*fp64", "MEMORY": "*fp32", "ACTIVE": "*i64",

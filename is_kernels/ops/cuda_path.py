@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from typing import Callable, Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,10 +45,11 @@ def cuda_kernel(name: str) -> Callable[[Callable], Callable]:
     return register
 
 
-def uses_cuda_path(t: torch.Tensor) -> bool:
-    """Whether code on ``t`` takes the CUDA path: a CUDA tensor, or a CPU tensor inside
-    :func:`cuda_path_on_cpu`."""
-    return t.is_cuda or (_enabled and t.device.type == "cpu")
+def uses_cuda_path(t: Union[torch.Tensor, torch.device]) -> bool:
+    """Whether code on ``t`` (a tensor, or a device) takes the CUDA path: CUDA, or the CPU
+    inside :func:`cuda_path_on_cpu`."""
+    device = t if isinstance(t, torch.device) else t.device
+    return device.type == "cuda" or (_enabled and device.type == "cpu")
 
 
 def _first_write_wins(func, args, kwargs):

@@ -250,7 +250,11 @@ def _check_options(op: str, ignore_index: int, label_smoothing: float) -> int:
     """``ignore_index`` as an int; TypeError naming the argument of a bad type."""
     if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() == 0 \
             and label_smoothing.dtype.is_floating_point:
-        pass  # a 0-dim float tensor, as F.cross_entropy accepts
+        # A 0-dim float tensor, as F.cross_entropy accepts; reading a CUDA one is a host sync.
+        if uses_cuda_path(label_smoothing):
+            raise TypeError(f"{op}: label_smoothing must be a float or a 0-dim CPU tensor, got "
+                            f"a tensor on {label_smoothing.device} (reading it would "
+                            "synchronise with the device)")
     elif isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"{op}: label_smoothing must be a float, "
                         f"got {type(label_smoothing).__name__}")

@@ -81,14 +81,25 @@ def _eps(eps_hi, eps_mid, eps_lo, F64: tl.constexpr):
 
 
 @triton.jit
-def _count_kernel(T, COUNT, N, ignore_index, BLOCK: tl.constexpr):
-    """*COUNT = the number of rows whose target is not ignore_index (one program)."""
+def _count_targets(T, N, ignore_index, BLOCK: tl.constexpr):
+    """The number of targets T[0:N] that are not ignore_index (N int64 reads)."""
     acc = tl.zeros([BLOCK], tl.int64)
     for start in range(0, N, BLOCK):
         rows = start + tl.arange(0, BLOCK)
         y = tl.load(T + rows, mask=rows < N, other=ignore_index)
         acc += (y != ignore_index).to(tl.int64)
-    tl.store(COUNT + tl.arange(0, 1), tl.sum(acc, axis=0) + tl.zeros([1], tl.int64))
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _grad_factor(T, N, ignore_index, MEAN: tl.constexpr, F64: tl.constexpr):
+    """The gradient factor of the non-ignored rows: 1/count for "mean", else 1. Each program
+    counts the targets itself (N int64 reads, from L2 on a GPU) rather than wait for a
+    kernel of its own."""
+    one = tl.full([1], 1.0, tl.float64 if F64 else tl.float32)
+    if MEAN:
+        one = one / _count_targets(T, N, ignore_index, 1024).to(one.dtype)
+    return one
 
 
 @triton.jit
@@ -101,44 +112,54 @@ def _reduce_loss(ROW_LOSS, T, OUT, WS, N, ignore_index, MEAN: tl.constexpr,
     if tl.atomic_add(WS, 1) == tl.num_programs(0) - 1:
         offs = tl.arange(0, BLOCK)
         total = tl.zeros([BLOCK], ROW_LOSS.dtype.element_ty)
-        count = tl.zeros([BLOCK], tl.int64)
         for start in range(0, N, BLOCK):
             rows = start + offs
-            m = rows < N
-            total += tl.load(ROW_LOSS + rows, mask=m, other=0.0, cache_modifier=".cg")
-            if MEAN:
-                count += (tl.load(T + rows, mask=m, other=ignore_index) != ignore_index).to(
-                    tl.int64)
+            total += tl.load(ROW_LOSS + rows, mask=rows < N, other=0.0, cache_modifier=".cg")
         loss = tl.sum(total, axis=0)
         if MEAN:
-            loss = loss / tl.sum(count, axis=0).to(loss.dtype)
+            loss = loss / _count_targets(T, N, ignore_index, BLOCK).to(loss.dtype)
         tl.store(OUT + offs * 0, (loss + tl.zeros([BLOCK], loss.dtype)).to(
             OUT.dtype.element_ty), mask=offs == 0)
         tl.store(WS + offs * 0, tl.zeros([BLOCK], tl.int32), mask=offs == 0)
 
 
 @triton.jit
-def _grad_scale(COUNT, y, row_ok, bad, MEAN: tl.constexpr, F64: tl.constexpr):
-    """Per-row factor of the gradient: 1/count for "mean", 0 ignored, NaN out of range."""
-    one = tl.full(y.shape, 1.0, tl.float64 if F64 else tl.float32)
-    if MEAN:
-        one = one / tl.load(COUNT).to(one.dtype)
-    return tl.where(bad, float("nan"), tl.where(row_ok, one, 0.0))
+def _grad_scale(factor, row_ok, bad):
+    """Per-row factor of the gradient: `factor` (_grad_factor), 0 ignored, NaN out of range."""
+    return tl.where(bad, float("nan"), tl.where(row_ok, factor, 0.0))
 
 
 @triton.jit
-def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, OUT, WS, N, C,
+def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, OUT, WS, N, C,
                     ignore_index, eps_hi, eps_mid, eps_lo, ROWS: tl.constexpr,
                     BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
                     REDUCE: tl.constexpr, SMOOTH: tl.constexpr, F64: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_C)
+    """Blocks of ROWS whole rows; program p takes blocks p, p + grid, ... (one each unless
+    the grid is capped, as for a "mean" gradient, whose count every program reads)."""
     eps = _eps(eps_hi, eps_mid, eps_lo, F64)
+    factor = _grad_factor(T, N, ignore_index, MEAN and WRITE_GRAD, F64)
+    for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(N, ROWS), tl.num_programs(0)):
+        _ce_tile_rows(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, tl.sum(factor, axis=0),
+                      block, N, C, ignore_index, tl.sum(eps, axis=0), ROWS, BLOCK_C,
+                      WRITE_GRAD, SMOOTH, F64)
+    if REDUCE:
+        _reduce_loss(LOSS, T, OUT, WS, N, ignore_index, MEAN, 1024)
+
+
+@triton.jit(noinline=True)
+def _ce_tile_rows(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, factor, block, N, C,
+                  ignore_index, eps, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+                  WRITE_GRAD: tl.constexpr, SMOOTH: tl.constexpr, F64: tl.constexpr):
+    """The rows of one block. A call, not inlined: inlined into the kernel's loop, the body
+    compiles for sm_90 to about 1.8x the registers (Triton 3.6 and 3.9). Its arguments are
+    scalars: Triton 3.6 does not compile such a call with tensor arguments."""
+    rows = block * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_C)
+    col_in = cols < C
     row_in = rows < N
     y = tl.load(T + rows, mask=row_in, other=ignore_index)
     row_ok = row_in & (y != ignore_index) & (y >= 0) & (y < C)
     bad = row_in & (y != ignore_index) & ((y < 0) | (y >= C))
-    col_in = cols < C
     mask = row_in[:, None] & col_in[None, :]
     # int64 column offsets: C * stride_zc may pass 2^31 (column-major logits).
     ptrs = Z + rows[:, None] * stride_zn + cols[None, :].to(tl.int64) * stride_zc
@@ -160,46 +181,48 @@ def _ce_tile_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, OUT, W
     if SMOOTH:
         sq_other = tl.sum(tl.where(other, d * d, 0.0), axis=1)
         sum_z = tl.sum(tl.where(col_in[None, :], z, 0.0), axis=1)
-    _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other, zy,
-                    m2, sum_z, eps, C, SMOOTH)
+    _ce_row_outputs(LOSS, SCORE, rows, row_in, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
+                    zy, m2, sum_z, eps, C, SMOOTH)
     if WRITE_GRAD:
-        scale = _grad_scale(COUNT, y, row_ok, bad, MEAN, F64)
+        scale = _grad_scale(factor, row_ok, bad)
         d_y = (eps - eps / C) - s_ne * a
         g = tl.where(is_y, d_y[:, None], d) * scale[:, None]
         tl.store(GRAD + rows[:, None] * C + cols[None, :], g.to(GRAD.dtype.element_ty),
                  mask=mask)
-    if REDUCE:
-        _reduce_loss(LOSS, T, OUT, WS, N, ignore_index, MEAN, 1024)
 
 
 @triton.jit
-def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, OUT, WS, N, C,
+def _ce_loop_kernel(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, OUT, WS, N, C,
                     ignore_index, eps_hi, eps_mid, eps_lo, BLOCK_C: tl.constexpr,
                     WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr, REDUCE: tl.constexpr,
                     SMOOTH: tl.constexpr, F64: tl.constexpr):
-    """Persistent: program p takes rows p, p + grid, ...; with a grid of about one program
-    per SM the rows in flight fit in L2, where the second pass finds them."""
+    """Persistent: program p takes rows p, p + grid, ...; the launcher caps the grid so that
+    the rows in flight fit in half the L2, where the second pass finds them."""
     eps = _eps(eps_hi, eps_mid, eps_lo, F64)
+    factor = _grad_factor(T, N, ignore_index, MEAN and WRITE_GRAD, F64)
     for row in range(tl.program_id(0).to(tl.int64), N, tl.num_programs(0)):
-        _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row,
-                     N, C, ignore_index, eps, BLOCK_C, WRITE_GRAD, MEAN, SMOOTH, F64)
+        _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, factor, row, N, C,
+                     ignore_index, eps, BLOCK_C, WRITE_GRAD, SMOOTH, F64)
     if REDUCE:
         _reduce_loss(LOSS, T, OUT, WS, N, ignore_index, MEAN, 1024)
 
 
 @triton.jit
-def _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row, N, C, ignore_index,
-                 eps, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr, MEAN: tl.constexpr,
+def _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, factor, row, N, C,
+                 ignore_index, eps, BLOCK_C: tl.constexpr, WRITE_GRAD: tl.constexpr,
                  SMOOTH: tl.constexpr, F64: tl.constexpr):
-    """One row, walked in chunks: an online max/sum pass, then the gradient pass."""
-    # Scalars as 1-element vectors, so the row helpers serve both kernels.
+    """One row, walked in 1-D chunks: an online max/sum pass, then the gradient pass, whose
+    reads should hit L2 (the first pass asks to keep the row there, the second to evict it;
+    gradient stores stream out)."""
+    # Per-row values as 1-element vectors, so the row helpers serve both kernels.
     rows = row + tl.arange(0, 1)
-    y = tl.load(T + rows)
-    row_ok = (y != ignore_index) & (y >= 0) & (y < C)
-    bad = (y != ignore_index) & ((y < 0) | (y >= C))
+    y_vec = tl.load(T + rows)
+    y = tl.load(T + row)
+    row_ok = (y_vec != ignore_index) & (y_vec >= 0) & (y_vec < C)
+    bad = (y_vec != ignore_index) & ((y_vec < 0) | (y_vec >= C))
     acc_t = tl.float64 if F64 else tl.float32
     zrow = Z + row * stride_zn
-    # Pass 1, online: m2 = max_{j!=y} z_j, S_{j!=y}, Q_{j!=y} = sum e_j^2, sum_j z_j.
+    # Pass 1, online: m2 = max_{j!=y} z_j, S_{j!=y}, Q_{j!=y} = sum e_j^2.
     m2 = tl.full([1], -float("inf"), acc_t)
     s_ne = tl.zeros([1], acc_t)
     q_ne = tl.zeros([1], acc_t)
@@ -207,16 +230,16 @@ def _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row, N, C
     for start in range(0, C, BLOCK_C):
         cols = start + tl.arange(0, BLOCK_C)
         z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=cols < C,
-                    other=-float("inf")).to(acc_t)
-        z = tl.where(cols[None, :] == y[:, None], -float("inf"), z[None, :])
-        m_new = tl.maximum(m2, tl.max(z, axis=1))
+                    other=-float("inf"), eviction_policy="evict_last").to(acc_t)
+        z = tl.where(cols == y, -float("inf"), z)
+        m_new = tl.maximum(m2, tl.max(z, axis=0))
         shift = tl.where(m_new == -float("inf"), 0.0, m_new)
         alpha = tl.exp(m2 - shift)
-        e = tl.exp(z - shift[:, None])
-        s_ne = s_ne * alpha + tl.sum(e, axis=1)
-        q_ne = q_ne * alpha * alpha + tl.sum(e * e, axis=1)
+        e = tl.exp(z - shift)
+        s_ne = s_ne * alpha + tl.sum(e, axis=0)
+        q_ne = q_ne * alpha * alpha + tl.sum(e * e, axis=0)
         m2 = m_new
-    y_safe = tl.where(row_ok, y, 0)
+    y_safe = tl.where(row_ok, y_vec, 0)
     zy = tl.load(zrow + y_safe * stride_zc).to(acc_t)
     bad = bad | (row_ok & (zy == float("inf")))  # p_y = inf / inf: NaN, as in PyTorch
     a, nll = _ce_row_stats(zy - m2, s_ne)
@@ -224,23 +247,23 @@ def _ce_loop_row(Z, stride_zn, stride_zc, T, LOSS, SCORE, GRAD, COUNT, row, N, C
     sq_other = q_ne
     if WRITE_GRAD or SMOOTH:
         # Pass 2: d_j = p_j - t_j, written (scaled) as the gradient; exact sum of d_j^2.
-        scale = _grad_scale(COUNT, y, row_ok, bad, MEAN, F64)
+        scale = _grad_scale(factor, row_ok, bad)
         d_y = (eps - eps / C) - s_ne * a
         sq_other = tl.zeros([1], acc_t)
         for start in range(0, C, BLOCK_C):
             cols = start + tl.arange(0, BLOCK_C)
             col_in = cols < C
             z = tl.load(zrow + cols.to(tl.int64) * stride_zc, mask=col_in,
-                        other=-float("inf")).to(acc_t)
-            is_y = cols[None, :] == y[:, None]
-            d = tl.exp(z[None, :] - shift[:, None]) * a[:, None] - eps / C
+                        other=-float("inf"), eviction_policy="evict_first").to(acc_t)
+            is_y = cols == y
+            d = tl.exp(z - shift) * a - eps / C
             if SMOOTH:
-                sq_other += tl.sum(tl.where(is_y | ~col_in[None, :], 0.0, d * d), axis=1)
+                sq_other += tl.sum(tl.where(is_y | ~col_in, 0.0, d * d), axis=0)
                 sum_z += tl.sum(tl.where(col_in, z, 0.0), axis=0)
             if WRITE_GRAD:
-                g = tl.where(is_y, d_y[:, None], d) * scale[:, None]
-                tl.store(GRAD + row * C + cols[None, :], g.to(GRAD.dtype.element_ty),
-                         mask=col_in[None, :])
+                g = tl.where(is_y, d_y, d) * scale
+                tl.store(GRAD + row * C + cols, g.to(GRAD.dtype.element_ty), mask=col_in,
+                         eviction_policy="evict_first")
     _ce_row_outputs(LOSS, SCORE, rows, rows < N, row_ok, bad, nll, a, s_ne, q_ne, sq_other,
                     zy, m2, sum_z, eps, C, SMOOTH)
 
@@ -383,14 +406,35 @@ def _programs_per_device(device: torch.device) -> int:
     return 4
 
 
+# The L2 of an H100 (50 MB): the size assumed where the device does not report one.
+L2_BYTES = 50 << 20
+# Tile-kernel programs per SM for a "mean" gradient: each reads all N targets to count them.
+MEAN_TILE_PROGRAMS_PER_SM = 4
+
+
+def _l2_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or L2_BYTES
+    return L2_BYTES
+
+
+def loop_programs(n: int, row_bytes: int, sms: int, l2_bytes: int) -> int:
+    """Programs of the large-C kernel: at most one per SM and one per row, and few enough
+    that their rows in flight (one each) fill at most half the L2, so that the second pass
+    over a row reads it from L2, not HBM."""
+    return max(1, min(n, sms, l2_bytes // 2 // row_bytes))
+
+
 def cross_entropy_with_score(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
                              label_smoothing: float, reduction: str, compute_grad: bool,
                              max_tile_c: int = MAX_TILE_C):
     """Launches the CE kernel; returns (loss, score, grad or empty). Inputs already checked.
 
-    One launch; two with ``reduction="mean"`` and a gradient (a one-program count of the
-    non-ignored rows first: the gradient is written scaled by it). The last program of the
-    CE kernel reduces the row losses."""
+    One launch, no host sync. The gradient is written already scaled for the reduction; for
+    ``"mean"`` every program first counts the non-ignored targets itself (N int64 reads per
+    program, from L2 on a GPU; the tile kernel's grid is then capped at
+    ``MEAN_TILE_PROGRAMS_PER_SM`` per SM, so at most about 4 * SMs * N * 8 bytes in all).
+    The last program of the CE kernel reduces the row losses."""
     N, C = logits.shape
     dev = logits.device
     f64 = logits.dtype == torch.float64
@@ -402,29 +446,28 @@ def cross_entropy_with_score(logits: torch.Tensor, target: torch.Tensor, ignore_
     score = torch.empty(N, dtype=torch.float32, device=dev)
     grad = torch.empty((N, C) if compute_grad else (0,), dtype=logits.dtype, device=dev)
     target = target.contiguous()
-    count = torch.empty(1, dtype=torch.int64, device=dev)
     mean = reduction == "mean"
     if N == 0:
         if reduce:  # as F.cross_entropy: a mean over nothing is NaN
             out = torch.full((), float("nan") if mean else 0.0, dtype=logits.dtype,
                              device=dev)
         return out, score, grad
-    if mean and compute_grad:
-        _count_kernel[(1,)](target, count, N, ignore_index, BLOCK=4096, num_warps=8)
     flags = dict(WRITE_GRAD=compute_grad, MEAN=mean, REDUCE=reduce,
                  SMOOTH=label_smoothing != 0.0, F64=f64)
     args = (logits, logits.stride(0), logits.stride(1), target, row_loss, score, grad,
-            count, out, workspace(dev)[2:], N, C, ignore_index,
-            *float32_parts(label_smoothing))
+            out, workspace(dev)[2:], N, C, ignore_index, *float32_parts(label_smoothing))
     block_c = triton.next_power_of_2(C)
+    sms = _programs_per_device(dev)
     if block_c <= max_tile_c:
         rows = max(1, min(16, TILE_ELEMS // block_c))
         warps = min(16, max(4, rows * block_c // 512))
-        _ce_tile_kernel[(triton.cdiv(N, rows),)](*args, ROWS=rows, BLOCK_C=block_c,
-                                                 num_warps=warps, **flags)
+        grid = triton.cdiv(N, rows)
+        if mean and compute_grad:
+            grid = min(grid, MEAN_TILE_PROGRAMS_PER_SM * sms)
+        _ce_tile_kernel[(grid,)](*args, ROWS=rows, BLOCK_C=block_c, num_warps=warps, **flags)
     else:
-        grid = (min(N, _programs_per_device(dev)),)
-        _ce_loop_kernel[grid](*args, BLOCK_C=min(4096, max_tile_c), num_warps=8, **flags)
+        grid = loop_programs(N, C * logits.element_size(), sms, _l2_bytes(dev))
+        _ce_loop_kernel[(grid,)](*args, BLOCK_C=min(4096, max_tile_c), num_warps=8, **flags)
     return out, score, grad
 
 

@@ -263,24 +263,14 @@ def _set_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, indices, 
 @cuda_kernel("is_kernels::sum_tree_set_priorities")
 def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
                          alpha, eps, limit):
-    """Tensor ops around the Triton updates, no host sync: an invalid batch (an index out of
-    [0, limit), a priority not finite and >= 0) becomes NaN values, which both update kernels
-    drop, and its returned maximum is NaN."""
+    """The Triton priorities kernel, a sort and the two tree updates, no host sync: an
+    invalid batch (an index out of [0, limit), a priority not finite and >= 0) becomes NaN
+    values, which both update kernels drop, and its returned maximum is NaN."""
     from . import sum_tree_triton
 
     _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
-    if indices.numel() == 0:
-        return torch.zeros((), dtype=torch.float64, device=sum_leaves.device)
-    prio = (priorities.to(sum_leaves.dtype) + eps).pow(alpha)
-    ok = (((indices >= 0) & (indices < limit)).all()
-          & (torch.isfinite(priorities) & (priorities >= 0)).all()
-          & weights_valid(prio, max_leaf(prio.dtype, sum_leaves.shape[0])))
-    prio = torch.where(ok, prio, math.nan)
-    safe = torch.where(ok, indices, 0)
-    sum_tree_triton.update(sum_leaves, sum_inner, safe, prio)
-    sum_tree_triton.update(min_leaves, min_inner, safe, prio.masked_fill(prio == 0, math.inf),
-                           is_min=True)
-    return torch.where(ok, priorities.max().to(torch.float64), math.nan)
+    return sum_tree_triton.set_priorities(sum_leaves, sum_inner, min_leaves, min_inner,
+                                          indices, priorities, alpha, eps, limit)[1]
 
 
 def _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u) -> None:
@@ -301,9 +291,7 @@ def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, u, beta)
     from . import sum_tree_triton
 
     _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u)
-    idx = sum_tree_triton.sample(sum_leaves, sum_inner, u)
-    ratio = sum_leaves[idx.clamp_min(0)] / min_inner[1]
-    return idx, torch.where(idx >= 0, ratio.pow(-beta), math.nan)
+    return sum_tree_triton.sample_weighted(sum_leaves, sum_inner, min_inner, u, beta)
 
 
 # ---- error codes and their checks -----------------------------------------------------------
@@ -549,10 +537,16 @@ class _Tree:
         if self._raise_now():
             if uses_cuda_path(s):  # the C++ kernel checks (and raises) itself
                 _raise_range_errors(op, s, e, self.capacity)
+        elif uses_cuda_path(s):  # one kernel: NaN for a bad range, and its code recorded
+            from . import sum_tree_triton
+
+            return sum_tree_triton.query(self._leaves, self._inner, s, e, is_min=self._is_min,
+                                         err=self._errors.code,
+                                         bad_code=_BAD_RANGE).reshape(shape)
         else:
             bad = _range_error(s, e, self.capacity)
             self._errors.record(torch.where(bad, _BAD_RANGE, 0))
-            if not uses_cuda_path(s) and bool(bad):  # (no sync on CPU)
+            if bool(bad):
                 nan = torch.full(shape, math.nan, dtype=self._inner.dtype)
                 ok = (s >= 0) & (s <= e) & (e <= self.capacity)
                 s, e = torch.where(ok, s, 0), torch.where(ok, e, 0)
@@ -694,18 +688,25 @@ class SumTree(_Tree):
             if mass.device != self.device:
                 raise ValueError(f"{op}: mass must be on the tree's device {self.device}, "
                                  f"got {mass.device}")
-            m = mass.to(torch.float64)
+            m = mass
         elif isinstance(mass, (int, float)) and not isinstance(mass, bool):
             m = torch.tensor(float(mass), dtype=torch.float64, device=self.device)
         else:
             raise TypeError(f"{op}: mass must be a float or a tensor, got "
                             f"{type(mass).__name__}")
         shape = m.shape
-        m = m.reshape(-1).contiguous()
+        if not self._raise_now() and uses_cuda_path(m):
+            # One kernel: it reads any real dtype, and records a bad mass.
+            from . import sum_tree_triton
+
+            return sum_tree_triton.scan_lower_bound(
+                self._leaves, self._inner, m.reshape(-1), err=self._errors.code,
+                bad_code=_BAD_MASS).reshape(shape)
+        m = m.to(torch.float64).reshape(-1).contiguous()
         if not self._raise_now():
             ok = (torch.isfinite(m) & (m >= 0)).all()
             self._errors.record(torch.where(ok, 0, _BAD_MASS))
-            if not uses_cuda_path(m) and not bool(ok):  # (no sync on CPU)
+            if not bool(ok):  # (no sync on CPU)
                 good = torch.isfinite(m) & (m >= 0)
                 out = torch.ops.is_kernels.sum_tree_scan_lower_bound(
                     self._leaves, self._inner, torch.where(good, m, 0.0))

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .cuda_path import workspace
+from .cuda_path import float32_parts, workspace
 
 BLOCK = 1024
 # Draws per program of the sample kernel: 4096 draws spread over 32 programs.
@@ -239,6 +239,69 @@ def _update_kernel(LEAVES, INNER, SIDX, PERM, VAL, WS, ERR, MEMORY, SEEN, ACTIVE
 
 
 @triton.jit
+def _record(ERR, bad, code, BLOCK: tl.constexpr):
+    """Records ``code`` in *ERR (unless a code is there) if a lane of ``bad`` is set (each
+    program that has one writes the same code: no order matters)."""
+    lanes = tl.arange(0, BLOCK)
+    write = (lanes == 0) & ((lanes * 0 + tl.max(bad.to(tl.int32), axis=0)) != 0)
+    old = tl.load(ERR + lanes * 0, mask=write, other=0)
+    tl.store(ERR + lanes * 0, tl.where(old == 0, code, old), mask=write)
+
+
+@triton.jit
+def _priorities_kernel(IDX, RAW, stride_raw, PRIO, PRIO_MIN, HI, MAXP, ERR, k, limit,
+                       first_slot, capacity, alpha_hi, alpha_mid, alpha_lo, eps_hi, eps_mid,
+                       eps_lo, bad_code, SLOTS: tl.constexpr, RECORD: tl.constexpr,
+                       F64: tl.constexpr, BLOCK: tl.constexpr):
+    """One program, for a prioritized replay batch: the stored priorities
+    ``(raw + eps) ** alpha`` (as csrc/sum_tree.cpp: base and exponent in the leaf dtype, the
+    power here in float64) into PRIO, and into PRIO_MIN with +inf for 0; NaN for an entry
+    whose index is not in [0, limit), whose raw priority is not finite and >= 0 or whose
+    stored one would be too large (then both tree updates drop the batch). SLOTS: the indices
+    are the ring-buffer slots (first_slot + t) % capacity, written to IDX. *HI = the largest
+    raw priority (float64), NaN for an invalid batch; RECORD: *MAXP = fmax(*MAXP, *HI) for a
+    valid batch, and bad_code recorded in *ERR (unless a code is there) for an invalid one."""
+    offs = tl.arange(0, BLOCK)
+    leaf_t = PRIO.dtype.element_ty
+    zero = tl.zeros([BLOCK], tl.float64)
+    alpha = (((zero + alpha_hi) + alpha_mid) + alpha_lo).to(leaf_t).to(tl.float64)
+    eps = (((zero + eps_hi) + eps_mid) + eps_lo).to(leaf_t)
+    if F64:
+        largest = tl.full([BLOCK], 1.7976931348623157e308, tl.float64) / (2.0 * (zero + capacity))
+    else:
+        largest = zero + 3.4028234663852886e38
+    bad = tl.zeros([BLOCK], tl.int32)
+    hi = tl.full([BLOCK], -float("inf"), tl.float64)
+    for start in range(0, k, BLOCK):
+        t = start + offs
+        m = t < k
+        if SLOTS:
+            idx = (first_slot + t) % capacity
+            tl.store(IDX + t, idx, mask=m)
+        else:
+            idx = tl.load(IDX + t, mask=m, other=0)
+        raw = tl.load(RAW + t * stride_raw, mask=m, other=0.0)
+        base = (raw.to(leaf_t) + eps).to(tl.float64)
+        prio = tl.where(alpha == 0.0, 1.0, tl.exp(alpha * tl.log(base))).to(leaf_t)
+        raw64 = raw.to(tl.float64)
+        ok = (idx >= 0) & (idx < limit) & (raw64 >= 0.0) & (raw64 <= 1.7976931348623157e308) \
+            & (prio.to(tl.float64) <= largest)
+        bad |= (m & ~ok).to(tl.int32)
+        hi = tl.maximum(hi, tl.where(m, raw64, -float("inf")))
+        tl.store(PRIO + t, tl.where(ok, prio, float("nan")), mask=m)
+        tl.store(PRIO_MIN + t, tl.where(ok, tl.where(prio == 0.0, float("inf"), prio),
+                                        float("nan")), mask=m)
+    invalid = (offs * 0 + tl.max(bad, axis=0)) != 0
+    top = tl.where(invalid, float("nan"), offs * 0.0 + tl.max(hi, axis=0))
+    first = offs == 0
+    tl.store(HI + offs * 0, top, mask=first)
+    if RECORD:
+        old = tl.load(MAXP + offs * 0, mask=first, other=0.0)
+        tl.store(MAXP + offs * 0, tl.where(invalid, old, tl.maximum(old, top)), mask=first)
+        _record(ERR, invalid & first, bad_code, BLOCK)
+
+
+@triton.jit
 def descend_mass(LEAVES, INNER, r, mask, P, capacity, H, BLOCK: tl.constexpr):
     """The leaf of every mass r (float64 [BLOCK]), descending from the root: go right iff the
     right child's sum is > 0 and r >= the left sum (then r -= left sum). Never enters a child
@@ -265,14 +328,27 @@ def descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _sample_kernel(LEAVES, INNER, U, OUT, ERR, n, capacity, P, H, empty_code,
-                   RECORD: tl.constexpr, BLOCK: tl.constexpr):
+def _sample_kernel(LEAVES, INNER, U, OUT, ERR, MIN_INNER, W, n, capacity, P, H, empty_code,
+                   beta_hi, beta_mid, beta_lo, RECORD: tl.constexpr, WEIGHTED: tl.constexpr,
+                   BLOCK: tl.constexpr):
     """Draws [pid * BLOCK, ...); with RECORD, program 0 records empty_code in *ERR (unless a
-    code is there) when the tree is all zero."""
+    code is there) when the tree is all zero. WEIGHTED: also the importance weights
+    ``(leaf / min) ** -beta`` (min: the root of the min tree MIN_INNER; beta from its three
+    float32 parts), as csrc/sum_tree.cpp's sample_weighted: the ratio and the exponent in
+    the leaf dtype, the power in float64; NaN for a -1 draw."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     u = tl.load(U + offs, mask=mask, other=0.0)
-    tl.store(OUT + offs, descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK), mask=mask)
+    idx = descend(LEAVES, INNER, u, mask, P, capacity, H, BLOCK)
+    tl.store(OUT + offs, idx, mask=mask)
+    if WEIGHTED:
+        leaf_t = LEAVES.dtype.element_ty
+        ratio = tl.load(LEAVES + tl.maximum(idx, 0), mask=mask, other=1.0) / tl.load(
+            MIN_INNER + 1 + offs * 0, mask=mask, other=1.0)
+        zero = tl.zeros([BLOCK], tl.float64)
+        expo = (-(((zero + beta_hi) + beta_mid) + beta_lo)).to(leaf_t).to(tl.float64)
+        w = tl.where(expo == 0.0, 1.0, tl.exp(expo * tl.log(ratio.to(tl.float64))))
+        tl.store(W + offs, tl.where(idx >= 0, w, float("nan")).to(leaf_t), mask=mask)
     if RECORD:
         first = offs == 0
         old = tl.load(ERR + offs * 0, mask=first, other=0)
@@ -281,22 +357,26 @@ def _sample_kernel(LEAVES, INNER, U, OUT, ERR, n, capacity, P, H, empty_code,
 
 
 @triton.jit
-def _scan_kernel(LEAVES, INNER, MASS, OUT, n, capacity, P, H, BLOCK: tl.constexpr):
-    """-1 for a mass that is not finite and >= 0 (and for every mass of an all-zero tree)."""
+def _scan_kernel(LEAVES, INNER, MASS, OUT, ERR, n, capacity, P, H, bad_code,
+                 RECORD: tl.constexpr, BLOCK: tl.constexpr):
+    """-1 for a mass that is not finite and >= 0 (and for every mass of an all-zero tree);
+    with RECORD, such a mass records bad_code in *ERR. Masses of any real dtype."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    m = tl.load(MASS + offs, mask=mask, other=0.0)
+    m = tl.load(MASS + offs, mask=mask, other=0).to(tl.float64)
     ok = (m >= 0.0) & (m <= 1.7976931348623157e308)
     leaf = descend_mass(LEAVES, INNER, tl.where(ok, m, 0.0), mask, P, capacity, H, BLOCK)
     tl.store(OUT + offs, tl.where(ok, leaf, -1), mask=mask)
+    if RECORD:
+        _record(ERR, mask & ~ok, bad_code, BLOCK)
 
 
 @triton.jit
-def _query_kernel(LEAVES, INNER, START, END, OUT, n, capacity, P, H, IS_MIN: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def _query_kernel(LEAVES, INNER, START, END, OUT, ERR, n, capacity, P, H, bad_code,
+                  IS_MIN: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
     """The combination of the leaves [start, end) of every range, as csrc/sum_tree.cpp's
     query_range (same nodes, same order: the same bits). NaN for a range that is not within
-    [0, capacity)."""
+    [0, capacity); with RECORD, such a range records bad_code in *ERR."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     P64 = P.to(tl.int64)
@@ -322,6 +402,8 @@ def _query_kernel(LEAVES, INNER, START, END, OUT, n, capacity, P, H, IS_MIN: tl.
         l = l >> 1
         r = r >> 1
     tl.store(OUT + offs, tl.where(ok, acc, float("nan")), mask=mask)
+    if RECORD:
+        _record(ERR, mask & ~ok, bad_code, BLOCK)
 
 
 def _rebuild_levels(leaves: torch.Tensor, inner: torch.Tensor, is_min: bool) -> None:
@@ -346,7 +428,8 @@ def build(leaves: torch.Tensor, is_min: bool = False) -> torch.Tensor:
 def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
            values: torch.Tensor, err: Optional[torch.Tensor] = None,
            codes: Tuple[int, int] = (1, 2), online: Optional[tuple] = None,
-           fused_max: Optional[int] = None, is_min: bool = False) -> None:
+           fused_max: Optional[int] = None, is_min: bool = False,
+           order: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> None:
     """Writes leaves[indices] = values (last occurrence wins) and their ancestors (of a min
     tree with ``is_min``), unless an index is out of range or a value invalid (for the min
     tree: NaN): then nothing is written, and with ``err`` (an int32 0-dim error flag) its
@@ -354,14 +437,17 @@ def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
     ``online = (memory, seen, active, momentum)`` (sum tree only): ``values`` are scores and
     the online sampler's memory update comes first (:mod:`.online_is_triton`). Batches of
     at most ``fused_max`` (default :data:`FUSED_MAX`) entries take one program. Launches: a
-    sort, then one kernel (fused) or two (multi-program). Shapes/dtypes already checked."""
+    sort (none when ``order``, the ``torch.sort(indices, stable=True)`` of an earlier call,
+    is given), then one kernel (fused) or two (multi-program). Shapes/dtypes already
+    checked."""
     k = indices.numel()
     if k == 0:
         return
     fused_max = FUSED_MAX if fused_max is None else fused_max
     p, capacity = inner.numel(), leaves.numel()
     h = heap_depth(p)
-    sorted_idx, perm = torch.sort(indices.reshape(-1), stable=True)
+    sorted_idx, perm = order if order is not None else torch.sort(indices.reshape(-1),
+                                                                  stable=True)
     values = values.reshape(-1)
     fused = k <= fused_max
     ws = workspace(leaves.device)
@@ -383,49 +469,110 @@ def update(leaves: torch.Tensor, inner: torch.Tensor, indices: torch.Tensor,
                          IS_MIN=is_min, F64=f64, BLOCK=BLOCK, num_warps=8 if fused else 4)
 
 
+def set_priorities(sum_leaves: torch.Tensor, sum_inner: torch.Tensor,
+                   min_leaves: torch.Tensor, min_inner: torch.Tensor,
+                   indices: Optional[torch.Tensor], priorities: torch.Tensor, alpha: float,
+                   eps: float, limit: int, first_slot: int = 0,
+                   max_priority: Optional[torch.Tensor] = None,
+                   err: Optional[torch.Tensor] = None,
+                   bad_code: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stores ``(priorities + eps) ** alpha`` at ``indices`` in the sum and the min tree
+    (+inf there for 0), or drops the batch if an index is not in ``[0, limit)`` or a priority
+    is not finite and >= 0 (see :func:`_priorities_kernel`). ``indices=None``: the ring slots
+    ``first_slot, first_slot + 1, ...`` (mod capacity). With ``max_priority`` and ``err``,
+    the kernel also raises ``max_priority`` (float64 0-dim) and records ``bad_code`` for a
+    dropped batch. Returns ``(indices, hi)``: hi the largest priority, float64 0-dim, NaN
+    for a dropped batch. Launches: the priorities kernel, one sort, the two tree updates.
+    ``priorities``: [k], any stride (e.g. an expanded scalar)."""
+    dev = sum_leaves.device
+    k = priorities.numel()
+    slots = indices is None
+    if slots:
+        indices = torch.empty(k, dtype=torch.int64, device=dev)
+    hi = torch.empty((), dtype=torch.float64, device=dev)
+    if k == 0:
+        hi.zero_()
+        return indices, hi
+    prio = torch.empty(k, dtype=sum_leaves.dtype, device=dev)
+    prio_min = torch.empty_like(prio)
+    record = max_priority is not None
+    _priorities_kernel[(1,)](indices, priorities, priorities.stride(0), prio, prio_min, hi,
+                             max_priority if record else hi, err if record else indices, k,
+                             limit, first_slot, sum_leaves.numel(), *float32_parts(alpha),
+                             *float32_parts(eps), bad_code, SLOTS=slots, RECORD=record,
+                             F64=sum_leaves.dtype == torch.float64, BLOCK=BLOCK, num_warps=8)
+    order = torch.sort(indices, stable=True)
+    update(sum_leaves, sum_inner, indices, prio, order=order)
+    update(min_leaves, min_inner, indices, prio_min, is_min=True, order=order)
+    return indices, hi
+
+
+def _sample(leaves, inner, u, err, empty_code, min_inner, beta):
+    u = u.contiguous()
+    n = u.numel()
+    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
+    w = torch.empty(n if min_inner is not None else 0, dtype=leaves.dtype,
+                    device=leaves.device)
+    if n > 0:
+        p = inner.numel()
+        _sample_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](
+            leaves, inner, u, out, err if err is not None else out,
+            min_inner if min_inner is not None else inner, w, n, leaves.numel(), p,
+            heap_depth(p), empty_code, *float32_parts(beta), RECORD=err is not None,
+            WEIGHTED=min_inner is not None, BLOCK=SAMPLE_BLOCK, num_warps=4)
+    return out, w
+
+
 def sample(leaves: torch.Tensor, inner: torch.Tensor, u: torch.Tensor,
            err: Optional[torch.Tensor] = None, empty_code: int = 0) -> torch.Tensor:
     """int64 leaf indices for the float64 uniforms u ([n], in [0, 1)); -1 where total == 0,
     and then ``empty_code`` is recorded in ``err`` (int32 0-dim) unless a code is there.
     SAMPLE_BLOCK draws a program: the descents are latency-bound, so small batches get more
     programs."""
-    u = u.contiguous()
-    n = u.numel()
-    out = torch.empty(n, dtype=torch.int64, device=leaves.device)
-    if n > 0:
-        p = inner.numel()
-        _sample_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](
-            leaves, inner, u, out, err if err is not None else out, n, leaves.numel(), p,
-            heap_depth(p), empty_code, RECORD=err is not None, BLOCK=SAMPLE_BLOCK, num_warps=4)
-    return out
+    return _sample(leaves, inner, u, err, empty_code, None, 0.0)[0]
+
+
+def sample_weighted(leaves: torch.Tensor, inner: torch.Tensor, min_inner: torch.Tensor,
+                    u: torch.Tensor, beta: float, err: Optional[torch.Tensor] = None,
+                    empty_code: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample` and, in the same kernel, the importance weights
+    ``(leaves[i] / min_inner[1]) ** -beta`` of the draws (leaf dtype; NaN for -1)."""
+    return _sample(leaves, inner, u, err, empty_code, min_inner, beta)
 
 
 def query(leaves: torch.Tensor, inner: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-          is_min: bool = False) -> torch.Tensor:
+          is_min: bool = False, err: Optional[torch.Tensor] = None,
+          bad_code: int = 0) -> torch.Tensor:
     """The sums (float64) or minima (leaf dtype) of the leaves [start, end) ([n] int64 each);
-    NaN for a range that is not within [0, capacity)."""
+    NaN for a range that is not within [0, capacity), and then ``bad_code`` is recorded in
+    ``err`` (int32 0-dim) unless a code is there."""
     start, end = start.contiguous(), end.contiguous()
     n = start.numel()
     out = torch.empty(n, dtype=inner.dtype, device=leaves.device)
     if n > 0:
         p = inner.numel()
-        _query_kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, start, end, out, n,
-                                                leaves.numel(), p, heap_depth(p),
-                                                IS_MIN=is_min, BLOCK=BLOCK, num_warps=4)
+        _query_kernel[(triton.cdiv(n, BLOCK),)](leaves, inner, start, end, out,
+                                                err if err is not None else out, n,
+                                                leaves.numel(), p, heap_depth(p), bad_code,
+                                                IS_MIN=is_min, RECORD=err is not None,
+                                                BLOCK=BLOCK, num_warps=4)
     return out
 
 
-def scan_lower_bound(leaves: torch.Tensor, inner: torch.Tensor,
-                     mass: torch.Tensor) -> torch.Tensor:
-    """int64 leaf indices for the float64 masses ([n]); -1 for a mass that is not finite and
-    >= 0, and for all of them where total == 0. SAMPLE_BLOCK masses a program, as
+def scan_lower_bound(leaves: torch.Tensor, inner: torch.Tensor, mass: torch.Tensor,
+                     err: Optional[torch.Tensor] = None, bad_code: int = 0) -> torch.Tensor:
+    """int64 leaf indices for the masses ([n], any real dtype, read as float64); -1 for a mass
+    that is not finite and >= 0 (then ``bad_code`` is recorded in ``err`` unless a code is
+    there), and for all of them where total == 0. SAMPLE_BLOCK masses a program, as
     :func:`sample`."""
     mass = mass.contiguous()
     n = mass.numel()
     out = torch.empty(n, dtype=torch.int64, device=leaves.device)
     if n > 0:
         p = inner.numel()
-        _scan_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](leaves, inner, mass, out, n,
+        _scan_kernel[(triton.cdiv(n, SAMPLE_BLOCK),)](leaves, inner, mass, out,
+                                                      err if err is not None else out, n,
                                                       leaves.numel(), p, heap_depth(p),
+                                                      bad_code, RECORD=err is not None,
                                                       BLOCK=SAMPLE_BLOCK, num_warps=4)
     return out

@@ -59,7 +59,8 @@ class Sampler(abc.ABC):
             :func:`is_kernels.output_grad_norm`) or ``"loss"`` (the per-sample loss).
         check_values: whether :meth:`update` checks index ranges and score values
             (``True`` by default on CPU; on CUDA the check costs a host sync, so it is off
-            by default there and can be switched on for debugging).
+            by default there, and inside ``cuda_path_on_cpu()``, and can be switched on
+            for debugging).
 
     Subclasses implement :meth:`_draw` and :meth:`probabilities`; those that keep
     per-sample state override :meth:`_update` (called by :meth:`update` after the inputs
@@ -101,7 +102,7 @@ class Sampler(abc.ABC):
         self.generator = generator
         self.epoch = 0
         self.num_draws = 0  # draws made so far; the i-th draw has serial number i
-        self.check_values = self.device.type == "cpu"
+        self.check_values = not uses_cuda_path(self.device)
         # The outstanding draws, oldest first, and the latest retired ones (for the message of
         # an update that comes too late).
         self._pending: collections.deque = collections.deque()

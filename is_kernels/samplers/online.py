@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .._checks import int_at_least, real, state_int
+from ..ops.cuda_path import uses_cuda_path
 from ..ops.online_is import mixture
 from ..ops.sum_tree import SumTree
 from .base import DeviceLike, Sampler, ScoreFn
@@ -186,7 +187,7 @@ class OnlineImportanceSampler(Sampler):
 
     @property
     def _update_checks_values(self) -> bool:
-        return self.device.type == "cpu"  # the C++ op checks before it writes
+        return not uses_cuda_path(self.device)  # the C++ op checks before it writes
 
     def _update(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
         """``q <- m·q + (1-m)·s`` for ``idx`` (a first score replaces the initial value) and

@@ -162,9 +162,10 @@ def test_query_and_scan_record_in_their_kernel(tree_class):
 @pytest.mark.parametrize("dtype,beta", [(torch.float32, 0.5), (torch.float64, 0.4),
                                         (torch.float32, 0.0)])
 def test_prioritized_replay_ops(dtype, beta):
-    """sum_tree_set_priorities and sum_tree_sample_weighted (through PrioritizedReplay). The
-    powers ``(p + eps) ** alpha`` and ``ratio ** -beta`` come from std::pow on the C++ path and
-    from torch.pow and the sample kernel (in float64) on the CUDA path: 1 ulp apart at most."""
+    """PrioritizedReplay's add, update and sample (C++: sum_tree_add_priorities,
+    sum_tree_set_priorities, sum_tree_sample_weighted). The powers ``(p + eps) ** alpha`` and
+    ``ratio ** -beta`` come from std::pow on the C++ path and from torch.pow and the sample
+    kernel (in float64) on the CUDA path: 1 ulp apart at most."""
     def run():
         g = torch.Generator().manual_seed(6)
         per = PrioritizedReplay(50, alpha=0.7, dtype=dtype)

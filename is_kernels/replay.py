@@ -28,6 +28,10 @@ from .ops.sum_tree import MinTree, SumTree
 
 __all__ = ["PrioritizedReplay"]
 
+_ADD_PRIORITIES = torch.ops.is_kernels.sum_tree_add_priorities
+_SET_PRIORITIES = torch.ops.is_kernels.sum_tree_set_priorities
+_SAMPLE_WEIGHTED = torch.ops.is_kernels.sum_tree_sample_weighted
+
 # Error codes of PrioritizedReplay's ErrorFlag (CUDA).
 _BAD_BATCH, _ALL_ZERO = 1, 2
 _MESSAGES = {
@@ -140,21 +144,22 @@ class PrioritizedReplay:
         check_num_draws(op, n)
         if n > self._capacity:
             raise ValueError(f"{op}: n = {n} is more than the capacity {self._capacity}")
-        if priorities is not None:
-            self._check_priorities(op, priorities, n)
-        if self._cpu:
-            # One op: the slots, (p + eps) ** alpha into both trees (the C++ kernel checks
-            # everything and raises before writing), the max priority raised in place.
-            try:
-                slots, _ = torch.ops.is_kernels.sum_tree_add_priorities(
-                    *self._trees, self._max_priority, self._next, n, priorities, self._alpha,
-                    self._eps)
-            except RuntimeError as e:
-                raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
-        else:
+        if not self._cpu:
+            if priorities is not None:
+                self._check_priorities(op, priorities, n)
             slots = self._set_on_cuda_path(
                 None, self._max_priority.expand(n) if priorities is None else priorities,
                 self._capacity)
+        else:
+            # One op: the slots, (p + eps) ** alpha into both trees (the C++ kernel checks
+            # everything and raises before writing), the max priority raised in place.
+            try:
+                slots, _ = _ADD_PRIORITIES(*self._trees, self._max_priority, self._next, n,
+                                           priorities, self._alpha, self._eps)
+            except (RuntimeError, TypeError, ValueError) as e:
+                if priorities is not None:
+                    self._check_priorities(op, priorities, n)
+                raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
         self._next = (self._next + n) % self._capacity
         self._stored = min(self._capacity, self._stored + n)
         return slots
@@ -185,8 +190,7 @@ class PrioritizedReplay:
                                                    empty_code=_ALL_ZERO)
         if batch_size and not self._sum_inner[1] > 0:  # the total, read without a tensor op
             raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")
-        return torch.ops.is_kernels.sum_tree_sample_weighted(*self._trees, batch_size, beta,
-                                                             generator)
+        return _SAMPLE_WEIGHTED(*self._trees, batch_size, beta, generator)
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:
         """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the slots
@@ -200,6 +204,25 @@ class PrioritizedReplay:
         """Sets the raw priorities (e.g. ``|TD error|``, finite and >= 0) of stored slots
         (``0 <= index < len(self)``); the stored priority is ``(p + eps) ** alpha``. For a
         duplicated index the last one wins."""
+        if not self._cpu:
+            self._set_on_cuda_path(self._checked_indices(indices, priorities), priorities,
+                                   self._stored)
+            return
+        try:  # the op checks every argument before it writes anything
+            _SET_PRIORITIES(*self._trees, self._max_priority, indices, priorities, self._alpha,
+                            self._eps, self._stored)
+        except (RuntimeError, TypeError, ValueError):
+            try:  # the arguments the op refused: an error that names one, or int32 indices
+                _SET_PRIORITIES(*self._trees, self._max_priority,
+                                self._checked_indices(indices, priorities), priorities,
+                                self._alpha, self._eps, self._stored)
+            except RuntimeError as e:
+                raise ValueError(f"PrioritizedReplay.update: {str(e).split(': ', 1)[-1]}") \
+                    from None
+
+    def _checked_indices(self, indices: torch.Tensor, priorities: torch.Tensor) -> torch.Tensor:
+        """:meth:`update`'s indices as int64, after the checks of its arguments (raising the
+        error that names the argument)."""
         op = "PrioritizedReplay.update"
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise TypeError(f"{op}: indices must be a 1-D tensor")
@@ -207,15 +230,7 @@ class PrioritizedReplay:
             raise ValueError(f"{op}: indices must be int64 or int32 on {self._device}, got "
                              f"{indices.dtype} on {indices.device}")
         self._check_priorities(op, priorities, indices.shape[0])
-        if not self._cpu:
-            self._set_on_cuda_path(indices.long(), priorities, self._stored)
-            return
-        try:
-            torch.ops.is_kernels.sum_tree_set_priorities(
-                *self._trees, self._max_priority, indices.long(), priorities, self._alpha,
-                self._eps, self._stored)
-        except RuntimeError as e:
-            raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
+        return indices.long()
 
     def raise_errors(self) -> None:
         """Raises the first error recorded on the device (CUDA: invalid input is recorded

@@ -63,6 +63,7 @@ def torch_dict(d: dict) -> dict:
 
 
 FIELDS = {"obs": OBS, "act": 1, "rew": 1, "next_obs": OBS, "done": 1}
+WIDTHS = list(FIELDS.values())
 
 
 def packed(d: dict) -> torch.Tensor:
@@ -72,7 +73,7 @@ def packed(d: dict) -> torch.Tensor:
 
 def unpacked(rows: torch.Tensor) -> dict:
     """Views of the fields of packed rows."""
-    return dict(zip(FIELDS, rows.split(list(FIELDS.values()), 1)))
+    return dict(zip(FIELDS, rows.split_with_sizes(WIDTHS, 1)))
 
 
 class IsKernelsBuffer:

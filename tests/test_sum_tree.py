@@ -887,7 +887,8 @@ def max_of(value: float = 1.0) -> torch.Tensor:
 
 def assert_trees_consistent(s: SumTree, m: "is_kernels.MinTree") -> None:
     """Both trees' inner nodes are, bit for bit, those of a rebuild from their leaves."""
-    assert torch.equal(s.inner_nodes.view(torch.int64), ops.sum_tree_build(s.values).view(torch.int64))
+    assert torch.equal(s.inner_nodes.view(torch.int64),
+                       ops.sum_tree_build(s.values).view(torch.int64))
     bits = torch.int32 if m.values.dtype == torch.float32 else torch.int64
     assert torch.equal(m.inner_nodes.view(bits), ops.min_tree_build(m.values).view(bits))
 

@@ -11,9 +11,10 @@ importance weights of cpprb, ``(priority_i / min over stored priorities) ** -bet
   torch tensors) against cpprb 11's ``PrioritizedReplayBuffer`` and a buffer of dense
   priorities drawn by ``torch.multinomial`` (minimum by a scan);
 - group ``TorchRL PER step``: TorchRL's ``TensorDictPrioritizedReplayBuffer`` (with
-  ``is_kernels.integrations.torchrl.enable()``) against cpprb, and for scale TorchRL's
-  uniform ``TensorDictReplayBuffer`` doing only the add and the sample (TorchRL's storage
-  and TensorDict handling, without priorities).
+  ``is_kernels.integrations.torchrl.enable()``) against cpprb; for scale, the same step with
+  the sampler's trees doing no work (TorchRL's own work alone), and TorchRL's uniform
+  ``TensorDictReplayBuffer`` doing only the add and the sample (TorchRL's storage and
+  TensorDict handling, without priorities).
 
 Our entries record ``extra_info["paired_ratios"]``: the steps run alternately with each
 alternative (``bench/paired.py``), the ratio robust to the drift of a shared machine.
@@ -63,6 +64,7 @@ def torch_dict(d: dict) -> dict:
 
 
 FIELDS = {"obs": OBS, "act": 1, "rew": 1, "next_obs": OBS, "done": 1}
+WIDTHS = list(FIELDS.values())
 
 
 def packed(d: dict) -> torch.Tensor:
@@ -72,7 +74,7 @@ def packed(d: dict) -> torch.Tensor:
 
 def unpacked(rows: torch.Tensor) -> dict:
     """Views of the fields of packed rows."""
-    return dict(zip(FIELDS, rows.split(list(FIELDS.values()), 1)))
+    return dict(zip(FIELDS, rows.split_with_sizes(WIDTHS, 1)))
 
 
 class IsKernelsBuffer:
@@ -176,6 +178,40 @@ class TorchRLBuffer:
         return sample
 
 
+class _NoTree:
+    """A segment tree whose methods do no work (reads give 1, draws are uniform): TorchRL's
+    sampler on it does all of its own work and none of the trees'."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __setitem__(self, index, value) -> None:
+        pass
+
+    def __getitem__(self, index):
+        return torch.ones(index.shape)
+
+    def query(self, start, end) -> float:
+        return 1.0
+
+    def scan_lower_bound(self, mass):
+        return torch.randint(0, N, (len(mass),))
+
+
+class TorchRLNoTreeBuffer(TorchRLBuffer):
+    """TorchRLBuffer with the sampler's trees replaced by :class:`_NoTree`: the cost of
+    TorchRL's own work in the same step (storage, TensorDict, sampler), trees excluded."""
+
+    def __init__(self, data: Data) -> None:
+        super().__init__(data)
+        sampler = self.rb._sampler
+        sampler._sum_tree = _NoTree(len(sampler._sum_tree))
+        sampler._min_tree = _NoTree(len(sampler._min_tree))
+
+
 class TorchRLUniformBuffer(TorchRLBuffer):
     """TorchRL's TensorDictReplayBuffer with its uniform RandomSampler: extend and sample only
     (no priorities), the cost of TorchRL's storage and TensorDict handling alone."""
@@ -227,6 +263,12 @@ def test_per(benchmark, name):
 def test_torchrl_on_is_kernels(benchmark):
     pytest.importorskip("torchrl")
     _run(benchmark, TORCHRL_GROUP, TorchRLBuffer,
+         {"cpprb": CpprbBuffer} if _has("cpprb") else {})
+
+
+def test_torchrl_without_tree_work(benchmark):
+    pytest.importorskip("torchrl")
+    _run(benchmark, TORCHRL_GROUP, TorchRLNoTreeBuffer,
          {"cpprb": CpprbBuffer} if _has("cpprb") else {})
 
 

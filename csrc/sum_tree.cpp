@@ -17,6 +17,8 @@
 // The min tree has the same layout, with inner nodes in the leaf dtype (a minimum is exact),
 // each the minimum of its two children, and padding leaves of +inf.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -26,6 +28,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -165,8 +169,9 @@ at::Tensor min_tree_build_cpu(const at::Tensor& leaves) {
 
 // Prefetch distance (in batch entries) of the update's scattered writes.
 constexpr int64_t kUpdatePrefetch = 16;
-// An update of k leaves recomputes the inner levels at most kDenseLevel * k wide whole.
-// Tuned at k = 4096, N = 2^20 (of 1, 4 and 8, 4 was the fastest).
+// An update recomputes an inner level whole when it is at most kDenseLevel times as wide as
+// the number of its nodes whose children changed. Tuned at k = 4096, N = 2^20 (of 1, 4 and 8,
+// 4 was the fastest).
 constexpr int64_t kDenseLevel = 4;
 
 // Recomputes the inner nodes [begin, end) of one level from their children, which are inner
@@ -178,47 +183,63 @@ inline void combine_inner_children(typename Op::Node* inner, int64_t begin, int6
   for (int64_t i = 0; i < end - begin; ++i) node[i] = Op::combine(child[2 * i], child[2 * i + 1]);
 }
 
+// Stores v at *node and tells whether its bits changed (an unchanged node leaves everything
+// above it unchanged: every node is a function of its children's bits).
+template <typename Node>
+inline bool store_changed(Node* node, Node v) {
+  const bool changed = std::memcmp(node, &v, sizeof v) != 0;
+  *node = v;
+  return changed;
+}
+
 // Writes leaves[idx[t]] = val[t] (k entries, all valid) and recomputes their ancestors.
+// `changed` (k entries of scratch) receives the heap positions of the nodes that change.
 template <typename Op, typename T>
 void apply_update(T* lv, typename Op::Node* in, const int64_t* idx, const T* val, int64_t k,
-                  int64_t capacity) {
+                  int64_t capacity, int64_t* changed) {
   const int64_t p = heap_size(capacity);
-  const int h = log2_exact(p);
   // Leaves in batch order, each followed by its parent: the last of duplicated indices wins,
   // and the last write below a parent recomputes it from both final leaves. The scattered
   // accesses miss the caches: each entry prefetches (for writing) those of the
   // kUpdatePrefetch-th next one, so that their misses overlap.
   const auto parent = [&](int64_t t) { return (idx[t] + p) >> 1; };
+  int64_t n = 0;  // the parents that changed, in batch order (adjacent repeats once)
   for (int64_t t = 0; t < k; ++t) {
     if (t + kUpdatePrefetch < k) {
       __builtin_prefetch(lv + idx[t + kUpdatePrefetch], 1);
       __builtin_prefetch(in + parent(t + kUpdatePrefetch), 1);
     }
     lv[idx[t]] = val[t];
-    in[parent(t)] = children_of<Op>(in, lv, p, capacity, parent(t));
-  }
-  // The levels above, bottom-up: a level at most kDenseLevel * k wide is recomputed whole
-  // (contiguous and vectorised: cheaper than k scattered nodes), a wider one only at the k
-  // ancestors (a duplicated ancestor is recomputed twice from the same, already final,
-  // children: same value; once if the duplicates are adjacent, as in a run of slots).
-  for (int d = h - 2; d >= 0; --d) {
-    const int64_t width = int64_t{1} << d;
-    if (width <= kDenseLevel * k) {
-      at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
-        combine_inner_children<Op>(in, begin, end);
-      });
-    } else {
-      const int shift = h - d;
-      const auto ancestor = [&](int64_t t) { return (idx[t] + p) >> shift; };
-      int64_t last = 0;  // an ancestor shared with the previous entry is already final
-      for (int64_t t = 0; t < k; ++t) {
-        if (t + kUpdatePrefetch < k) __builtin_prefetch(in + ancestor(t + kUpdatePrefetch), 1);
-        const int64_t x = ancestor(t);
-        if (x == last) continue;
-        last = x;
-        in[x] = Op::combine(in[2 * x], in[2 * x + 1]);
-      }
+    const int64_t x = parent(t);
+    if (store_changed(in + x, children_of<Op>(in, lv, p, capacity, x)) &&
+        (n == 0 || changed[n - 1] != x)) {
+      changed[n++] = x;
     }
+  }
+  // The levels above, bottom-up, from the nodes below that changed (all their children are
+  // final): a level at most kDenseLevel * n wide is recomputed whole, and so are all above it
+  // (contiguous and vectorised: cheaper than n scattered nodes); a wider one only at the
+  // parents of the changed nodes, the parents that change becoming the next level's list. A
+  // parent met again (its children are final: same value) is unchanged the second time, and
+  // skipped if the repeat is adjacent, as in a run of slots. The min tree's list shrinks fast:
+  // a new leaf rarely changes the minimum of a large subtree.
+  for (int64_t width = p >> 2; width >= 1 && n > 0; width >>= 1) {
+    if (width <= kDenseLevel * n) {
+      for (; width >= 1; width >>= 1) {
+        at::parallel_for(width, 2 * width, 1 << 14, [&](int64_t begin, int64_t end) {
+          combine_inner_children<Op>(in, begin, end);
+        });
+      }
+      break;
+    }
+    int64_t m = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      if (t + kUpdatePrefetch < n) __builtin_prefetch(in + (changed[t + kUpdatePrefetch] >> 1), 1);
+      const int64_t x = changed[t] >> 1;
+      if (m > 0 && changed[m - 1] == x) continue;
+      if (store_changed(in + x, Op::combine(in[2 * x], in[2 * x + 1]))) changed[m++] = x;
+    }
+    n = m;
   }
 }
 
@@ -256,8 +277,9 @@ void tree_update_cpu(const char* op, at::Tensor& leaves, at::Tensor& inner,
     const scalar_t* val = val_t.data_ptr<scalar_t>();
     check_tree_values(op, "values", val, k, capacity, Op{});
     // Everything is valid: mutate.
+    std::vector<int64_t> changed(k);
     apply_update<Op>(leaves.data_ptr<scalar_t>(), inner.data_ptr<typename Op::Node>(), idx, val,
-                     k, capacity);
+                     k, capacity, changed.data());
   });
 }
 
@@ -601,78 +623,178 @@ void check_exponent(const char* op, const char* name, double x) {
               " must be finite and >= 0, got ", x);
 }
 
-// Sets the priorities of the slots `indices`: (p + eps)^alpha (computed in the leaf dtype) for
-// every raw priority p, in the sum tree, and in the min tree too, but +inf where it is 0 (such a
-// slot is never drawn, so it stays out of the minimum). Every index must be in [0, limit) and
-// every p finite and >= 0; nothing changes otherwise. Returns the largest p (float64 0-dim, 0
-// for none).
-at::Tensor sum_tree_set_priorities_cpu(at::Tensor& sum_leaves, at::Tensor& sum_inner,
-                                       at::Tensor& min_leaves, at::Tensor& min_inner,
-                                       const at::Tensor& indices, const at::Tensor& priorities,
-                                       double alpha, double eps, int64_t limit) {
-  const char* op = "sum_tree_set_priorities";
+void check_max_priority(const char* op, const at::Tensor& sum_leaves,
+                        const at::Tensor& max_priority) {
+  TORCH_CHECK(max_priority.dim() == 0 && max_priority.scalar_type() == at::kDouble &&
+                  max_priority.device() == sum_leaves.device(),
+              op, ": max_priority must be a float64 0-dim tensor on the tree's device ",
+              sum_leaves.device(), ", got ", max_priority.scalar_type(), " of shape ",
+              max_priority.sizes(), " on ", max_priority.device());
+}
+
+// The checks shared by set_priorities and add_priorities: the trees, max_priority, alpha, eps.
+void check_priority_args(const char* op, const at::Tensor& sum_leaves, const at::Tensor& sum_inner,
+                         const at::Tensor& min_leaves, const at::Tensor& min_inner,
+                         const at::Tensor& max_priority, double alpha, double eps) {
   check_tree(op, sum_leaves, sum_inner, at::kDouble);
   check_tree_pair(op, sum_leaves, min_leaves, min_inner);
-  check_indices(op, sum_leaves, indices, "indices");
+  check_max_priority(op, sum_leaves, max_priority);
+  check_exponent(op, "alpha", alpha);
+  check_exponent(op, "eps", eps);
+}
+
+// Checks raw priorities given for n slots: float32 or float64, shape [n], the tree's device.
+void check_raw_priorities(const char* op, const at::Tensor& sum_leaves,
+                          const at::Tensor& priorities, at::IntArrayRef shape) {
   TORCH_CHECK(priorities.scalar_type() == at::kFloat || priorities.scalar_type() == at::kDouble,
               op, ": priorities must be float32 or float64, got ", priorities.scalar_type());
-  TORCH_CHECK(priorities.sizes() == indices.sizes(), op,
-              ": priorities must have the shape of indices ", indices.sizes(), ", got ",
-              priorities.sizes());
+  TORCH_CHECK(priorities.sizes() == shape, op, ": priorities must have the shape ", shape,
+              " of the slots, got ", priorities.sizes());
   TORCH_CHECK(priorities.device() == sum_leaves.device(), op,
               ": priorities must be on the tree's device ", sum_leaves.device(), ", got ",
               priorities.device());
-  check_exponent(op, "alpha", alpha);
-  check_exponent(op, "eps", eps);
-  const int64_t capacity = sum_leaves.numel();
-  TORCH_CHECK(0 <= limit && limit <= capacity, op, ": limit must be in [0, ", capacity,
-              "], got ", limit);
-  const at::Tensor idx_t = indices.contiguous();
-  const at::Tensor raw_t = priorities.to(at::kDouble).contiguous();
-  const int64_t k = idx_t.numel();
-  const int64_t* idx = idx_t.data_ptr<int64_t>();
-  const double* raw = raw_t.data_ptr<double>();
+}
+
+// Sets the priorities of the k slots idx: (p + eps)^alpha (computed in the leaf dtype) for the
+// raw priority p = raw(t) of every slot, in the sum tree, and in the min tree too, but +inf
+// where it is 0 (such a slot is never drawn, so it stays out of the minimum), and raises
+// max_priority to the largest p. Every index must be in [0, limit) and every p finite and
+// >= 0; nothing changes otherwise. Returns the largest p (0 for none).
+template <typename Raw>
+double set_priorities(const char* op, at::Tensor& sum_leaves, at::Tensor& sum_inner,
+                      at::Tensor& min_leaves, at::Tensor& min_inner, at::Tensor& max_priority,
+                      const int64_t* idx, const Raw& raw, int64_t k, double alpha, double eps,
+                      int64_t limit) {
   double largest = 0.0;
   for (int64_t t = 0; t < k; ++t) {
     TORCH_CHECK(idx[t] >= 0 && idx[t] < limit, op, ": indices[", t, "] = ", idx[t],
                 " is out of range [0, ", limit, ")");
-    TORCH_CHECK(raw[t] >= 0.0 && raw[t] <= std::numeric_limits<double>::max(), op,
-                ": priorities[", t, "] = ", raw[t], " is not finite and >= 0");
-    largest = std::max(largest, raw[t]);
+    const double r = raw(t);
+    TORCH_CHECK(r >= 0.0 && r <= std::numeric_limits<double>::max(), op, ": priorities[", t,
+                "] = ", r, " is not finite and >= 0");
+    largest = std::max(largest, r);
   }
+  const int64_t capacity = sum_leaves.numel();
   AT_DISPATCH_FLOATING_TYPES(sum_leaves.scalar_type(), "set_priorities", [&] {
     using T = scalar_t;
     std::vector<T> prio(k), prio_min(k);
     const T limit_value = max_leaf<T>(capacity);
+    T prev = 0;  // the previous raw priority, in the leaf dtype
     for (int64_t t = 0; t < k; ++t) {
-      prio[t] = std::pow(static_cast<T>(raw[t]) + static_cast<T>(eps), static_cast<T>(alpha));
-      TORCH_CHECK(prio[t] <= limit_value, op, ": priorities[", t, "] = ", raw[t],
-                  " gives the weight (p + eps) ** alpha = ", prio[t], ", above ", limit_value);
+      const T r = static_cast<T>(raw(t));
+      if (t > 0 && std::memcmp(&r, &prev, sizeof r) == 0) {  // a run of one priority (an add)
+        prio[t] = prio[t - 1];
+      } else {
+        prio[t] = std::pow(r + static_cast<T>(eps), static_cast<T>(alpha));
+        TORCH_CHECK(prio[t] <= limit_value, op, ": priorities[", t, "] = ", raw(t),
+                    " gives the weight (p + eps) ** alpha = ", prio[t], ", above ", limit_value);
+      }
+      prev = r;
       prio_min[t] = prio[t] > T(0) ? prio[t] : std::numeric_limits<T>::infinity();
     }
     // Everything is valid: mutate.
+    std::vector<int64_t> changed(k);
     apply_update<SumOf<T>>(sum_leaves.data_ptr<T>(), sum_inner.data_ptr<double>(), idx,
-                           prio.data(), k, capacity);
+                           prio.data(), k, capacity, changed.data());
     apply_update<MinOf<T>>(min_leaves.data_ptr<T>(), min_inner.data_ptr<T>(), idx,
-                           prio_min.data(), k, capacity);
+                           prio_min.data(), k, capacity, changed.data());
   });
+  double* mp = max_priority.data_ptr<double>();
+  *mp = std::max(*mp, largest);
+  return largest;
+}
+
+// set_priorities with the raw priorities of a float32 or float64 tensor of k entries.
+double set_priorities_of(const char* op, at::Tensor& sum_leaves, at::Tensor& sum_inner,
+                         at::Tensor& min_leaves, at::Tensor& min_inner, at::Tensor& max_priority,
+                         const int64_t* idx, const at::Tensor& priorities, double alpha,
+                         double eps, int64_t limit) {
+  const at::Tensor raw_t = priorities.contiguous();
+  double largest = 0.0;
+  AT_DISPATCH_FLOATING_TYPES(raw_t.scalar_type(), "raw_priorities", [&] {
+    const scalar_t* r = raw_t.data_ptr<scalar_t>();
+    largest = set_priorities(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, idx,
+                             [r](int64_t t) { return static_cast<double>(r[t]); },
+                             raw_t.numel(), alpha, eps, limit);
+  });
+  return largest;
+}
+
+// Sets the raw priorities of the slots `indices` (each in [0, limit)), as set_priorities.
+// Returns the largest (float64 0-dim).
+at::Tensor sum_tree_set_priorities_cpu(at::Tensor& sum_leaves, at::Tensor& sum_inner,
+                                       at::Tensor& min_leaves, at::Tensor& min_inner,
+                                       at::Tensor& max_priority, const at::Tensor& indices,
+                                       const at::Tensor& priorities, double alpha, double eps,
+                                       int64_t limit) {
+  const char* op = "sum_tree_set_priorities";
+  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps);
+  check_indices(op, sum_leaves, indices, "indices");
+  check_raw_priorities(op, sum_leaves, priorities, indices.sizes());
+  const int64_t capacity = sum_leaves.numel();
+  TORCH_CHECK(0 <= limit && limit <= capacity, op, ": limit must be in [0, ", capacity,
+              "], got ", limit);
+  const at::Tensor idx_t = indices.contiguous();
+  const double largest =
+      set_priorities_of(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority,
+                        idx_t.data_ptr<int64_t>(), priorities, alpha, eps, limit);
   return at::scalar_tensor(largest, sum_leaves.options().dtype(at::kDouble));
 }
 
-// The leaves drawn for the uniforms u (as sum_tree_sample) and their importance weights
-// (leaf / min)^-beta, min the root of the min tree, computed in the leaf dtype; -1 and NaN
-// for every draw of an all-zero tree.
+// The ring buffer's add: the n slots (start + i) % capacity, with the raw priorities
+// `priorities` ([n]) or, if none, max_priority, set as set_priorities does. Returns the slots
+// (int64 [n]) and the largest raw priority (float64 0-dim).
+std::tuple<at::Tensor, at::Tensor> sum_tree_add_priorities_cpu(
+    at::Tensor& sum_leaves, at::Tensor& sum_inner, at::Tensor& min_leaves,
+    at::Tensor& min_inner, at::Tensor& max_priority, int64_t start, int64_t n,
+    const std::optional<at::Tensor>& priorities, double alpha, double eps) {
+  const char* op = "sum_tree_add_priorities";
+  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps);
+  const int64_t capacity = sum_leaves.numel();
+  TORCH_CHECK(0 <= start && start < capacity, op, ": start must be in [0, ", capacity, "), got ",
+              start);
+  TORCH_CHECK(0 <= n && n <= capacity, op, ": n must be in [0, ", capacity, "], got ", n);
+  if (priorities.has_value()) check_raw_priorities(op, sum_leaves, *priorities, {n});
+  at::Tensor slots = at::empty({n}, sum_leaves.options().dtype(at::kLong));
+  int64_t* s = slots.data_ptr<int64_t>();
+  for (int64_t i = 0, j = start; i < n; ++i, j = j + 1 == capacity ? 0 : j + 1) s[i] = j;
+  double largest = 0.0;
+  if (priorities.has_value()) {
+    largest = set_priorities_of(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, s,
+                                *priorities, alpha, eps, capacity);
+  } else {
+    const double p = max_priority.item<double>();
+    largest = set_priorities(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, s,
+                             [p](int64_t) { return p; }, n, alpha, eps, capacity);
+  }
+  return {slots, at::scalar_tensor(largest, sum_leaves.options().dtype(at::kDouble))};
+}
+
+// n draws from the sum tree with uniforms of `generator` (the default CPU generator if none;
+// the uniforms torch.rand(n, dtype=float64, generator=generator) would give), and their
+// importance weights (leaf / min)^-beta, min the root of the min tree, computed in the leaf
+// dtype; -1 and NaN for every draw of an all-zero tree.
 std::tuple<at::Tensor, at::Tensor> sum_tree_sample_weighted_cpu(
     const at::Tensor& sum_leaves, const at::Tensor& sum_inner, const at::Tensor& min_leaves,
-    const at::Tensor& min_inner, const at::Tensor& u, double beta) {
+    const at::Tensor& min_inner, int64_t n, double beta,
+    const std::optional<at::Generator>& generator) {
   const char* op = "sum_tree_sample_weighted";
-  check_descent(op, sum_leaves, sum_inner, u, "u");
+  check_tree(op, sum_leaves, sum_inner, at::kDouble);
   check_tree_pair(op, sum_leaves, min_leaves, min_inner);
   check_exponent(op, "beta", beta);
-  const at::Tensor uc = u.contiguous();
-  check_uniforms(op, uc);
-  at::Tensor idx = descend_all(op, sum_leaves, sum_inner, uc, true);
-  at::Tensor weights = at::empty({idx.numel()}, sum_leaves.options());
+  TORCH_CHECK(0 <= n && n <= std::numeric_limits<int32_t>::max(), op,
+              ": n must be in [0, 2^31 - 1], got ", n);
+  at::Tensor u = at::empty({n}, sum_leaves.options().dtype(at::kDouble));
+  {
+    auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+        generator, at::detail::getDefaultCPUGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    at::uniform_real_distribution<double> uniform(0.0, 1.0);
+    double* up = u.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) up[i] = uniform(gen);
+  }
+  at::Tensor idx = descend_all(op, sum_leaves, sum_inner, u, true);
+  at::Tensor weights = at::empty({n}, sum_leaves.options());
   const int64_t* ip = idx.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(sum_leaves.scalar_type(), "sample_weighted", [&] {
     using T = scalar_t;
@@ -680,7 +802,7 @@ std::tuple<at::Tensor, at::Tensor> sum_tree_sample_weighted_cpu(
     const T smallest = min_inner.data_ptr<T>()[1];
     const T exponent = static_cast<T>(-beta);
     T* w = weights.data_ptr<T>();
-    for (int64_t i = 0; i < idx.numel(); ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       w[i] = ip[i] >= 0 ? std::pow(lv[ip[i]] / smallest, exponent)
                         : std::numeric_limits<T>::quiet_NaN();
     }
@@ -705,11 +827,15 @@ TORCH_LIBRARY_FRAGMENT(is_kernels, m) {
   m.def("min_tree_query(Tensor leaves, Tensor inner, Tensor start, Tensor end) -> Tensor");
   m.def(
       "sum_tree_set_priorities(Tensor(a!) sum_leaves, Tensor(b!) sum_inner, "
-      "Tensor(c!) min_leaves, Tensor(d!) min_inner, Tensor indices, Tensor priorities, "
-      "float alpha, float eps, int limit) -> Tensor");
+      "Tensor(c!) min_leaves, Tensor(d!) min_inner, Tensor(e!) max_priority, Tensor indices, "
+      "Tensor priorities, float alpha, float eps, int limit) -> Tensor");
+  m.def(
+      "sum_tree_add_priorities(Tensor(a!) sum_leaves, Tensor(b!) sum_inner, "
+      "Tensor(c!) min_leaves, Tensor(d!) min_inner, Tensor(e!) max_priority, int start, int n, "
+      "Tensor? priorities, float alpha, float eps) -> (Tensor, Tensor)");
   m.def(
       "sum_tree_sample_weighted(Tensor sum_leaves, Tensor sum_inner, Tensor min_leaves, "
-      "Tensor min_inner, Tensor u, float beta) -> (Tensor, Tensor)");
+      "Tensor min_inner, int n, float beta, Generator? generator=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
@@ -722,6 +848,7 @@ TORCH_LIBRARY_IMPL(is_kernels, CPU, m) {
   m.impl("min_tree_update", &min_tree_update_cpu);
   m.impl("min_tree_query", &min_tree_query_cpu);
   m.impl("sum_tree_set_priorities", &sum_tree_set_priorities_cpu);
+  m.impl("sum_tree_add_priorities", &sum_tree_add_priorities_cpu);
   m.impl("sum_tree_sample_weighted", &sum_tree_sample_weighted_cpu);
 }
 

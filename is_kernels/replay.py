@@ -28,6 +28,10 @@ from .ops.sum_tree import MinTree, SumTree
 
 __all__ = ["PrioritizedReplay"]
 
+_ADD_PRIORITIES = torch.ops.is_kernels.sum_tree_add_priorities
+_SET_PRIORITIES = torch.ops.is_kernels.sum_tree_set_priorities
+_SAMPLE_WEIGHTED = torch.ops.is_kernels.sum_tree_sample_weighted
+
 # Error codes of PrioritizedReplay's ErrorFlag (CUDA).
 _BAD_BATCH, _ALL_ZERO = 1, 2
 _MESSAGES = {
@@ -70,7 +74,10 @@ class PrioritizedReplay:
         # The trees' storage, as the ops take it (updated in place, never reallocated).
         self._trees = (self._sum.values, self._sum.inner_nodes, self._min.values,
                        self._min.inner_nodes)
+        self._capacity, self._device = self._sum.capacity, self._sum.device
         self._cpu = not uses_cuda_path(self._sum.values)  # else: the no-sync CUDA path
+        # CPU: the sum tree's inner nodes as a numpy view, to read the total at no op's cost.
+        self._sum_inner = self._sum.inner_nodes.numpy() if self._cpu else None
         self._errors = ErrorFlag("PrioritizedReplay", _MESSAGES, self.device)
         self._next = 0  # the slot the next add writes first
         self._stored = 0
@@ -87,11 +94,11 @@ class PrioritizedReplay:
 
     @property
     def capacity(self) -> int:
-        return self._sum.capacity
+        return self._capacity
 
     @property
     def device(self) -> torch.device:
-        return self._sum.device
+        return self._device
 
     @property
     def priorities(self) -> torch.Tensor:
@@ -107,39 +114,26 @@ class PrioritizedReplay:
     def __len__(self) -> int:
         return self._stored
 
-    def _set(self, op: str, slots: Optional[torch.Tensor], raw: torch.Tensor, limit: int,
-             n: int = 0) -> torch.Tensor:
-        """Stores ``(raw + eps) ** alpha`` at ``slots`` (each in ``[0, limit)``; None: the
-        next ``n`` ring slots) in both trees and raises the max priority; returns the slots. The C++ op ``sum_tree_set_priorities`` checks everything and raises before
-        writing; on the CUDA path one kernel computes and checks the priorities, drops an
-        invalid batch and records it, and raises the max priority (then a sort and the two
-        tree updates)."""
-        shape = (n,) if slots is None else tuple(slots.shape)
+    def _check_priorities(self, op: str, raw: torch.Tensor, n: int) -> None:
         if not isinstance(raw, torch.Tensor):
             raise TypeError(f"{op}: priorities must be a tensor, got {type(raw).__name__}")
-        if raw.dtype not in (torch.float32, torch.float64) or tuple(raw.shape) != shape:
+        if raw.dtype not in (torch.float32, torch.float64) or raw.shape != (n,):
             raise ValueError(f"{op}: priorities must be a float32/float64 tensor of shape "
-                             f"{shape}, got {raw.dtype} of shape {tuple(raw.shape)}")
-        if raw.device != self.device:
-            raise ValueError(f"{op}: priorities must be on {self.device}, got {raw.device}")
-        if not self._cpu:
-            from .ops import sum_tree_triton
+                             f"({n},), got {raw.dtype} of shape {tuple(raw.shape)}")
+        if raw.device != self._device:
+            raise ValueError(f"{op}: priorities must be on {self._device}, got {raw.device}")
 
-            return sum_tree_triton.set_priorities(
-                *self._trees, slots, raw, self._alpha, self._eps, limit, first_slot=self._next,
-                max_priority=self._max_priority, err=self._errors.code,
-                bad_code=_BAD_BATCH)[0]
-        if slots is None:
-            slots = torch.arange(self._next, self._next + n, device=self.device)
-            slots %= self.capacity
-        try:
-            hi = torch.ops.is_kernels.sum_tree_set_priorities(*self._trees, slots, raw,
-                                                               self._alpha, self._eps, limit)
-        except RuntimeError as e:
-            raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
-        if float(hi) > float(self._max_priority):
-            self._max_priority.fill_(float(hi))
-        return slots
+    def _set_on_cuda_path(self, slots: Optional[torch.Tensor], raw: torch.Tensor,
+                          limit: int) -> torch.Tensor:
+        """The CUDA path of :meth:`add` (``slots=None``: the next ring slots) and
+        :meth:`update`: one kernel computes and checks the priorities, drops an invalid batch
+        and records it, and raises the max priority (then a sort and the two tree updates).
+        Returns the slots."""
+        from .ops import sum_tree_triton
+
+        return sum_tree_triton.set_priorities(
+            *self._trees, slots, raw, self._alpha, self._eps, limit, first_slot=self._next,
+            max_priority=self._max_priority, err=self._errors.code, bad_code=_BAD_BATCH)[0]
 
     def add(self, n: int, priorities: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Reserves the next ``n`` ring-buffer slots (overwriting the oldest when full) and
@@ -148,17 +142,33 @@ class PrioritizedReplay:
         finite and >= 0). ``n`` is at most ``capacity``."""
         op = "PrioritizedReplay.add"
         check_num_draws(op, n)
-        if n > self.capacity:
-            raise ValueError(f"{op}: n = {n} is more than the capacity {self.capacity}")
-        slots = self._set(op, None, self._max_priority.expand(n) if priorities is None
-                          else priorities, self.capacity, n)
-        self._next = (self._next + n) % self.capacity
-        self._stored = min(self.capacity, self._stored + n)
+        if n > self._capacity:
+            raise ValueError(f"{op}: n = {n} is more than the capacity {self._capacity}")
+        if not self._cpu:
+            if priorities is not None:
+                self._check_priorities(op, priorities, n)
+            slots = self._set_on_cuda_path(
+                None, self._max_priority.expand(n) if priorities is None else priorities,
+                self._capacity)
+        else:
+            # One op: the slots, (p + eps) ** alpha into both trees (the C++ kernel checks
+            # everything and raises before writing), the max priority raised in place.
+            try:
+                slots, _ = _ADD_PRIORITIES(*self._trees, self._max_priority, self._next, n,
+                                           priorities, self._alpha, self._eps)
+            except (RuntimeError, TypeError, ValueError) as e:
+                if priorities is not None:
+                    self._check_priorities(op, priorities, n)
+                raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
+        self._next = (self._next + n) % self._capacity
+        self._stored = min(self._capacity, self._stored + n)
         return slots
 
     def sample(self, batch_size: int, *, beta: Optional[float] = None,
                generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Draws ``batch_size`` i.i.d. stored slots with ``P(i) = priority_i / total``.
+        """Draws ``batch_size`` i.i.d. stored slots with ``P(i) = priority_i / total``, from
+        the uniforms ``torch.rand(batch_size, dtype=torch.float64, generator=generator)``
+        would give.
 
         Returns:
             ``(indices, weights)``: int64 ``[batch_size]`` slots and their importance weights
@@ -170,17 +180,17 @@ class PrioritizedReplay:
         beta = self.beta if beta is None else _check_real("beta", beta, 0.0)
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")
-        u = torch.rand(batch_size, generator=generator, device=self.device, dtype=torch.float64)
         if not self._cpu:  # one kernel: draws, weights, an all-zero tree recorded
             from .ops import sum_tree_triton
 
+            u = torch.rand(batch_size, generator=generator, device=self._device,
+                           dtype=torch.float64)
             return sum_tree_triton.sample_weighted(*self._trees[:2], self._trees[3], u, beta,
                                                    err=self._errors.code,
                                                    empty_code=_ALL_ZERO)
-        idx, weights = torch.ops.is_kernels.sum_tree_sample_weighted(*self._trees, u, beta)
-        if batch_size and int(idx[0]) < 0:
+        if batch_size and not self._sum_inner[1] > 0:  # the total, read without a tensor op
             raise RuntimeError(f"{op}: all priorities are zero, there is nothing to sample")
-        return idx, weights
+        return _SAMPLE_WEIGHTED(*self._trees, batch_size, beta, generator)
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:
         """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the slots
@@ -194,13 +204,33 @@ class PrioritizedReplay:
         """Sets the raw priorities (e.g. ``|TD error|``, finite and >= 0) of stored slots
         (``0 <= index < len(self)``); the stored priority is ``(p + eps) ** alpha``. For a
         duplicated index the last one wins."""
+        if not self._cpu:
+            self._set_on_cuda_path(self._checked_indices(indices, priorities), priorities,
+                                   self._stored)
+            return
+        try:  # the op checks every argument before it writes anything
+            _SET_PRIORITIES(*self._trees, self._max_priority, indices, priorities, self._alpha,
+                            self._eps, self._stored)
+        except (RuntimeError, TypeError, ValueError):
+            try:  # the arguments the op refused: an error that names one, or int32 indices
+                _SET_PRIORITIES(*self._trees, self._max_priority,
+                                self._checked_indices(indices, priorities), priorities,
+                                self._alpha, self._eps, self._stored)
+            except RuntimeError as e:
+                raise ValueError(f"PrioritizedReplay.update: {str(e).split(': ', 1)[-1]}") \
+                    from None
+
+    def _checked_indices(self, indices: torch.Tensor, priorities: torch.Tensor) -> torch.Tensor:
+        """:meth:`update`'s indices as int64, after the checks of its arguments (raising the
+        error that names the argument)."""
         op = "PrioritizedReplay.update"
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise TypeError(f"{op}: indices must be a 1-D tensor")
-        if indices.device != self.device or indices.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{op}: indices must be int64 or int32 on {self.device}, got "
+        if indices.device != self._device or indices.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{op}: indices must be int64 or int32 on {self._device}, got "
                              f"{indices.dtype} on {indices.device}")
-        self._set(op, indices.long(), priorities, self._stored)
+        self._check_priorities(op, priorities, indices.shape[0])
+        return indices.long()
 
     def raise_errors(self) -> None:
         """Raises the first error recorded on the device (CUDA: invalid input is recorded
@@ -231,8 +261,7 @@ class PrioritizedReplay:
         self._sum.build(prio)
         self._min.build(torch.where(prio > 0, prio, math.inf))
         self._next, self._stored = int(state["next"]), int(state["stored"])
-        self._max_priority = torch.tensor(float(state["max_priority"]), dtype=torch.float64,
-                                          device=self.device)
+        self._max_priority.fill_(float(state["max_priority"]))
         self.beta = state["beta"]
 
     def __repr__(self) -> str:

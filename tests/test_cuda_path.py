@@ -162,14 +162,16 @@ def test_query_and_scan_record_in_their_kernel(tree_class):
 @pytest.mark.parametrize("dtype,beta", [(torch.float32, 0.5), (torch.float64, 0.4),
                                         (torch.float32, 0.0)])
 def test_prioritized_replay_ops(dtype, beta):
-    """sum_tree_set_priorities and sum_tree_sample_weighted (through PrioritizedReplay). The
-    powers ``(p + eps) ** alpha`` and ``ratio ** -beta`` come from std::pow on the C++ path and
-    from torch.pow and the sample kernel (in float64) on the CUDA path: 1 ulp apart at most."""
+    """PrioritizedReplay's add, update and sample (C++: sum_tree_add_priorities,
+    sum_tree_set_priorities, sum_tree_sample_weighted). The powers ``(p + eps) ** alpha`` and
+    ``ratio ** -beta`` come from std::pow on the C++ path and from torch.pow and the sample
+    kernel (in float64) on the CUDA path: 1 ulp apart at most."""
     def run():
         g = torch.Generator().manual_seed(6)
         per = PrioritizedReplay(50, alpha=0.7, dtype=dtype)
         per.add(40, torch.rand(40, generator=g))
         per.update(torch.tensor([3, 17, 3, 39, 0, 17]), torch.rand(6, generator=g))
+        per.add(15)  # at the max priority, wrapping around the ring
         idx, w = per.sample(200, beta=beta, generator=g)
         return [per.priorities.clone(), per._sum.inner_nodes.clone(), per._min.values.clone(),
                 per._min.inner_nodes.clone(), per.max_priority.clone(), idx, w]
@@ -194,6 +196,35 @@ def test_prioritized_replay_ops(dtype, beta):
         assert (idx == -1).all() and w.isnan().all()
         with pytest.raises(RuntimeError, match="all priorities zero"):
             zero.raise_errors()
+
+
+def test_prioritized_replay_op_kernels():
+    """The ops sum_tree_add_priorities, sum_tree_set_priorities and sum_tree_sample_weighted
+    themselves (PrioritizedReplay calls the Triton kernels directly on the CUDA path): the
+    same slots, trees, max priority and draws on both paths, within 1 ulp for the powers."""
+    ops = torch.ops.is_kernels
+
+    def run():
+        g = torch.Generator().manual_seed(8)
+        s, m = SumTree(30), MinTree(30)
+        trees = (s.values, s.inner_nodes, m.values, m.inner_nodes)
+        most = torch.ones((), dtype=torch.float64)
+        slots, hi = ops.sum_tree_add_priorities(*trees, most, 0, 25,
+                                                torch.rand(25, generator=g) * 3, 0.6, 1e-4)
+        wrapped, _ = ops.sum_tree_add_priorities(*trees, most, 25, 10, None, 0.6, 1e-4)
+        hi2 = ops.sum_tree_set_priorities(*trees, most, torch.tensor([3, 7, 3]),
+                                          torch.tensor([4.0, 0.5, 5.0]), 0.6, 1e-4, 30)
+        idx, w = ops.sum_tree_sample_weighted(*trees, 100, 0.4,
+                                              torch.Generator().manual_seed(9))
+        return [slots, wrapped, hi, hi2, most.clone(), *[t.clone() for t in trees], idx, w]
+
+    cpp, cuda = both_paths(run)
+    assert cpp[1].tolist() == [25, 26, 27, 28, 29, 0, 1, 2, 3, 4] and float(cpp[4]) == 5.0
+    for a, b in zip(cpp, cuda):
+        if a.dtype == torch.int64:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=2.5e-7, atol=0)
 
 
 def test_descents_never_return_an_index_out_of_range():

@@ -117,6 +117,27 @@ def test_errors():
         PrioritizedReplay(4, beta="1")
 
 
+def test_all_zero_sample_raises_and_bad_input_changes_nothing():
+    per = PrioritizedReplay(4, eps=0.0)
+    per.add(3, torch.zeros(3))
+    g = torch.Generator().manual_seed(7)
+    state = g.get_state()
+    with pytest.raises(RuntimeError, match="all priorities are zero"):
+        per.sample(2, generator=g)
+    assert torch.equal(g.get_state(), state)  # nothing drawn
+    assert per.sample(0)[0].shape == (0,)
+    per.update(torch.tensor([0, 2], dtype=torch.int32), torch.tensor([2.0, 3.0]))
+    before = [t.clone() for t in (*per._trees, per.max_priority)]
+    for idx, raw in ((torch.tensor([0, 3]), torch.tensor([9.0, 1.0])),
+                     (torch.tensor([0, 1]), torch.tensor([9.0, -1.0]))):
+        with pytest.raises(ValueError, match="PrioritizedReplay.update: "):
+            per.update(idx, raw)
+    with pytest.raises(ValueError, match=r"PrioritizedReplay.add: priorities\[1\] = inf"):
+        per.add(2, torch.tensor([9.0, math.inf]))
+    assert all(torch.equal(a, b) for a, b in zip(before, (*per._trees, per.max_priority)))
+    assert float(per.max_priority) == 3.0 and len(per) == 3 and per.add(1).tolist() == [3]
+
+
 def test_state_dict_round_trip():
     g = torch.Generator().manual_seed(4)
     a, _ = filled(40, 50, g)

@@ -250,6 +250,42 @@ def test_update_equals_rebuild(k, dtype, kind):
         assert torch.equal(tree._inner, build(w))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["sum", "min"])
+def test_update_stops_at_unchanged_nodes_bit_exact(kind, dtype):
+    """The CPU update stops climbing where a node's bits do not change. Values rewritten with
+    themselves, values above a subtree's minimum, +0/-0 swaps, runs of slots with one value
+    and duplicates all leave the inner nodes equal, bit for bit, to a rebuild."""
+    g = torch.Generator().manual_seed(40)
+    cap = 5003
+    tree_class, build = ((SumTree, ops.sum_tree_build) if kind == "sum" else
+                         (is_kernels.MinTree, ops.min_tree_build))
+    w = torch.rand(cap, generator=g, dtype=torch.float64).to(dtype)
+    w[::3], w[1::6] = 0.0, -0.0
+    tree = tree_class(cap, dtype=dtype)
+    tree.build(w)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}
+    for step in range(24):
+        idx = torch.randint(0, cap, (300,), generator=g)
+        if step % 4 == 0:  # the same values
+            val = tree.values[idx]
+        elif step % 4 == 1:  # larger values (a min tree's minima mostly stay)
+            val = tree.values[idx] + 1
+        elif step % 4 == 2:  # zeros of either sign
+            val = torch.where(torch.rand(300, generator=g) < 0.5, 0.0, -0.0).to(dtype)
+        else:  # a run of slots with one value, wrapping around
+            idx = (int(torch.randint(0, cap, (), generator=g)) + torch.arange(300)) % cap
+            val = torch.full((300,), float(torch.rand((), generator=g)), dtype=dtype)
+        idx[150:200] = idx[:50]  # duplicates
+        tree.update(idx, val)
+        last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(300), "amax")
+        final = last[idx] == torch.arange(300)
+        w[idx[final]] = val[final]
+        assert torch.equal(tree.values.view(bits[dtype]), w.view(bits[dtype]))
+        inner_bits = torch.int64 if kind == "sum" else bits[dtype]
+        assert torch.equal(tree._inner.view(inner_bits), build(w).view(inner_bits))
+
+
 def test_inner_nodes_are_child_sums():
     g = torch.Generator().manual_seed(6)
     tree = tree_of(torch.rand(37, generator=g))
@@ -838,11 +874,23 @@ def test_cuda_queries_and_min_tree_match_cpu():
     assert torch.equal(d.scan_lower_bound(mass.cuda()).cpu(), s.scan_lower_bound(mass))
 
 
-# ---- prioritized replay's ops: sum_tree_set_priorities, sum_tree_sample_weighted ------------
+# ---- prioritized replay's ops: set_priorities, add_priorities, sample_weighted --------------
 
 def tree_pair(cap: int, dtype: torch.dtype):
     s, m = SumTree(cap, dtype=dtype), is_kernels.MinTree(cap, dtype=dtype)
     return s, m, (s.values, s.inner_nodes, m.values, m.inner_nodes)
+
+
+def max_of(value: float = 1.0) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def assert_trees_consistent(s: SumTree, m: "is_kernels.MinTree") -> None:
+    """Both trees' inner nodes are, bit for bit, those of a rebuild from their leaves."""
+    assert torch.equal(s.inner_nodes.view(torch.int64),
+                       ops.sum_tree_build(s.values).view(torch.int64))
+    bits = torch.int32 if m.values.dtype == torch.float32 else torch.int64
+    assert torch.equal(m.inner_nodes.view(bits), ops.min_tree_build(m.values).view(bits))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -851,61 +899,130 @@ def test_set_priorities_equals_reference(dtype):
     cap, alpha, eps = 1000, 0.6, 1e-4
     s, m, trees = tree_pair(cap, dtype)
     expected = torch.zeros(cap, dtype=dtype)
+    most, expected_max = max_of(2.0), 2.0
     for k in (1, 300, 2000):
         idx = torch.randint(0, cap, (k,), generator=g)
         raw = torch.rand(k, generator=g, dtype=torch.float64) * 5
         raw[::7] = 0.0
-        largest = ops.sum_tree_set_priorities(*trees, idx, raw, alpha, eps, cap)
-        assert largest.dtype == torch.float64 and float(largest) == float(raw.max())
+        raw[1:40:3] = raw[0]  # repeats of one priority
+        raw_max = float(raw.max())
+        largest = ops.sum_tree_set_priorities(*trees, most, idx, raw, alpha, eps, cap)
+        assert largest.dtype == torch.float64 and float(largest) == raw_max
+        expected_max = max(expected_max, raw_max)
+        assert float(most) == expected_max  # raised in place
         last = torch.full((cap,), -1).scatter_reduce_(0, idx, torch.arange(k), "amax")
         final = last[idx] == torch.arange(k)  # the last entry of each index wins
         expected[idx[final]] = (raw[final].to(dtype) + eps).pow(alpha)
         assert torch.allclose(s.values, expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
-        assert torch.equal(s.inner_nodes, ops.sum_tree_build(s.values))
         on_min = torch.where(s.values > 0, s.values, math.inf)
         assert torch.equal(m.values[expected > 0], on_min[expected > 0])
-        assert torch.equal(m.inner_nodes, ops.min_tree_build(m.values))
+        assert_trees_consistent(s, m)
 
 
 def test_set_priorities_zero_goes_to_inf_and_errors_change_nothing():
     s, m, trees = tree_pair(8, torch.float32)
-    ops.sum_tree_set_priorities(*trees, torch.tensor([1, 2]), torch.tensor([0.0, 3.0]),
+    most = max_of()
+    ops.sum_tree_set_priorities(*trees, most, torch.tensor([1, 2]), torch.tensor([0.0, 3.0]),
                                 1.0, 0.0, 8)
     assert s.values[1] == 0 and m.values[1] == math.inf and float(m.min()) == 3.0
-    before = [t.clone() for t in trees]
+    assert float(most) == 3.0
+    before = [t.clone() for t in (*trees, most)]
     bad = [(torch.tensor([0, 5]), torch.tensor([1.0, 1.0]), r"indices\[1\] = 5 is out of range "
             r"\[0, 4\)"),
-           (torch.tensor([0, 1]), torch.tensor([1.0, math.nan]), r"priorities\[1\] = nan is not"),
+           (torch.tensor([0, 1]), torch.tensor([9.0, math.nan]), r"priorities\[1\] = nan is not"),
            (torch.tensor([0]), torch.tensor([-1.0]), r"priorities\[0\] = -1 is not finite"),
-           (torch.tensor([0]), torch.tensor([1e30]), r"gives the weight .* = inf")]
+           (torch.tensor([0, 1]), torch.tensor([9.0, 1e30]), r"gives the weight .* = inf"),
+           (torch.tensor([0, 1]), torch.tensor([9.0, 2.0]).double(), r"indices\[1\] = 1 is out"),
+           ]
     for idx, raw, msg in bad:
+        limit = 1 if raw.dtype == torch.float64 else 4
         with pytest.raises(RuntimeError, match=msg):
-            ops.sum_tree_set_priorities(*trees, idx, raw, 2.0, 0.0, 4)
-    assert all(torch.equal(a, b) for a, b in zip(trees, before))
+            ops.sum_tree_set_priorities(*trees, most, idx, raw, 2.0, 0.0, limit)
+    assert all(torch.equal(a, b) for a, b in zip((*trees, most), before))
     with pytest.raises(RuntimeError, match="alpha must be finite and >= 0"):
-        ops.sum_tree_set_priorities(*trees, torch.tensor([0]), torch.tensor([1.0]), -1.0, 0.0, 8)
+        ops.sum_tree_set_priorities(*trees, most, torch.tensor([0]), torch.tensor([1.0]), -1.0,
+                                    0.0, 8)
+    with pytest.raises(RuntimeError, match="max_priority must be a float64 0-dim tensor"):
+        ops.sum_tree_set_priorities(*trees, torch.ones(1, dtype=torch.float64),
+                                    torch.tensor([0]), torch.tensor([1.0]), 1.0, 0.0, 8)
     with pytest.raises(RuntimeError, match="min tree must have the capacity"):
         other = is_kernels.MinTree(9)
-        ops.sum_tree_set_priorities(trees[0], trees[1], other.values, other.inner_nodes,
+        ops.sum_tree_set_priorities(trees[0], trees[1], other.values, other.inner_nodes, most,
                                     torch.tensor([0]), torch.tensor([1.0]), 1.0, 0.0, 8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_priorities_equals_set_priorities(dtype):
+    """The add's slots wrap around the ring; its priorities (given, or max_priority) give the
+    trees, bit for bit, that set_priorities gives on the same slots."""
+    g = torch.Generator().manual_seed(34)
+    cap, alpha, eps = 1000, 0.6, 1e-4
+    s, m, trees = tree_pair(cap, dtype)
+    ref_s, ref_m, ref = tree_pair(cap, dtype)
+    most, ref_most = max_of(), max_of()
+    start = 0
+    for n, given in ((700, True), (256, False), (300, True), (1000, False), (0, True)):
+        raw = torch.rand(n, generator=g, dtype=dtype) * 3 if given else None
+        slots, largest = ops.sum_tree_add_priorities(*trees, most, start, n, raw, alpha, eps)
+        assert torch.equal(slots, (start + torch.arange(n)) % cap)
+        ref_raw = raw if given else ref_most.expand(n)
+        ref_largest = ops.sum_tree_set_priorities(*ref, ref_most, slots, ref_raw, alpha, eps,
+                                                  cap)
+        assert float(largest) == float(ref_largest) and float(most) == float(ref_most)
+        for a, b in zip((*trees, most), (*ref, ref_most)):
+            assert torch.equal(a, b)
+        assert_trees_consistent(s, m)
+        start = (start + n) % cap
+
+
+def test_add_priorities_errors_change_nothing():
+    s, m, trees = tree_pair(8, torch.float32)
+    most = max_of(2.0)
+    ops.sum_tree_add_priorities(*trees, most, 0, 8, torch.rand(8), 1.0, 0.0)
+    before = [t.clone() for t in (*trees, most)]
+    bad = [((8, 1, None), "start must be in \\[0, 8\\), got 8"),
+           ((-1, 1, None), "start must be in"),
+           ((0, 9, None), "n must be in \\[0, 8\\], got 9"),
+           ((6, 3, torch.tensor([1.0, math.inf, 2.0])), r"priorities\[1\] = inf is not finite"),
+           ((6, 3, torch.tensor([1.0, 2.0])), "priorities must have the shape"),
+           ((6, 2, torch.tensor([1, 2])), "priorities must be float32 or float64")]
+    for (start, n, raw), msg in bad:
+        with pytest.raises(RuntimeError, match=msg):
+            ops.sum_tree_add_priorities(*trees, most, start, n, raw, 1.0, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip((*trees, most), before))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sample_weighted_equals_sample_and_reference(dtype):
+    """The draws are those of sum_tree_sample with the uniforms torch.rand gives from the same
+    generator state, which the op advances as torch.rand would."""
     g = torch.Generator().manual_seed(31)
     s, m, trees = tree_pair(500, dtype)
     raw = torch.rand(500, generator=g, dtype=torch.float64)
     raw[::5] = 0.0
-    ops.sum_tree_set_priorities(*trees, torch.arange(500), raw, 0.7, 0.0, 500)
+    ops.sum_tree_set_priorities(*trees, max_of(), torch.arange(500), raw, 0.7, 0.0, 500)
+    state = g.get_state()
+    idx, w = ops.sum_tree_sample_weighted(*trees, 4000, 0.4, g)
+    after = torch.rand(3, generator=g)
+    g.set_state(state)
     u = torch.rand(4000, dtype=torch.float64, generator=g)
-    idx, w = ops.sum_tree_sample_weighted(*trees, u, 0.4)
+    assert torch.equal(torch.rand(3, generator=g), after)
     assert torch.equal(idx, ops.sum_tree_sample(s.values, s.inner_nodes, u))
     prio = s.values.double()
     ref = (prio[idx] / prio[prio > 0].min()).pow(-0.4)
     assert w.dtype == dtype and torch.allclose(w.double(), ref, rtol=1e-5, atol=0)
+    torch.manual_seed(5)  # no generator: the default one
+    idx, _ = ops.sum_tree_sample_weighted(*trees, 100, 0.4)
+    torch.manual_seed(5)
+    u = torch.rand(100, dtype=torch.float64)
+    assert torch.equal(idx, ops.sum_tree_sample(s.values, s.inner_nodes, u))
     zero = tree_pair(4, dtype)[2]
-    idx, w = ops.sum_tree_sample_weighted(*zero, u[:3], 0.4)
+    idx, w = ops.sum_tree_sample_weighted(*zero, 3, 0.4)
     assert (idx == -1).all() and w.isnan().all()
+    for n, beta, msg in ((-1, 0.4, "n must be in"), (3, -0.5, "beta must be finite and >= 0")):
+        with pytest.raises(RuntimeError, match=msg):
+            ops.sum_tree_sample_weighted(*trees, n, beta)
+    assert ops.sum_tree_sample_weighted(*trees, 0, 0.4)[0].shape == (0,)
 
 
 def test_opcheck_prioritized_replay_ops():
@@ -913,11 +1030,14 @@ def test_opcheck_prioritized_replay_ops():
     _, _, trees = tree_pair(37, torch.float32)
     raw = torch.rand(37, generator=g)
     torch.library.opcheck(ops.sum_tree_set_priorities,
-                          (*[t.clone() for t in trees], torch.tensor([3, 36, 3]),
+                          (*[t.clone() for t in trees], max_of(), torch.tensor([3, 36, 3]),
                            torch.tensor([0.5, 0.0, 2.0]), 0.6, 1e-4, 37))
-    ops.sum_tree_set_priorities(*trees, torch.arange(37), raw, 0.6, 1e-4, 37)
-    torch.library.opcheck(ops.sum_tree_sample_weighted,
-                          (*trees, torch.rand(64, dtype=torch.float64, generator=g), 0.4))
+    for priorities in (None, torch.rand(20, generator=g)):
+        torch.library.opcheck(ops.sum_tree_add_priorities,
+                              (*[t.clone() for t in trees], max_of(), 30, 20, priorities, 0.6,
+                               1e-4))
+    ops.sum_tree_set_priorities(*trees, max_of(), torch.arange(37), raw, 0.6, 1e-4, 37)
+    torch.library.opcheck(ops.sum_tree_sample_weighted, (*trees, 64, 0.4))
 
 
 @cuda
@@ -927,19 +1047,23 @@ def test_cuda_prioritized_replay_ops_match_cpu():
     cpu = tree_pair(cap, torch.float32)[2]
     s, m = SumTree(cap, device="cuda"), is_kernels.MinTree(cap, device="cuda")
     dev = (s.values, s.inner_nodes, m.values, m.inner_nodes)
+    most, most_dev = max_of(), max_of().cuda()
     idx = torch.randint(0, cap, (3000,), generator=g)
     raw = torch.rand(3000, generator=g)
-    ops.sum_tree_set_priorities(*cpu, idx, raw, 0.6, 1e-4, cap)
-    largest = ops.sum_tree_set_priorities(*dev, idx.cuda(), raw.cuda(), 0.6, 1e-4, cap)
-    assert float(largest) == float(raw.max())
+    ops.sum_tree_set_priorities(*cpu, most, idx, raw, 0.6, 1e-4, cap)
+    largest = ops.sum_tree_set_priorities(*dev, most_dev, idx.cuda(), raw.cuda(), 0.6, 1e-4,
+                                          cap)
+    assert float(largest) == float(raw.max()) == float(most_dev)
     assert torch.equal(dev[3].cpu(), cpu[3])
     assert torch.allclose(dev[0].cpu(), cpu[0], rtol=1e-6)
-    bad = ops.sum_tree_set_priorities(*dev, idx[:2].cuda(), torch.tensor([1.0, -1.0]).cuda(),
-                                      0.6, 1e-4, cap)
+    bad = ops.sum_tree_set_priorities(*dev, most_dev, idx[:2].cuda(),
+                                      torch.tensor([1.0, -1.0]).cuda(), 0.6, 1e-4, cap)
     assert bad.isnan() and torch.allclose(dev[0].cpu(), cpu[0], rtol=1e-6)
-    u = torch.rand(1000, dtype=torch.float64, generator=g)
-    i_dev, w_dev = ops.sum_tree_sample_weighted(*dev, u.cuda(), 0.4)
-    assert torch.equal(i_dev.cpu(), ops.sum_tree_sample(dev[0].cpu(), dev[1].cpu(), u))
+    assert float(most_dev) == float(raw.max())
+    slots, _ = ops.sum_tree_add_priorities(*dev, most_dev, cap - 3, 5, None, 0.6, 1e-4)
+    assert slots.tolist() == [cap - 3, cap - 2, cap - 1, 0, 1]
+    i_dev, w_dev = ops.sum_tree_sample_weighted(*dev, 1000, 0.4)
+    assert i_dev.shape == (1000,) and bool((i_dev >= 0).all())
     assert torch.isfinite(w_dev).all() and float(w_dev.max()) <= 1.0
 
 

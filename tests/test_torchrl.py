@@ -69,6 +69,34 @@ def test_get_set_kinds_and_broadcast(cls):
 
 
 @pytest.mark.parametrize("cls", SUMS + MINS)
+def test_torchrl_calls_fast_paths(cls):
+    """The calls TorchRL's sampler makes (int64 index tensors, values of the tree's dtype,
+    0-dim or of the index's shape; the whole-tree query) give what the general path gives,
+    and raise the same errors."""
+    dtype = cls._dtype
+    g = torch.Generator().manual_seed(3)
+    tree, ref = cls(100), cls(100)
+    idx = torch.randint(0, 128, (300,), generator=g)
+    val = torch.rand(300, generator=g, dtype=torch.float64).to(dtype)
+    tree[idx] = val
+    ref[idx.numpy()] = val.double().numpy()  # the general path
+    tree[idx[:7]] = torch.tensor(0.5, dtype=dtype)  # 0-dim: broadcast
+    ref[idx[:7].numpy()] = 0.5
+    got, want = tree[idx], ref[idx.numpy()]
+    assert got.dtype == dtype and np.array_equal(got.numpy(), want)
+    root = tree._tree.min() if cls in MINS else tree._tree.total()
+    assert tree.query(0, 100) == float(root.to(dtype)) == ref.query(0, 100)
+    for bad in (torch.tensor([3, -1]), torch.tensor([3, 128])):
+        with pytest.raises(IndexError, match="is out of range for 128 leaves"):
+            tree[bad]
+        with pytest.raises(RuntimeError, match=r"indices\[1\] = .* is out of range"):
+            tree[bad] = torch.ones(2, dtype=dtype)
+    with pytest.raises(RuntimeError, match=r"values\[1\] = nan"):
+        tree[torch.tensor([1, 2])] = torch.tensor([1.0, math.nan], dtype=dtype)
+    assert np.array_equal(tree[idx].numpy(), want)  # the errors changed nothing
+
+
+@pytest.mark.parametrize("cls", SUMS + MINS)
 def test_query_equals_float64_reference(cls):
     g = torch.Generator().manual_seed(0)
     n = 257

@@ -48,6 +48,7 @@ __all__ = ["enable", "disable", "is_enabled", "SumSegmentTreeFp32", "SumSegmentT
            "CudaSumSegmentTreeFp64", "CudaMinSegmentTreeFp32", "CudaMinSegmentTreeFp64"]
 
 Index = Union[int, np.ndarray, torch.Tensor]
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class _SegmentTree:
@@ -67,6 +68,10 @@ class _SegmentTree:
         if self._is_min:  # TorchRL's min tree starts at the dtype's max
             self._tree.build(torch.full((self.capacity,), self.identity_element,
                                         dtype=self._dtype, device=self._tree.device))
+        # CPU: the inner nodes as a numpy view (the root read without a tensor op), and the
+        # fast paths of TorchRL's own calls below.
+        self._cpu = self._tree.device.type == "cpu"
+        self._inner_np = self._tree.inner_nodes.numpy() if self._cpu else None
 
     # ---- TorchRL's attributes ----
 
@@ -123,6 +128,12 @@ class _SegmentTree:
     # ---- reads and writes ----
 
     def __getitem__(self, index: Index):
+        if (self._cpu and type(index) is torch.Tensor and index.dtype == torch.int64
+                and index.dim() == 1 and index.is_cpu):
+            try:  # TorchRL's call: one op, which raises IndexError out of [0, capacity)
+                return self._tree.values.index_select(0, index)
+            except IndexError:
+                pass  # the checks below raise the error
         idx, kind = self._indices(index)
         self._check_range(idx)
         return self._out(self._tree.values.take(idx), kind)
@@ -130,6 +141,13 @@ class _SegmentTree:
     at = __getitem__
 
     def __setitem__(self, index: Index, value: Any) -> None:
+        if (self._cpu and type(index) is torch.Tensor and index.dtype == torch.int64
+                and index.dim() == 1 and index.is_cpu and type(value) is torch.Tensor
+                and value.dtype == self._dtype and value.is_cpu and not value.requires_grad
+                and (value.dim() == 0 or value.shape == index.shape)):
+            # TorchRL's call: straight to the tree (the C++ kernel checks everything)
+            self._tree.update(index, value.expand(index.shape) if value.dim() == 0 else value)
+            return
         idx, _ = self._indices(index)
         idx = idx.reshape(-1)
         if isinstance(value, torch.Tensor):
@@ -153,6 +171,8 @@ class _SegmentTree:
         ``[0, capacity)``. A Python float for ints, else the tree dtype in the input's kind."""
         if (isinstance(start, numbers.Integral) and isinstance(end, numbers.Integral)
                 and start <= 0 and end >= self._size):  # the whole tree: its root
+            if self._cpu:
+                return float(self._inner_np[1].astype(_NUMPY[self._dtype]))
             root = self._tree.min() if self._is_min else self._tree.total()
             return root.to(self._dtype).item()
         s, kind = self._indices(start)

@@ -14,12 +14,19 @@ on CPU (``csrc/sum_tree.cpp``, where the layout is described) and Triton on CUDA
 - ``sum_tree_query(leaves, inner, start, end) -> sums``: float64 sums of leaf ranges;
 - ``min_tree_build``, ``min_tree_update``, ``min_tree_query``: the same for minima (inner
   nodes in the leaf dtype);
-- ``sum_tree_set_priorities(sum_leaves!, sum_inner!, min_leaves!, min_inner!, indices,
-  priorities, alpha, eps, limit) -> max``: prioritized replay's update, ``(p + eps) ** alpha``
-  into a sum tree and a min tree at once (+inf in the min tree where it is 0); on CUDA an
-  invalid batch is dropped and its returned maximum is NaN;
-- ``sum_tree_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u, beta) ->
-  (indices, weights)``: draws with their importance weights ``(leaf / min) ** -beta``.
+- ``sum_tree_set_priorities(sum_leaves!, sum_inner!, min_leaves!, min_inner!, max_priority!,
+  indices, priorities, alpha, eps, limit) -> max``: prioritized replay's update,
+  ``(p + eps) ** alpha`` into a sum tree and a min tree at once (+inf in the min tree where it
+  is 0), raising the float64 0-dim ``max_priority`` to the batch's largest ``p`` in place; on
+  CUDA an invalid batch is dropped and its returned maximum is NaN;
+- ``sum_tree_add_priorities(sum_leaves!, sum_inner!, min_leaves!, min_inner!, max_priority!,
+  start, n, priorities?, alpha, eps) -> (slots, max)``: a ring buffer's add, the same update
+  at the ``n`` slots ``(start + i) % capacity`` (returned), with the raw ``priorities`` or, if
+  none, ``max_priority``;
+- ``sum_tree_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, n, beta,
+  generator=None) -> (indices, weights)``: ``n`` draws with their importance weights
+  ``(leaf / min) ** -beta``, from the uniforms ``torch.rand(n, dtype=float64,
+  generator=generator)`` would give.
 
 The ops never synchronise with the host on CUDA: the CUDA update kernels check the batch
 themselves and drop one with an index out of range or an invalid value (they write nothing;
@@ -240,57 +247,117 @@ def _check_pair(op: str, sum_leaves, sum_inner, min_leaves, min_inner) -> None:
                          "sum tree")
 
 
-def _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities):
-    op = "sum_tree_set_priorities"
+def _check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority):
     _check_pair(op, sum_leaves, sum_inner, min_leaves, min_inner)
-    _check_index_tensor(op, "indices", indices, sum_leaves)
-    if priorities.dtype not in WEIGHT_DTYPES or priorities.shape != indices.shape:
-        raise ValueError(f"{op}: priorities must be float32 or float64 of the shape of "
-                         f"indices {tuple(indices.shape)}, got {priorities.dtype} of shape "
+    if (max_priority.dim() != 0 or max_priority.dtype != torch.float64
+            or max_priority.device != sum_leaves.device):
+        raise ValueError(f"{op}: max_priority must be a float64 0-dim tensor on the tree's "
+                         f"device {sum_leaves.device}, got {max_priority.dtype} of shape "
+                         f"{tuple(max_priority.shape)} on {max_priority.device}")
+
+
+def _check_raw_priorities(op: str, sum_leaves, priorities, shape) -> None:
+    if priorities.dtype not in WEIGHT_DTYPES or priorities.shape != shape:
+        raise ValueError(f"{op}: priorities must be float32 or float64 of the shape "
+                         f"{tuple(shape)} of the slots, got {priorities.dtype} of shape "
                          f"{tuple(priorities.shape)}")
     if priorities.device != sum_leaves.device:
         raise ValueError(f"{op}: priorities must be on the tree's device {sum_leaves.device}, "
                          f"got {priorities.device}")
 
 
+def _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
+                          priorities):
+    op = "sum_tree_set_priorities"
+    _check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority)
+    _check_index_tensor(op, "indices", indices, sum_leaves)
+    _check_raw_priorities(op, sum_leaves, priorities, indices.shape)
+
+
 @torch.library.register_fake("is_kernels::sum_tree_set_priorities")
-def _set_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
-                         alpha, eps, limit):
-    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
+def _set_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
+                         priorities, alpha, eps, limit):
+    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
+                          priorities)
     return sum_leaves.new_empty((), dtype=torch.float64)
 
 
 @cuda_kernel("is_kernels::sum_tree_set_priorities")
-def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities,
-                         alpha, eps, limit):
+def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
+                         priorities, alpha, eps, limit):
     """The Triton priorities kernel, a sort and the two tree updates, no host sync: an
     invalid batch (an index out of [0, limit), a priority not finite and >= 0) becomes NaN
-    values, which both update kernels drop, and its returned maximum is NaN."""
+    values, which both update kernels drop, and its returned maximum is NaN (which leaves
+    ``max_priority`` as it is)."""
     from . import sum_tree_triton
 
-    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, indices, priorities)
-    return sum_tree_triton.set_priorities(sum_leaves, sum_inner, min_leaves, min_inner,
-                                          indices, priorities, alpha, eps, limit)[1]
+    _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
+                          priorities)
+    largest = sum_tree_triton.set_priorities(sum_leaves, sum_inner, min_leaves, min_inner,
+                                             indices, priorities, alpha, eps, limit)[1]
+    torch.fmax(max_priority, largest, out=max_priority)
+    return largest
 
 
-def _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u) -> None:
+def _check_add_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
+                          priorities) -> None:
+    op = "sum_tree_add_priorities"
+    _check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority)
+    capacity = sum_leaves.shape[0]
+    if not 0 <= start < capacity:
+        raise ValueError(f"{op}: start must be in [0, {capacity}), got {start}")
+    if not 0 <= n <= capacity:
+        raise ValueError(f"{op}: n must be in [0, {capacity}], got {n}")
+    if priorities is not None:
+        _check_raw_priorities(op, sum_leaves, priorities, (n,))
+
+
+@torch.library.register_fake("is_kernels::sum_tree_add_priorities")
+def _add_priorities_fake(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
+                         priorities, alpha, eps):
+    _check_add_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
+                          priorities)
+    return (sum_leaves.new_empty((n,), dtype=torch.int64),
+            sum_leaves.new_empty((), dtype=torch.float64))
+
+
+@cuda_kernel("is_kernels::sum_tree_add_priorities")
+def _add_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
+                         priorities, alpha, eps):
+    _check_add_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
+                          priorities)
+    from . import sum_tree_triton
+
+    raw = max_priority.expand(n) if priorities is None else priorities
+    slots, largest = sum_tree_triton.set_priorities(sum_leaves, sum_inner, min_leaves,
+                                                    min_inner, None, raw, alpha, eps,
+                                                    sum_leaves.shape[0], first_slot=start)
+    torch.fmax(max_priority, largest, out=max_priority)
+    return slots, largest
+
+
+def _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, n) -> None:
     op = "sum_tree_sample_weighted"
-    _check_descent(op, "u", sum_leaves, sum_inner, u)
     _check_pair(op, sum_leaves, sum_inner, min_leaves, min_inner)
+    if not 0 <= n < 2**31:
+        raise ValueError(f"{op}: n must be in [0, 2^31 - 1], got {n}")
 
 
 @torch.library.register_fake("is_kernels::sum_tree_sample_weighted")
-def _sample_weighted_fake(sum_leaves, sum_inner, min_leaves, min_inner, u, beta):
-    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u)
-    return (u.new_empty(u.shape, dtype=torch.int64),
-            u.new_empty(u.shape, dtype=sum_leaves.dtype))
+def _sample_weighted_fake(sum_leaves, sum_inner, min_leaves, min_inner, n, beta,
+                          generator=None):
+    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, n)
+    return (sum_leaves.new_empty((n,), dtype=torch.int64),
+            sum_leaves.new_empty((n,)))
 
 
 @cuda_kernel("is_kernels::sum_tree_sample_weighted")
-def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, u, beta):
+def _sample_weighted_cuda(sum_leaves, sum_inner, min_leaves, min_inner, n, beta,
+                          generator=None):
     from . import sum_tree_triton
 
-    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, u)
+    _check_sample_weighted(sum_leaves, sum_inner, min_leaves, min_inner, n)
+    u = torch.rand(n, generator=generator, device=sum_leaves.device, dtype=torch.float64)
     return sum_tree_triton.sample_weighted(sum_leaves, sum_inner, min_inner, u, beta)
 
 

@@ -182,3 +182,14 @@ def test_measure_step_costs():
     assert t_f > 0 and t_b >= 0
     assert all(p.grad is None for p in model.parameters()) and model.training
     assert tau_threshold(16, 48, t_f, t_b) >= 1.0
+
+
+def test_measure_step_costs_reads_the_given_clock():
+    """A fake clock advancing 1 s per read: every timed call lasts exactly 1 s (t_f = 1/n),
+    and forward + backward too, so t_b = 0."""
+    ticks = iter(range(10_000))
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    t_f, t_b = is_kernels.measure_step_costs(model, x, y, repeats=3,
+                                             clock=lambda: float(next(ticks)))
+    assert (t_f, t_b) == (1 / 8, 0.0)

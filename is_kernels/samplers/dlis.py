@@ -64,12 +64,14 @@ def tau_threshold(batch_size: int, presample_size: int, forward_time: float = 1.
 
 def measure_step_costs(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                        loss_fn: Optional[Callable[..., torch.Tensor]] = None,
-                       repeats: int = 5) -> Tuple[float, float]:
+                       repeats: int = 5,
+                       clock: Callable[[], float] = time.perf_counter) -> Tuple[float, float]:
     """Measures per-sample forward and backward times ``(t_f, t_b)`` in seconds on a batch.
 
     t_f: a no-grad forward in eval mode (how DLIS scores its presample); t_b: a training
-    forward + backward minus t_f. Median over ``repeats`` after one warm-up. The model's
-    gradients are left cleared and its train/eval mode restored.
+    forward + backward minus t_f. Median over ``repeats`` after one warm-up, read from
+    ``clock`` (e.g. ``time.thread_time`` for one CPU thread on a machine shared with other
+    processes). The model's gradients are left cleared and its train/eval mode restored.
     """
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     n = inputs.shape[0]
@@ -81,10 +83,10 @@ def measure_step_costs(model: torch.nn.Module, inputs: torch.Tensor, targets: to
         times = []
         for _ in range(repeats):
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             sync()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return sorted(times)[len(times) // 2]
 
     def forward():

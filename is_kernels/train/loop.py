@@ -17,7 +17,7 @@ import dataclasses
 import math
 import random
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -119,7 +119,7 @@ class _Clock:
     def __init__(self, device: torch.device) -> None:
         self.kind = clock_kind(device)
         self.elapsed = 0.0
-        self._now = time.thread_time if self.kind == "thread_cpu" else time.perf_counter
+        self._now = host_clock(self.kind)
 
     def time(self, fn) -> None:
         if self.kind == "cuda_events":
@@ -140,6 +140,12 @@ def clock_kind(device: torch.device) -> str:
     if device.type == "cuda":
         return "cuda_events"
     return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
+
+
+def host_clock(kind: str) -> Callable[[], float]:
+    """The host clock of a clock kind: the thread's CPU time for ``"thread_cpu"``, else
+    ``perf_counter`` (CUDA timings synchronise around it)."""
+    return time.thread_time if kind == "thread_cpu" else time.perf_counter
 
 
 class _Run:
@@ -272,8 +278,9 @@ class _Run:
 
 
 def _dlis_tau_threshold(task: Task, config: TrainConfig, seed: int) -> float:
-    """τ_th of DLIS from the measured per-sample forward and backward costs of the
-    initial network on one uniform batch (DLIS's rule: IS pays once τ exceeds it)."""
+    """τ_th of DLIS from the per-sample forward and backward costs of the initial network
+    on one uniform batch, timed with the clock the runs use (DLIS's rule: IS pays once τ
+    exceeds it)."""
     data = task.data
     torch.manual_seed(seed)
     model = build_model(config.model or task.model, tuple(data.x_train.shape[1:]),
@@ -281,7 +288,8 @@ def _dlis_tau_threshold(task: Task, config: TrainConfig, seed: int) -> float:
     idx = torch.randint(data.x_train.shape[0], (config.batch_size,),
                         generator=torch.Generator().manual_seed(seed)).to(data.x_train.device)
     t_f, t_b = measure_step_costs(model, data.x_train[idx], data.y_train[idx],
-                                  loss_fn=task.mean_loss)
+                                  loss_fn=task.mean_loss,
+                                  clock=host_clock(clock_kind(data.x_train.device)))
     return tau_threshold(config.batch_size, 3 * config.batch_size, t_f, t_b)
 
 

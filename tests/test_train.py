@@ -318,10 +318,12 @@ def test_claim_verdicts():
     pruned = [_run(s, [(0, 0, 1.0, 0.5), (1.4, 1, 0.5, 0.3 + 0.001 * s)], 1.4)
               for s in (0, 1, 2)]
     rows = claim_lines({"fashion_mnist": {"runs": {"uniform": base, "dlis": dlis}},
-                        "pruning": {"runs": {"uniform": base, "infobatch": pruned}}})
+                        "pruning_heldout": {"runs": {"uniform": base, "infobatch": pruned},
+                                            "config": {"seeds": [20, 21, 22]}}})
     assert len(rows) == 2 + 2 + 1  # header, the two DLIS claims, InfoBatch's
     assert all(r.endswith("| reproduced |") for r in rows[2:])
-    assert "time saved +30.0 ± 0.0 %" in rows[-1] and "n = 3" in rows[-1]
+    assert "time saved +30.0 ± 0.0 %" in rows[-1] and "(n = 3, seeds 20–22)" in rows[-1]
+    assert "(n = 3, wins" in rows[2]  # no config: no seeds named
 
 
 def test_robustness_lines():

@@ -1,8 +1,9 @@
 """Command line: ``python -m is_kernels.train`` / ``is-kernels-train``.
 
 The default run (seeds 0-2 of the methods the README's claims rest on, Fashion-MNIST, 3
-epochs, 1 thread) makes 29,500 steps and 273 evaluations: about 7 minutes at 10 ms per
-step, 15 minutes on a 2-core CPU loaded by other jobs. ``--full`` runs every method on
+epochs, 1 thread) makes 29,500 steps and 273 evaluations: 5.5 minutes at 8 ms per step
+(a 2-core AMD EPYC); other jobs on the machine stretch the wall time, not the methods'
+clocks. ``--full`` runs every method on
 seeds 0-4.
 """
 from __future__ import annotations

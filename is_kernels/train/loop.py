@@ -288,7 +288,7 @@ def _dlis_tau_threshold(task: Task, config: TrainConfig, seed: int) -> float:
     idx = torch.randint(data.x_train.shape[0], (config.batch_size,),
                         generator=torch.Generator().manual_seed(seed)).to(data.x_train.device)
     t_f, t_b = measure_step_costs(model, data.x_train[idx], data.y_train[idx],
-                                  loss_fn=task.mean_loss,
+                                  loss_fn=task.mean_loss, repeats=31,
                                   clock=host_clock(clock_kind(data.x_train.device)))
     return tau_threshold(config.batch_size, 3 * config.batch_size, t_f, t_b)
 

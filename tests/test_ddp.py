@@ -1,4 +1,5 @@
 """DDP integration, two gloo processes on CPU: equal to one process with the global batch."""
+import datetime
 import os
 
 import pytest
@@ -63,6 +64,8 @@ def worker(rank: int, init_file: str, out_dir: str, kind: str) -> None:
         torch.save({"draws": draws, "state": sampler.state_dict(),
                     "weight": model.weight.detach().clone()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # every rank past its last collective before any rank tears its gloo group down
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
     finally:
         dist.destroy_process_group()
 

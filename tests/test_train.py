@@ -329,12 +329,34 @@ def test_claim_verdicts():
 def test_robustness_lines():
     from is_kernels.train.claims import robustness_lines
 
-    def summary(shift):
-        stat = lambda m: {"mean": m, "se": 1.0, "n": 3}
+    def summary(shift, se=1.0):
+        stat = lambda m: {"mean": m, "se": se, "n": 3}
         return {"summary": {"uniform": {}, "online": {"vs_uniform": {
             "train_loss_time_rel": stat(-10.0 + shift), "test_error_time_rel": stat(-5.0),
             "step_time_rel": stat(0.5)}}}}
 
     rows = robustness_lines(summary(0.0), summary(2.0))
     assert len(rows) == 2 + 3
-    assert rows[2].endswith("| +2.0 | no |") and rows[3].endswith("| +0.0 | yes |")
+    # shift 2 against s.e. 1 in each run: z = 2 / sqrt(2)
+    assert rows[2].endswith("| +2.0 | +1.4 | no |") and rows[3].endswith("| +0.0 | +0.0 | yes |")
+    rows = robustness_lines(summary(0.0, se=None), summary(0.5, se=None))
+    assert rows[2].endswith("| +0.5 | – | no |")  # one seed: no standard error
+
+
+def test_robustness_command(tmp_path, capsys):
+    from is_kernels.train.claims import main as claims_main
+
+    stat = {"mean": 1.0, "se": 0.5, "n": 3}
+    res = {"summary": {"online": {"vs_uniform": {m: stat for m in (
+        "train_loss_time_rel", "test_error_time_rel", "step_time_rel")}}}}
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    dirs = [str(tmp_path / n) for n in ("a", "b", "c")]
+    assert claims_main(["--robustness", *dirs]) == 0
+    out = capsys.readouterr().out
+    assert "A = `a`, B = `b`" in out and "A = `a`, B = `c`" in out
+    assert out.count("| online | step_time_rel |") == 2
+    assert claims_main(["--robustness", dirs[0]]) == 2
+    assert claims_main(["--robustness", dirs[0], str(tmp_path / "missing")]) == 2
+    assert "no results.json in" in capsys.readouterr().err

@@ -4,7 +4,7 @@
         docs/results/image docs/results/pruning_heldout docs/results/pruning \\
         > docs/results/claims.md
     python -m is_kernels.train.claims --robustness docs/results/fashion_mnist \\
-        docs/results/fashion_mnist_loaded
+        docs/results/fashion_mnist_loaded docs/results/fashion_mnist_repeat
 
 Every line pairs two methods seed by seed (:func:`~is_kernels.train.stats.paired`) and
 gives the mean ± s.e. of the relevant difference. Verdict: *reproduced* when the effect has
@@ -18,6 +18,7 @@ do.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -149,9 +150,11 @@ ROBUSTNESS_METRICS = ("train_loss_time_rel", "test_error_time_rel", "step_time_r
 def robustness_lines(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
     """Markdown rows: each method's paired difference to uniform in two runs of the same
     command (``results.json`` of each, e.g. on an idle and a loaded machine), the shift
-    between them and whether it stays within the first run's standard error."""
-    rows = ["| method | metric | run A | run B | shift | within s.e. of A |",
-            "|---|---|---|---|---|---|"]
+    between them, the shift in standard errors of the shift (``√(se_A² + se_B²)``: two runs
+    that differ by noise alone give |z| < 2 in 95% of cases) and whether the shift stays
+    within the first run's standard error."""
+    rows = ["| method | metric | run A | run B | shift | shift / s.e. of shift "
+            "| within s.e. of A |", "|---|---|---|---|---|---|---|"]
     for method, entry in a["summary"].items():
         other = b["summary"].get(method, {})
         if "vs_uniform" not in entry or "vs_uniform" not in other:
@@ -160,24 +163,32 @@ def robustness_lines(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
             sa, sb = entry["vs_uniform"][metric], other["vs_uniform"][metric]
             shift = sb["mean"] - sa["mean"]
             ok = sa["se"] is not None and abs(shift) < sa["se"]
-            rows.append(f"| {method} | {metric} | {_pm(sa)} | {_pm(sb)} | {shift:+.1f} | "
+            se_shift = math.hypot(sa["se"], sb["se"]) \
+                if sa["se"] is not None and sb["se"] is not None else None
+            z = f"{shift / se_shift:+.1f}" if se_shift else "–"
+            rows.append(f"| {method} | {metric} | {_pm(sa)} | {_pm(sb)} | {shift:+.1f} | {z} | "
                         f"{'yes' if ok else 'no'} |")
     return rows
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``claims DIR...`` prints the claim table; ``claims --robustness A B`` compares two
-    runs of one command."""
+    """``claims DIR...`` prints the claim table; ``claims --robustness A B...`` compares
+    run A of a command with each other run B of it, one table each."""
     dirs = sys.argv[1:] if argv is None else argv
     if dirs and dirs[0] == "--robustness":
-        if len(dirs) != 3:
-            print("usage: claims --robustness DIR_A DIR_B", file=sys.stderr)
+        if len(dirs) < 3:
+            print("usage: claims --robustness DIR_A DIR_B [DIR_B ...]", file=sys.stderr)
             return 2
-        a, b = _load(dirs[1]), _load(dirs[2])
-        if a is None or b is None:
-            print("no results.json in both directories", file=sys.stderr)
+        loaded = {d: _load(d) for d in dirs[1:]}
+        missing = [d for d, res in loaded.items() if res is None]
+        if missing:
+            print(f"no results.json in {', '.join(missing)}", file=sys.stderr)
             return 2
-        print("\n".join(robustness_lines(a, b)))
+        a = loaded[dirs[1]]
+        name = lambda d: os.path.basename(os.path.normpath(d))
+        tables = [f"### A = `{name(dirs[1])}`, B = `{name(d)}`\n\n" +
+                  "\n".join(robustness_lines(a, loaded[d])) for d in dirs[2:]]
+        print("\n\n".join(tables))
         return 0
     results = {}
     for d in dirs:

@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ._checks import ErrorFlag, check_num_draws
+from ._checks import (ErrorFlag, check_num_draws, max_leaf, raise_invalid_weights,
+                      state_float, state_int, weights_valid)
 from .ops.cuda_path import uses_cuda_path
 from .ops.sum_tree import MinTree, SumTree
 
@@ -33,11 +34,12 @@ _SET_PRIORITIES = torch.ops.is_kernels.sum_tree_set_priorities
 _SAMPLE_WEIGHTED = torch.ops.is_kernels.sum_tree_sample_weighted
 
 # Error codes of PrioritizedReplay's ErrorFlag (CUDA).
-_BAD_BATCH, _ALL_ZERO = 1, 2
+_BAD_BATCH, _ALL_ZERO, _BAD_SLOT = 1, 2, 3
 _MESSAGES = {
     _BAD_BATCH: "add() or update() got an index out of range or a priority that is not finite "
                 "and >= 0; that batch was dropped (the priorities are unchanged by it)",
     _ALL_ZERO: "sample() was called with all priorities zero; those draws are -1",
+    _BAD_SLOT: "weights() got an index out of range [0, len(self)); its weight is NaN",
 }
 
 
@@ -193,43 +195,56 @@ class PrioritizedReplay:
         return _SAMPLE_WEIGHTED(*self._trees, batch_size, beta, generator)
 
     def weights(self, indices: torch.Tensor, *, beta: Optional[float] = None) -> torch.Tensor:
-        """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the slots
-        ``indices`` (int64 ``[k]``), the minimum over the stored slots of priority > 0;
-        computed in the trees' dtype (as cpprb does)."""
+        """The importance weights ``(priority_i / min_j priority_j) ** -beta`` of the stored
+        slots ``indices`` (int64 or int32 ``[k]``, each in ``[0, len(self))``), the minimum
+        over the stored slots of priority > 0; computed in the trees' dtype (as cpprb does).
+        An index out of range raises (on CUDA, where checking would sync: its weight is NaN
+        and the error is recorded for :meth:`raise_errors`)."""
+        op = "PrioritizedReplay.weights"
         beta = self.beta if beta is None else _check_real("beta", beta, 0.0)
-        prio = self._sum.values.index_select(0, indices)
-        return (prio / self._min.min()).pow(-beta)
+        indices = self._checked_indices(op, indices)
+        stored = (indices >= 0) & (indices < self._stored)
+        if self._cpu:
+            if not bool(stored.all()):
+                i = int((~stored).nonzero()[0, 0])
+                raise ValueError(f"{op}: indices[{i}] = {int(indices[i])} is out of range "
+                                 f"[0, {self._stored})")
+            return (self._sum.values.index_select(0, indices) / self._min.min()).pow(-beta)
+        self._errors.record(torch.where(stored.all(), 0, _BAD_SLOT))
+        prio = self._sum.values.index_select(0, torch.where(stored, indices, 0))
+        return torch.where(stored, (prio / self._min.min()).pow(-beta), math.nan)
 
     def update(self, indices: torch.Tensor, priorities: torch.Tensor) -> None:
         """Sets the raw priorities (e.g. ``|TD error|``, finite and >= 0) of stored slots
         (``0 <= index < len(self)``); the stored priority is ``(p + eps) ** alpha``. For a
         duplicated index the last one wins."""
+        op = "PrioritizedReplay.update"
         if not self._cpu:
-            self._set_on_cuda_path(self._checked_indices(indices, priorities), priorities,
-                                   self._stored)
+            indices = self._checked_indices(op, indices)
+            self._check_priorities(op, priorities, indices.shape[0])
+            self._set_on_cuda_path(indices, priorities, self._stored)
             return
         try:  # the op checks every argument before it writes anything
             _SET_PRIORITIES(*self._trees, self._max_priority, indices, priorities, self._alpha,
                             self._eps, self._stored)
         except (RuntimeError, TypeError, ValueError):
-            try:  # the arguments the op refused: an error that names one, or int32 indices
-                _SET_PRIORITIES(*self._trees, self._max_priority,
-                                self._checked_indices(indices, priorities), priorities,
+            # The arguments the op refused: an error that names one, or int32 indices.
+            indices = self._checked_indices(op, indices)
+            self._check_priorities(op, priorities, indices.shape[0])
+            try:
+                _SET_PRIORITIES(*self._trees, self._max_priority, indices, priorities,
                                 self._alpha, self._eps, self._stored)
             except RuntimeError as e:
-                raise ValueError(f"PrioritizedReplay.update: {str(e).split(': ', 1)[-1]}") \
-                    from None
+                raise ValueError(f"{op}: {str(e).split(': ', 1)[-1]}") from None
 
-    def _checked_indices(self, indices: torch.Tensor, priorities: torch.Tensor) -> torch.Tensor:
-        """:meth:`update`'s indices as int64, after the checks of its arguments (raising the
-        error that names the argument)."""
-        op = "PrioritizedReplay.update"
+    def _checked_indices(self, op: str, indices: torch.Tensor) -> torch.Tensor:
+        """``indices`` as int64, after the checks of their type, dtype and device (raising the
+        error that names them)."""
         if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
             raise TypeError(f"{op}: indices must be a 1-D tensor")
         if indices.device != self._device or indices.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{op}: indices must be int64 or int32 on {self._device}, got "
                              f"{indices.dtype} on {indices.device}")
-        self._check_priorities(op, priorities, indices.shape[0])
         return indices.long()
 
     def raise_errors(self) -> None:
@@ -245,24 +260,60 @@ class PrioritizedReplay:
                 "beta": self.beta, "eps": self.eps}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restores :meth:`state_dict` (capacity and dtype must match)."""
+        """Restores :meth:`state_dict` (capacity, dtype, alpha and eps must match). A
+        mismatch or an invalid entry raises an error naming it; the buffer is then
+        unchanged."""
         op = "PrioritizedReplay.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"{op}: state_dict must be a dict, got {type(state).__name__}")
         keys = {"capacity", "priorities", "next", "stored", "max_priority", "alpha", "beta",
                 "eps"}
         if keys - set(state):
             raise KeyError(f"{op}: state_dict lacks {sorted(keys - set(state))}")
-        if state["capacity"] != self.capacity:
-            raise ValueError(f"{op}: capacity {state['capacity']} != {self.capacity}")
-        if (state["alpha"], state["eps"]) != (self._alpha, self._eps):
-            raise ValueError(f"{op}: alpha and eps {state['alpha'], state['eps']} differ from "
-                             f"this buffer's {self._alpha, self._eps} (the stored priorities "
-                             "depend on them)")
-        prio = state["priorities"].to(self.device)
+        capacity = self.capacity
+        if type(state["capacity"]) is not int or state["capacity"] != capacity:
+            raise ValueError(f"{op}: state_dict['capacity'] is {state['capacity']!r}, this "
+                             f"buffer has {capacity}")
+        alpha, eps = state_float(op, state, "alpha", 0.0), state_float(op, state, "eps", 0.0)
+        if (alpha, eps) != (self._alpha, self._eps):
+            raise ValueError(f"{op}: alpha and eps {alpha, eps} differ from this buffer's "
+                             f"{self._alpha, self._eps} (the stored priorities depend on them)")
+        beta = state_float(op, state, "beta", 0.0)
+        max_priority = state_float(op, state, "max_priority", 0.0)
+        stored = state_int(op, state, "stored", 0, capacity)
+        next_slot = state_int(op, state, "next", 0, capacity - 1)
+        if stored < capacity and next_slot != stored:
+            raise ValueError(f"{op}: state_dict['next'] must equal state_dict['stored'] "
+                             f"({stored}) while the buffer is not full, got {next_slot}")
+        prio = self._checked_state_priorities(op, state["priorities"], stored)
         self._sum.build(prio)
         self._min.build(torch.where(prio > 0, prio, math.inf))
-        self._next, self._stored = int(state["next"]), int(state["stored"])
-        self._max_priority.fill_(float(state["max_priority"]))
-        self.beta = state["beta"]
+        self._next, self._stored = next_slot, stored
+        self._max_priority.fill_(max_priority)
+        self.beta = beta
+
+    def _checked_state_priorities(self, op: str, prio: Any, stored: int) -> torch.Tensor:
+        """``state_dict['priorities']`` on the device, if it holds valid priorities of this
+        buffer's dtype and shape, 0 at the slots not stored yet (a sync on CUDA)."""
+        what = "state_dict['priorities']"
+        if not isinstance(prio, torch.Tensor):
+            raise TypeError(f"{op}: {what} must be a tensor, got {type(prio).__name__}")
+        if prio.dtype != self._sum.dtype or prio.shape != (self.capacity,):
+            raise ValueError(f"{op}: {what} must be a {self._sum.dtype} tensor of shape "
+                             f"({self.capacity},), got {prio.dtype} of shape "
+                             f"{tuple(prio.shape)}")
+        prio = prio.to(self.device)
+        limit = max_leaf(prio.dtype, self.capacity)
+        if not bool(weights_valid(prio, limit)):
+            try:
+                raise_invalid_weights(op, what, prio, limit)
+            except RuntimeError as e:
+                raise ValueError(str(e)) from None
+        if bool(prio[stored:].any()):
+            raise ValueError(f"{op}: {what} must be 0 at the slots not stored yet "
+                             f"([{stored}, {self.capacity}), with state_dict['stored'] = "
+                             f"{stored})")
+        return prio
 
     def __repr__(self) -> str:
         return (f"PrioritizedReplay(capacity={self.capacity}, stored={self._stored}, "

@@ -7,8 +7,10 @@ import pytest
 import torch
 from helpers.chisquare import chisquare
 from helpers.docs import docs_example
+from helpers.triton_env import interpreted
 
 from is_kernels import PrioritizedReplay
+from is_kernels.ops.cuda_path import cuda_path_on_cpu
 
 ALPHA, BETA, EPS = 0.6, 0.4, 1e-4
 
@@ -150,6 +152,77 @@ def test_state_dict_round_trip():
     assert torch.equal(a.sample(100, generator=torch.Generator().manual_seed(0))[1],
                        b.sample(100, generator=torch.Generator().manual_seed(0))[1])
     assert torch.equal(a.add(3), b.add(3))
+
+
+
+def _replay_state(per: PrioritizedReplay) -> list:
+    return [t.clone() for t in (*per._trees, per.max_priority)] + [len(per), per._next, per.beta]
+
+
+def _same_state(a: list, b: list) -> bool:
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("key, value, error, match", [
+    ("priorities", [1.0] * 8, TypeError, r"state_dict\['priorities'\] must be a tensor"),
+    ("priorities", torch.ones(8, dtype=torch.float64), ValueError,
+     r"state_dict\['priorities'\] must be a torch.float32 tensor of shape \(8,\)"),
+    ("priorities", torch.ones(7), ValueError, r"state_dict\['priorities'\] must be"),
+    ("priorities", torch.tensor([1.0, math.nan, 1, 1, 1, 0, 0, 0]), ValueError,
+     r"state_dict\['priorities'\]\[1\] = nan"),
+    ("priorities", torch.tensor([1.0, 1, 1, 1, 1, 0, 2, 0]), ValueError,
+     r"state_dict\['priorities'\] must be 0 at the slots not stored yet"),
+    ("next", 8, ValueError, r"state_dict\['next'\] must be an int in \[0, 7\]"),
+    ("next", -3, ValueError, r"state_dict\['next'\] must be an int"),
+    ("next", 1.5, ValueError, r"state_dict\['next'\] must be an int"),
+    ("next", 2, ValueError, r"state_dict\['next'\] must equal state_dict\['stored'\]"),
+    ("stored", 9, ValueError, r"state_dict\['stored'\] must be an int in \[0, 8\]"),
+    ("stored", None, ValueError, r"state_dict\['stored'\] must be an int"),
+    ("max_priority", math.nan, ValueError, r"state_dict\['max_priority'\] must be a finite"),
+    ("max_priority", -1.0, ValueError, r"state_dict\['max_priority'\] must be a finite"),
+    ("max_priority", None, ValueError, r"state_dict\['max_priority'\] must be a finite"),
+    ("beta", "x", ValueError, r"state_dict\['beta'\] must be a finite number"),
+    ("beta", -1.0, ValueError, r"state_dict\['beta'\] must be a finite number"),
+    ("capacity", torch.tensor([8, 8]), ValueError, r"state_dict\['capacity'\]"),
+    ("alpha", torch.tensor([0.6, 0.6]), ValueError, r"state_dict\['alpha'\]"),
+])
+def test_load_state_dict_rejects_a_corrupt_state_and_changes_nothing(key, value, error, match):
+    source = PrioritizedReplay(8)
+    source.add(5, torch.arange(1.0, 6.0))
+    state = {**source.state_dict(), key: value}
+    per = PrioritizedReplay(8)
+    per.add(3, torch.tensor([1.0, 2.0, 3.0]))
+    before = _replay_state(per)
+    with pytest.raises(error, match=f"PrioritizedReplay.load_state_dict: {match}"):
+        per.load_state_dict(state)
+    assert _same_state(before, _replay_state(per))
+    with pytest.raises(TypeError, match="state_dict must be a dict, got list"):
+        per.load_state_dict([("capacity", 8)])
+
+
+def test_weights_of_slots_not_stored_raise():
+    per = PrioritizedReplay(8)
+    per.add(3, torch.tensor([1.0, 2.0, 3.0]))
+    for bad in (torch.tensor([0, 5]), torch.tensor([-1]), torch.tensor([8])):
+        with pytest.raises(ValueError, match=r"PrioritizedReplay.weights: indices\[\d\] = "
+                                             r"-?\d+ is out of range \[0, 3\)"):
+            per.weights(bad)
+    with pytest.raises(TypeError, match="PrioritizedReplay.weights: indices must be a 1-D"):
+        per.weights([0, 1])
+    with pytest.raises(ValueError, match="PrioritizedReplay.weights: indices must be int64"):
+        per.weights(torch.tensor([0.0]))
+    assert per.weights(torch.tensor([0, 2], dtype=torch.int32)).shape == (2,)
+
+
+@interpreted
+def test_weights_of_slots_not_stored_on_the_cuda_path_are_nan_and_recorded():
+    with cuda_path_on_cpu():
+        per = PrioritizedReplay(8)
+        per.add(3, torch.tensor([1.0, 2.0, 3.0]))
+        w = per.weights(torch.tensor([0, 5, 2]))
+        assert math.isnan(w[1]) and bool(torch.isfinite(w[[0, 2]]).all())
+        with pytest.raises(RuntimeError, match=r"weights\(\) got an index out of range"):
+            per.raise_errors()
 
 
 def test_weights_identical_to_cpprb():

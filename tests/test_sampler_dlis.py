@@ -29,6 +29,36 @@ def test_tau_matches_variance_reduction_formula():
         equivalent_batch_increment(torch.zeros(0))
 
 
+
+@pytest.mark.parametrize("scores, error, match", [
+    ([1.0, 2.0], TypeError, "scores must be a torch.Tensor, got list"),
+    (torch.tensor([1.0, math.nan]), ValueError, r"scores\[1\] = nan is not finite and >= 0"),
+    (torch.tensor([1.0, -1.0]), ValueError, r"scores\[1\] = -1(\.0)? is not finite and >= 0"),
+    (torch.tensor([3.0, -1.0]), ValueError, r"scores\[1\] = -1(\.0)? is not finite and >= 0"),
+    (torch.tensor([1.0, math.inf]), ValueError, r"scores\[1\] = inf is not finite and >= 0"),
+])
+def test_equivalent_batch_increment_rejects_invalid_scores(scores, error, match):
+    """NaN, negative and inf scores gave 1 or NaN without an error."""
+    with pytest.raises(error, match=f"equivalent_batch_increment: {match}"):
+        equivalent_batch_increment(scores)
+
+
+def test_dlis_update_with_invalid_scores_unchecked_raises_and_keeps_tau():
+    """With check_values off (the CUDA default), NaN training scores of a uniform draw made
+    τ NaN for good (IS then never switches on); they raise, τ and the draw stay."""
+    s = PresampleImportanceSampler(50, 5, generator=torch.Generator().manual_seed(0))
+    s.check_values = False
+    idx, _ = s.sample()
+    s.update(idx, torch.rand(5))
+    tau = s.tau
+    idx, _ = s.sample()
+    with pytest.raises(ValueError, match="PresampleImportanceSampler.update: scores must be "
+                                         "finite and >= 0"):
+        s.update(idx, torch.tensor([1.0, math.nan, 1.0, 1.0, 1.0]))
+    assert s.tau == tau and len(s.outstanding_draws()) == 1
+    s.update(idx, torch.ones(5))
+
+
 def test_tau_threshold():
     assert tau_threshold(64, 192) == pytest.approx(2.0)  # (B + 3b) / (3b)
     assert tau_threshold(10, 50, 1.0, 1.0) == pytest.approx((50 + 20) / 20)
@@ -36,6 +66,16 @@ def test_tau_threshold():
         tau_threshold(10, 5)
     with pytest.raises(ValueError, match="forward_time"):
         tau_threshold(10, 30, 0.0, 1.0)
+    with pytest.raises(TypeError, match="tau_threshold: batch_size must be an int, got bool"):
+        tau_threshold(True, 30)
+    with pytest.raises(TypeError, match="tau_threshold: batch_size must be an int, got float"):
+        tau_threshold(2.5, 30)
+    with pytest.raises(TypeError, match="tau_threshold: presample_size must be an int, got str"):
+        tau_threshold(10, "30")
+    for times in ((math.inf, 1.0), (1.0, math.inf), (math.nan, 1.0), (1.0, -1.0)):
+        with pytest.raises(ValueError, match="tau_threshold: forward_time must be finite"):
+            tau_threshold(10, 30, *times)  # inf gave a NaN threshold
+    assert tau_threshold(10, 30, torch.tensor(1.0), 2.0) == pytest.approx(2.0)
 
 
 def scripted(n, b, **kw):
@@ -182,6 +222,24 @@ def test_measure_step_costs():
     assert t_f > 0 and t_b >= 0
     assert all(p.grad is None for p in model.parameters()) and model.training
     assert tau_threshold(16, 48, t_f, t_b) >= 1.0
+
+
+
+def test_measure_step_costs_rejects_bad_arguments():
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    for repeats, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="measure_step_costs: repeats must be"):
+            is_kernels.measure_step_costs(model, x, y, repeats=repeats)  # 0: an IndexError
+    with pytest.raises(ValueError, match="measure_step_costs: inputs must hold at least one "
+                                         "sample"):
+        is_kernels.measure_step_costs(model, x[:0], y[:0])  # a ZeroDivisionError
+    with pytest.raises(TypeError, match="measure_step_costs: inputs must be a torch.Tensor"):
+        is_kernels.measure_step_costs(model, x.tolist(), y)
+    with pytest.raises(TypeError, match="measure_step_costs: model must be a torch.nn.Module"):
+        is_kernels.measure_step_costs(lambda t: t, x, y)
+    with pytest.raises(TypeError, match="measure_step_costs: clock must be callable"):
+        is_kernels.measure_step_costs(model, x, y, clock=3)
 
 
 def test_measure_step_costs_reads_the_given_clock():

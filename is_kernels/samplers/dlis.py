@@ -21,11 +21,20 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .._checks import real, state_float, state_int
+from .._checks import int_at_least, real, state_float, state_int
 from .base import DeviceLike, Sampler, ScoreFn
 
 __all__ = ["PresampleImportanceSampler", "equivalent_batch_increment", "tau_threshold",
            "measure_step_costs"]
+
+
+def _increment(scores: torch.Tensor) -> torch.Tensor:
+    """τ of ``scores`` as a float64 0-dim tensor, NaN if a score is not finite and >= 0
+    (no host sync)."""
+    s = scores.detach().double()
+    total = s.sum()
+    tau = torch.where(total > 0, torch.sqrt(s.numel() * (s * s).sum()) / total, 1.0)
+    return torch.where(((s >= 0) & (s < math.inf)).all(), tau, math.nan)
 
 
 def equivalent_batch_increment(scores: torch.Tensor) -> torch.Tensor:
@@ -33,15 +42,20 @@ def equivalent_batch_increment(scores: torch.Tensor) -> torch.Tensor:
 
     Equals ``(1 - ||g - u||²/||g||²)^(-1/2)`` with ``g = s/Σs`` and ``u = 1/n``: an importance
     sampled batch of b has the gradient variance of a uniform batch of ``τ·b``.
-    Returns a 0-dim float32 tensor on the scores' device.
+    Returns a 0-dim float32 tensor on the scores' device. Scores must be finite and >= 0,
+    else ``ValueError`` (the check reads τ back: a host sync on CUDA).
     """
+    op = "equivalent_batch_increment"
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{op}: scores must be a torch.Tensor, got {type(scores).__name__}")
     if scores.dim() != 1 or scores.numel() == 0:
-        raise ValueError(f"equivalent_batch_increment: scores must be a non-empty 1-D tensor, "
+        raise ValueError(f"{op}: scores must be a non-empty 1-D tensor, "
                          f"got shape {tuple(scores.shape)}")
-    s = scores.double()
-    total = s.sum()
-    tau = torch.sqrt(s.numel() * (s * s).sum()) / total
-    return torch.where(total > 0, tau, torch.ones_like(tau)).float()
+    tau = _increment(scores)
+    if math.isnan(tau.item()):
+        i = int((~((scores >= 0) & (scores < math.inf))).nonzero()[0, 0])
+        raise ValueError(f"{op}: scores[{i}] = {scores[i].item()} is not finite and >= 0")
+    return tau.float()
 
 
 def tau_threshold(batch_size: int, presample_size: int, forward_time: float = 1.0,
@@ -52,12 +66,17 @@ def tau_threshold(batch_size: int, presample_size: int, forward_time: float = 1.
     matters); the default ratio t_b = 2·t_f gives ``(B + 3b)/(3b)``. Measure them on your
     model with :func:`measure_step_costs`.
     """
-    if batch_size <= 0 or presample_size < batch_size:
-        raise ValueError(f"tau_threshold: need 0 < batch_size <= presample_size, got "
+    op = "tau_threshold"
+    batch_size = int_at_least(op, "batch_size", batch_size, 1)
+    presample_size = int_at_least(op, "presample_size", presample_size, 1)
+    if presample_size < batch_size:
+        raise ValueError(f"{op}: need 0 < batch_size <= presample_size, got "
                          f"batch_size={batch_size}, presample_size={presample_size}")
-    if not (forward_time > 0 and backward_time >= 0):
-        raise ValueError(f"tau_threshold: forward_time must be > 0 and backward_time >= 0, got "
-                         f"{forward_time}, {backward_time}")
+    forward_time = real(op, "forward_time", forward_time)
+    backward_time = real(op, "backward_time", backward_time)
+    if not (0 < forward_time < math.inf and 0 <= backward_time < math.inf):
+        raise ValueError(f"{op}: forward_time must be finite and > 0, backward_time finite "
+                         f"and >= 0, got {forward_time}, {backward_time}")
     step = batch_size * (forward_time + backward_time)
     return (presample_size * forward_time + step) / step
 
@@ -73,6 +92,17 @@ def measure_step_costs(model: torch.nn.Module, inputs: torch.Tensor, targets: to
     ``clock`` (e.g. ``time.thread_time`` for one CPU thread on a machine shared with other
     processes). The model's gradients are left cleared and its train/eval mode restored.
     """
+    op = "measure_step_costs"
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{op}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{op}: inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError(f"{op}: inputs must hold at least one sample (a batch [n, ...], "
+                         f"n >= 1), got shape {tuple(inputs.shape)}")
+    repeats = int_at_least(op, "repeats", repeats, 1)
+    if not callable(clock):
+        raise TypeError(f"{op}: clock must be callable, got {type(clock).__name__}")
     loss_fn = loss_fn or torch.nn.functional.cross_entropy
     n = inputs.shape[0]
     sync = torch.cuda.synchronize if inputs.is_cuda else (lambda: None)
@@ -167,8 +197,12 @@ class PresampleImportanceSampler(Sampler):
         """Fraction of the draws so far that importance-sampled."""
         return self.steps_on / self.steps if self.steps else 0.0
 
-    def _update_tau(self, scores: torch.Tensor) -> None:
-        tau_new = float(equivalent_batch_increment(scores))
+    def _update_tau(self, op: str, scores: torch.Tensor) -> None:
+        """Moves τ towards the τ of ``scores``; raises ``ValueError`` (τ unchanged) if a score
+        is not finite and >= 0 (scores that ``update`` did not check, ``check_values`` off)."""
+        tau_new = float(_increment(scores))
+        if math.isnan(tau_new):
+            raise ValueError(f"{type(self).__name__}.{op}: scores must be finite and >= 0")
         self.tau = self.tau_smoothing * self.tau + (1.0 - self.tau_smoothing) * tau_new
 
     def _draw(self, score_fn: Optional[ScoreFn] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +248,7 @@ class PresampleImportanceSampler(Sampler):
         g = torch.where(total > 0, scores / total, torch.full_like(scores, 1.0 / big_b))
         sel = torch.multinomial(g, b, replacement=True, generator=self.generator)
         self._candidates, self._selection = cand, g.float()
-        self._update_tau(scores)
+        self._update_tau("sample", scores)
         return cand[sel], (1.0 / (big_b * g[sel])).float()
 
     def _check_scores(self, what: str, idx: torch.Tensor, scores: torch.Tensor) -> None:
@@ -234,7 +268,7 @@ class PresampleImportanceSampler(Sampler):
         """The training scores of a uniform draw update τ; those of an importance-sampled
         draw do not (its presample scores already did)."""
         if self._updating:
-            self._update_tau(scores)
+            self._update_tau("update", scores)
 
     def probabilities(self) -> torch.Tensor:
         """Uniform while IS is off; while on, the selection distribution over the last

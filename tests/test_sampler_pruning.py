@@ -208,6 +208,27 @@ def test_unbiased_pruning_bad_arguments(kw, match):
         pruning(100, 8, **{"prune_fraction": 0.4, **kw})  # only checked when unbiased
 
 
+@pytest.mark.parametrize("floor", [math.nan, -0.5, 1.5])
+def test_min_keep_probability_must_be_a_probability_also_when_biased(floor):
+    """A NaN floor was accepted with unbiased=False, and its state could not be loaded back
+    (NaN != NaN in the configuration check)."""
+    with pytest.raises(ValueError, match="ImportancePruningSampler: min_keep_probability must "
+                                         r"be in \[0, 1\]"):
+        pruning(100, 8, prune_fraction=0.4, min_keep_probability=floor)
+
+
+@pytest.mark.parametrize("make", [pruning, infobatch])
+def test_steps_in_epoch_and_is_pruning_epoch_reject_a_bad_epoch(make):
+    """steps_in_epoch(-1) and steps_in_epoch(1.5) gave a number of steps."""
+    s = make()
+    name = type(s).__name__
+    for method in ("steps_in_epoch", "is_pruning_epoch"):
+        with pytest.raises(ValueError, match=f"{name}.{method}: epoch must be >= 0, got -1"):
+            getattr(s, method)(-1)
+        with pytest.raises(TypeError, match=f"{name}.{method}: epoch must be an int, got float"):
+            getattr(s, method)(1.5)
+
+
 @pytest.mark.parametrize("fraction,floor", [(0.4, 0.5), (0.5, 0.5), (0.7, 0.3), (0.555, 0.44)])
 def test_unbiased_pruning_default_floor(fraction, floor):
     """The default floor is min(0.5, (N - k)/N) (k = round(0.555·100) = 56 keeps 0.44, not

@@ -61,11 +61,13 @@ class InfoBatchSampler(PrunedEpochs, Sampler):
 
     def is_pruning_epoch(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` may prune (``epoch < delta·epochs``)."""
+        epoch = int_at_least(f"{type(self).__name__}.is_pruning_epoch", "epoch", epoch, 0)
         return epoch < self.delta * self.epochs
 
     def steps_in_epoch(self, epoch: int) -> int:
         """Steps of epoch ``epoch``: known for the current epoch and the epochs that do not
         prune; raises ``ValueError`` for a future pruning epoch (it depends on the scores)."""
+        epoch = int_at_least(f"{type(self).__name__}.steps_in_epoch", "epoch", epoch, 0)
         if epoch == self.epoch:
             return math.ceil(self.num_kept / self.batch_size)
         if not self.is_pruning_epoch(epoch):

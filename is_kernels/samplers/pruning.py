@@ -126,6 +126,9 @@ class ImportancePruningSampler(PrunedEpochs, OnlineImportanceSampler):
         self.min_keep_probability = min(0.5, kept_fraction) \
             if min_keep_probability is None \
             else real(name, "min_keep_probability", min_keep_probability)
+        if not 0.0 <= self.min_keep_probability <= 1.0:
+            raise ValueError(f"{name}: min_keep_probability must be in [0, 1] (a probability), "
+                             f"got {min_keep_probability}")
         if self.unbiased_pruning and not 0.0 < self.min_keep_probability <= kept_fraction:
             raise ValueError(f"{name}: min_keep_probability must be in (0, (N - k)/N] = "
                              f"(0, {kept_fraction:g}] (k = round(prune_fraction·N) = "
@@ -135,12 +138,14 @@ class ImportancePruningSampler(PrunedEpochs, OnlineImportanceSampler):
 
     def is_pruning_epoch(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` prunes (it is neither warm-up nor annealing)."""
+        epoch = int_at_least(f"{type(self).__name__}.is_pruning_epoch", "epoch", epoch, 0)
         return self.warmup_epochs <= epoch < self.epochs - self.anneal_epochs
 
     def steps_in_epoch(self, epoch: int) -> int:
         """Steps of epoch ``epoch``: known for every epoch with a fixed ``prune_fraction``
         (the pruned count is exactly k), for the current epoch and the epochs that do not
         prune with ``dynamic_threshold``; raises ``ValueError`` otherwise."""
+        epoch = int_at_least(f"{type(self).__name__}.steps_in_epoch", "epoch", epoch, 0)
         if epoch == self.epoch:
             return math.ceil(self.num_kept / self.batch_size)
         if not self.is_pruning_epoch(epoch):

@@ -1,7 +1,7 @@
 """Argument and state checks shared across is_kernels.
 
-- Arguments: :func:`int_at_least`, :func:`real`, :func:`fraction` (TypeError / ValueError
-  naming the argument).
+- Arguments: :func:`int_at_least`, :func:`real`, :func:`fraction`, :func:`flag`
+  (TypeError / ValueError naming the argument).
 - ``state_dict`` entries: :func:`state_int`, :func:`state_float`, :func:`state_indices`.
 - Weights of the weighted samplers (sum tree, alias table): on CPU the C++ kernels check the
   values themselves; these helpers serve the Python side: dtype/shape/device checks, and the
@@ -123,6 +123,14 @@ def real(owner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
     return float(value)
+
+
+def flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` if it is a bool, else a TypeError naming ``name`` (a truthy string or an int
+    would otherwise pass as a flag)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def state_int(op: str, state_dict: Dict[str, Any], key: str, lo: int,

@@ -353,11 +353,31 @@ def test_load_state_dict_puts_everything_back_when_applying_fails(monkeypatch):
     assert _same(s.state_dict(), good) and torch.equal(s.probabilities(), probabilities)
 
 
+def _pruning(**kw):
+    from is_kernels import ImportancePruningSampler
+
+    return ImportancePruningSampler(N, B, epochs=3, **kw)
+
+
 @pytest.mark.parametrize("make_bad,error,match", [
     (lambda: UniformSampler(N, B).set_epoch(1.5), TypeError, "set_epoch: epoch must be an int"),
     (lambda: OnlineImportanceSampler(N, B, warmup_epochs=1.5), TypeError, "warmup_epochs"),
     (lambda: OnlineImportanceSampler(N, B, momentum="0.2"), TypeError, "momentum must be a"),
     (lambda: OnlineImportanceSampler(N, B, uniform_mix=True), TypeError, "uniform_mix"),
+    # flags: "no" and 0 were truthy or falsy without an error
+    (lambda: UniformSampler(N, B, replacement="no"), TypeError,
+     "UniformSampler: replacement must be a bool, got str"),
+    (lambda: OnlineImportanceSampler(N, B, unbiased=0), TypeError,
+     "OnlineImportanceSampler: unbiased must be a bool, got int"),
+    (lambda: _pruning(importance_sampling="yes"), TypeError,
+     "ImportancePruningSampler: importance_sampling must be a bool, got str"),
+    (lambda: _pruning(unbiased=None), TypeError,
+     "ImportancePruningSampler: unbiased must be a bool, got NoneType"),
+    # devices: torch's errors did not name the argument
+    (lambda: UniformSampler(N, B, device="bogus"), ValueError,
+     "UniformSampler: device 'bogus' is not available"),
+    (lambda: OnlineImportanceSampler(N, B, device=3.5), TypeError,
+     "OnlineImportanceSampler: device must be a torch.device, a string or None, got float"),
 ])
 def test_bad_argument_types_name_the_argument(make_bad, error, match):
     with pytest.raises(error, match=match):

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._checks import int_at_least, real, state_int
+from .._checks import flag, int_at_least, real, state_int
 from ..ops.cuda_path import uses_cuda_path
 from ..ops.online_is import mixture
 from ..ops.sum_tree import SumTree
@@ -74,13 +74,14 @@ class OnlineImportanceSampler(Sampler):
             raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum}")
         if not 0.0 <= uniform_mix <= 1.0:
             raise ValueError(f"{name}: uniform_mix must be in [0, 1], got {uniform_mix}")
+        unbiased = flag(name, "unbiased", unbiased)
         if unbiased and uniform_mix == 0.0:
             raise ValueError(f"{name}: uniform_mix must be > 0 when unbiased (the weights "
                              f"1/(N p_i) are bounded by 1/uniform_mix)")
         warmup_epochs = int_at_least(name, "warmup_epochs", warmup_epochs, 0)
         self.momentum = float(momentum)
         self.uniform_mix = float(uniform_mix)
-        self.unbiased = bool(unbiased)
+        self.unbiased = unbiased
         self.warmup_epochs = warmup_epochs
         self.tree = SumTree(self.num_samples, device=self.device, dtype=torch.float32)
         self.tree.build(torch.ones(self.num_samples, device=self.device))

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._checks import fraction, int_at_least, real
+from .._checks import flag, fraction, int_at_least, real
 from ..ops.online_is import mixture
 from .base import DeviceLike, ScoreFn
 from .online import OnlineImportanceSampler
@@ -107,8 +107,8 @@ class ImportancePruningSampler(PrunedEpochs, OnlineImportanceSampler):
         warmup_epochs = int_at_least(name, "warmup_epochs", warmup_epochs, 1)
         self.anneal_epochs = int_at_least(name, "anneal_epochs", anneal_epochs, 0)
         self.max_stale_epochs = int_at_least(name, "max_stale_epochs", max_stale_epochs, 1)
-        self.importance_sampling = bool(importance_sampling)
-        self.unbiased_pruning = bool(unbiased)
+        self.importance_sampling = flag(name, "importance_sampling", importance_sampling)
+        self.unbiased_pruning = flag(name, "unbiased", unbiased)
         if self.unbiased_pruning and (self.importance_sampling or dynamic_threshold is not None):
             raise ValueError(f"{name}: unbiased=True keeps N - k samples at random with weights "
                              f"1/π; it combines with neither importance_sampling nor "

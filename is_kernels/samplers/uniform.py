@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._checks import state_indices, state_int
+from .._checks import flag, state_indices, state_int
 from .base import DeviceLike, Sampler, ScoreFn
 
 __all__ = ["UniformSampler"]
@@ -25,10 +25,11 @@ class UniformSampler(Sampler):
     def __init__(self, num_samples: int, batch_size: int, *, replacement: bool = False,
                  device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
         super().__init__(num_samples, batch_size, device=device, generator=generator)
+        replacement = flag("UniformSampler", "replacement", replacement)
         if not replacement and self.batch_size > self.num_samples:
             raise ValueError(f"UniformSampler: batch_size ({self.batch_size}) must not exceed "
                              f"num_samples ({self.num_samples}) without replacement")
-        self.replacement = bool(replacement)
+        self.replacement = replacement
         self._perm: Optional[torch.Tensor] = None
         self._pos = 0
 

@@ -125,6 +125,9 @@ def test_needs_score_fn_when_on_and_checks_its_scores():
         s.sample(lambda cand: torch.full(cand.shape, 1e308, dtype=torch.float64))
     with pytest.raises(ValueError, match="must return floating scores"):
         s.sample(lambda cand: torch.ones(cand.shape, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="score_fn\\(idx\\) must return scores on the "
+                                         "sampler's device cpu, got meta"):
+        s.sample(lambda cand: torch.ones(cand.shape, device="meta"))  # a RuntimeError of .item()
     after = s.state_dict()  # unchanged: counters, τ and the generator
     assert torch.equal(after.pop("generator"), before.pop("generator")) and after == before
     assert len(s._pending) == 0

@@ -256,6 +256,9 @@ class PresampleImportanceSampler(Sampler):
             raise ValueError(f"{type(self).__name__}.sample: {what} must return a tensor of "
                              f"shape {tuple(idx.shape)}, got "
                              f"{getattr(scores, 'shape', type(scores).__name__)}")
+        if scores.device != self.device:
+            raise ValueError(f"{type(self).__name__}.sample: {what} must return scores on the "
+                             f"sampler's device {self.device}, got {scores.device}")
         if not scores.dtype.is_floating_point:
             raise ValueError(f"{type(self).__name__}.sample: {what} must return floating "
                              f"scores, got {scores.dtype}")

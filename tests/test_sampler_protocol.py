@@ -315,6 +315,12 @@ BAD_STATES = [
     ("pruning", "report", lambda sd: [1, 2]),
     ("infobatch", "scores", lambda sd: torch.full((N,), float("nan"))),
     ("infobatch", "kept_weights", lambda sd: -torch.ones(sd["kept_order"].shape)),
+    # loaded, then drawn as weights of that dtype (the draws' weights are float32)
+    ("infobatch", "kept_weights",
+     lambda sd: torch.ones(sd["kept_order"].shape, dtype=torch.float64)),
+    ("pruning", "kept_weights", lambda sd: torch.ones(sd["kept_order"].shape, dtype=torch.int64)),
+    # finite in float64, inf in float32, where the scores are kept
+    ("infobatch", "scores", lambda sd: torch.full((N,), 1e39, dtype=torch.float64)),
 ]
 
 

@@ -107,11 +107,14 @@ class InfoBatchSampler(PrunedEpochs, Sampler):
     def _check_state_dict(self, op: str, state_dict: Dict[str, Any]) -> None:
         super()._check_state_dict(op, state_dict)
         scores = state_dict["scores"]
-        if not isinstance(scores, torch.Tensor) or scores.shape != (self.num_samples,) \
-                or not scores.dtype.is_floating_point \
-                or not bool((torch.isfinite(scores) & (scores >= 0)).all()):
+        valid = isinstance(scores, torch.Tensor) and scores.shape == (self.num_samples,) \
+            and scores.dtype.is_floating_point
+        if valid:
+            kept = scores.to(torch.float32)  # as the sampler keeps them
+            valid = bool(((kept >= 0) & (kept < math.inf)).all())
+        if not valid:
             raise ValueError(f"{op}: state_dict['scores'] must be a tensor of "
-                             f"{self.num_samples} finite scores >= 0")
+                             f"{self.num_samples} scores >= 0, finite in float32")
 
     def _load_state(self, state_dict: Dict[str, Any]) -> None:
         super()._load_state(state_dict)

@@ -181,10 +181,12 @@ class PrunedEpochs:
             raise ValueError(f"{op}: state_dict['kept_order'] must not be empty")
         weights = state_dict["kept_weights"]
         if weights is not None and (not isinstance(weights, torch.Tensor)
+                                    or weights.dtype != torch.float32
                                     or weights.shape != order.shape
                                     or not bool((torch.isfinite(weights) & (weights > 0)).all())):
-            raise ValueError(f"{op}: state_dict['kept_weights'] must be None or a tensor of "
-                             f"finite weights > 0 of the shape of state_dict['kept_order']")
+            raise ValueError(f"{op}: state_dict['kept_weights'] must be None or a float32 "
+                             f"tensor of finite weights > 0 of the shape of "
+                             f"state_dict['kept_order']")
         state_int(op, state_dict, "kept_position", 0, order.numel())
         state_int(op, state_dict, "kept_steps", 0)
         report = state_dict["report"]

@@ -1095,3 +1095,9 @@ def test_load_state_dict_type_errors_name_the_field():
         tree.load_state_dict({"capacity": 4, "values": [1.0, 2.0, 3.0, 4.0]})
     with pytest.raises(TypeError, match="state_dict must be a dict"):
         tree.load_state_dict([("capacity", 4)])
+    # A tensor capacity raised torch's "Boolean value of Tensor ... is ambiguous".
+    for capacity in (torch.tensor([4, 4]), 4.0, "4"):
+        with pytest.raises(ValueError, match=r"SumTree.load_state_dict: state_dict\['capacity'\] "
+                                             r"is .*, this tree has 4"):
+            tree.load_state_dict({"capacity": capacity, "values": torch.ones(4)})
+    assert float(tree.total()) == 0.0

@@ -642,9 +642,9 @@ class _Tree:
         missing = {"capacity", "values"} - set(state_dict)
         if missing:
             raise KeyError(f"{op}: state_dict lacks {sorted(missing)}")
-        if state_dict["capacity"] != self.capacity:
-            raise ValueError(f"{op}: state_dict capacity {state_dict['capacity']} != this "
-                             f"tree's capacity {self.capacity}")
+        if type(state_dict["capacity"]) is not int or state_dict["capacity"] != self.capacity:
+            raise ValueError(f"{op}: state_dict['capacity'] is {state_dict['capacity']!r}, this "
+                             f"tree has {self.capacity}")
         values = state_dict["values"]
         if not isinstance(values, torch.Tensor):
             raise TypeError(f"{op}: state_dict['values'] must be a torch.Tensor, "

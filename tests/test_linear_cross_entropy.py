@@ -275,6 +275,10 @@ BAD = [
      lambda x, w, b, t: (x, w, b, torch.rand(6, 5, requires_grad=True)), {}),
     ("input must be float", lambda x, w, b, t: (x.int(), w.int(), b.int(), t), {}),
     ("out of range", lambda x, w, b, t: (x, w, b, t.index_fill(0, torch.tensor([2]), 99)), {}),
+    # a chunk's row and the per-chunk op's name were reported ("cross_entropy_with_score:
+    # target[1]" here)
+    ("^linear_cross_entropy_with_score: target\\[5\\] = 99 is out of range for 5 classes",
+     lambda x, w, b, t: (x, w, b, t.index_fill(0, torch.tensor([5]), 99)), {"chunk_size": 2}),
     ("reduction must be", lambda x, w, b, t: (x, w, b, t), {"reduction": "avg"}),
     ("label_smoothing must be in", lambda x, w, b, t: (x, w, b, t), {"label_smoothing": 2.0}),
     ("chunk_size must be >= 1", lambda x, w, b, t: (x, w, b, t), {"chunk_size": 0}),

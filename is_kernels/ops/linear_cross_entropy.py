@@ -166,6 +166,17 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
     return row_loss, score, grad_input, grad_weight, grad_bias
 
 
+def _check_classes(target: torch.Tensor, ignore_index: int, classes: int) -> None:
+    """Raises the error naming the first class index out of range (CPU: the per-chunk kernel
+    would name its op and the row within the chunk; the CUDA kernels give NaN there)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{OP}: target[{i}] = {int(target[i])} is out of range for {classes} "
+                         f"classes (expected 0 <= target < V, or target == ignore_index = "
+                         f"{ignore_index})")
+
+
 def _empty(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty((0,))
 
@@ -177,6 +188,8 @@ def _forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     """(loss, score, grad_input, grad_weight, grad_bias). The gradients are those of the
     reduced loss ("mean"/"sum", when compute_grad) and empty otherwise."""
     _check(input, weight, bias, target, label_smoothing, reduction, chunk_size)
+    if not uses_cuda_path(input) and not target.dtype.is_floating_point:
+        _check_classes(target, ignore_index, weight.shape[0])
     eager = compute_grad and reduction != "none"
     row_loss, score, gi, gw, gb = _chunks(input, weight, bias, target, ignore_index,
                                           label_smoothing, chunk_size, eager)

@@ -150,6 +150,29 @@ def test_loader_state_without_the_matching_sampler_state_raises():
         next(iter(resumed.loader))
 
 
+
+def test_a_resume_the_sampler_cannot_continue_is_kept_until_it_can():
+    """Iterating a loaded loader state with a sampler that did not make its draws raises and
+    leaves the loaded state in place (it was consumed, and the next iteration silently
+    started a fresh epoch); once the matching sampler state is loaded, it continues."""
+    sampler = make_sampler("online")
+    batches = is_kernels.ImportanceBatchSampler(sampler)
+    it = iter(batches)
+    next(it), next(it)
+    state, sampler_state = batches.state_dict(), sampler.state_dict()
+    rest = list(it)
+    fresh = make_sampler("online")
+    resumed = is_kernels.ImportanceBatchSampler(fresh)
+    resumed.load_state_dict(state)
+    before = resumed.state_dict()
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="the sampler's state does not continue"):
+            list(resumed)
+        assert resumed.state_dict() == before
+    fresh.load_state_dict(sampler_state)
+    assert list(resumed) == rest
+
+
 def test_batch_sampler_state_checks():
     s = is_kernels.ImportanceBatchSampler(make_sampler("uniform"))
     with pytest.raises(TypeError, match="state_dict must be a dict"):

@@ -85,13 +85,15 @@ class ImportanceBatchSampler(torch.utils.data.Sampler[List[Key]]):
         resume, self._resume = self._resume, None
         return self._batches(resume)
 
-    def _prefetched(self, serial: int) -> List[Any]:
-        """The sampler's outstanding draws after ``serial``: those the saved loader had
-        drawn ahead and not handed to the training loop."""
-        name = "ImportanceBatchSampler"
+    def _prefetched(self, resume: Dict[str, int]) -> List[Any]:
+        """The sampler's outstanding draws after the resumed iteration's last serial: those
+        the saved loader had drawn ahead and not handed to the training loop. If the sampler
+        cannot continue it, raises and keeps the resume for the next iteration."""
+        name, serial = "ImportanceBatchSampler", resume["serial"]
         ahead = [d for d in self.sampler.outstanding_draws() if d.serial > serial]
         made = self.sampler.num_draws - serial
-        if made < 0 or len(ahead) != made or made > self._length - self._yielded:
+        if made < 0 or len(ahead) != made or made > resume["length"] - resume["yielded"]:
+            self._resume = resume
             raise RuntimeError(
                 f"{name}: the sampler's state does not continue the loader's (the loader "
                 f"handed out draws up to {serial}, the sampler made {self.sampler.num_draws} "
@@ -104,9 +106,9 @@ class ImportanceBatchSampler(torch.utils.data.Sampler[List[Key]]):
             self._length, self._yielded, self._serial = len(self.sampler), 0, 0
             prefetched = []
         else:
+            prefetched = self._prefetched(resume)
             self._length, self._yielded, self._serial = \
                 resume["length"], resume["yielded"], resume["serial"]
-            prefetched = self._prefetched(resume["serial"])
         while self._yielded < self._length:
             if prefetched:
                 draw = prefetched.pop(0)

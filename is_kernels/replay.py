@@ -69,7 +69,7 @@ class PrioritizedReplay:
                  eps: float = 1e-4, device: Optional[torch.device | str] = None,
                  dtype: torch.dtype = torch.float32) -> None:
         self._alpha = _check_real("alpha", alpha, 0.0)
-        self.beta = _check_real("beta", beta, 0.0)
+        self.beta = beta
         self._eps = _check_real("eps", eps, 0.0)
         self._sum = SumTree(capacity, device=device, dtype=dtype)
         self._min = MinTree(capacity, device=device, dtype=dtype)
@@ -89,6 +89,16 @@ class PrioritizedReplay:
     @property
     def alpha(self) -> float:
         return self._alpha
+
+    @property
+    def beta(self) -> float:
+        """The importance-weight exponent of :meth:`sample` and :meth:`weights` (finite and
+        >= 0, checked when set)."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = _check_real("beta", value, 0.0)
 
     @property
     def eps(self) -> float:

@@ -119,6 +119,20 @@ def test_errors():
         PrioritizedReplay(4, beta="1")
 
 
+
+def test_beta_attribute_is_checked_when_set():
+    """An invalid beta set as an attribute raised only at the next CPU sample, and on the
+    CUDA path gave weights above 1 (beta = -1)."""
+    per = PrioritizedReplay(4)
+    per.beta = 1
+    assert per.beta == 1.0
+    with pytest.raises(ValueError, match="PrioritizedReplay: beta must be finite and >= 0"):
+        per.beta = -1.0
+    with pytest.raises(TypeError, match="PrioritizedReplay: beta must be a real number"):
+        per.beta = "0.5"
+    assert per.beta == 1.0
+
+
 def test_all_zero_sample_raises_and_bad_input_changes_nothing():
     per = PrioritizedReplay(4, eps=0.0)
     per.add(3, torch.zeros(3))

@@ -165,6 +165,16 @@ def test_invalid_priority_raises_and_changes_nothing():
         itr.MinSegmentTreeFp32(4)[1] = math.nan
 
 
+
+def test_bad_size_names_the_argument():
+    """A size of 0 raised a TypeError for a value of the right type."""
+    with pytest.raises(ValueError, match="SumSegmentTreeFp32: size must be >= 1, got 0"):
+        itr.SumSegmentTreeFp32(0)
+    with pytest.raises(TypeError, match="MinSegmentTreeFp64: size must be an int, got float"):
+        itr.MinSegmentTreeFp64(2.0)
+    assert len(itr.SumSegmentTreeFp64(np.int64(3))) == 3
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_prioritized_buffer_draws_and_weights(enabled, dtype):
     from tensordict import TensorDict

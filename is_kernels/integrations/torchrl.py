@@ -41,6 +41,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from .._checks import int_at_least
 from ..ops.sum_tree import MinTree, SumTree
 
 __all__ = ["enable", "disable", "is_enabled", "SumSegmentTreeFp32", "SumSegmentTreeFp64",
@@ -58,9 +59,7 @@ class _SegmentTree:
     _dtype: torch.dtype
 
     def __init__(self, size: int, device: Optional[torch.device | str] = None) -> None:
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise TypeError(f"{type(self).__name__}: size must be a positive int, got {size!r}")
-        self._size = int(size)
+        self._size = int_at_least(type(self).__name__, "size", size, 1)
         # TorchRL's tree has `capacity` leaves, and its sampler writes and draws the leaves
         # [size, capacity) too (a storage larger than the sampler's max_capacity does).
         tree_class = MinTree if self._is_min else SumTree

@@ -88,6 +88,7 @@ class PrioritizedReplay:
 
     @property
     def alpha(self) -> float:
+        """The priority exponent (fixed: the stored priorities depend on it)."""
         return self._alpha
 
     @property
@@ -102,14 +103,17 @@ class PrioritizedReplay:
 
     @property
     def eps(self) -> float:
+        """What is added to every raw priority (fixed, as ``alpha``)."""
         return self._eps
 
     @property
     def capacity(self) -> int:
+        """The number of ring-buffer slots."""
         return self._capacity
 
     @property
     def device(self) -> torch.device:
+        """Where the trees live."""
         return self._device
 
     @property
@@ -124,6 +128,7 @@ class PrioritizedReplay:
         return self._max_priority
 
     def __len__(self) -> int:
+        """The number of slots stored so far (at most ``capacity``)."""
         return self._stored
 
     def _check_priorities(self, op: str, raw: torch.Tensor, n: int) -> None:

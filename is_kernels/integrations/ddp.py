@@ -61,7 +61,8 @@ class ShardedSampler:
     """
 
     def __init__(self, sampler: Sampler, *, num_replicas: Optional[int] = None,
-                 rank: Optional[int] = None, group=None) -> None:
+                 rank: Optional[int] = None,
+                 group: Optional[dist.ProcessGroup] = None) -> None:
         if not isinstance(sampler, Sampler):
             raise TypeError(f"ShardedSampler: sampler must be an is_kernels Sampler, "
                             f"got {type(sampler).__name__}")
@@ -77,9 +78,11 @@ class ShardedSampler:
         self._global_idx: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
+        """Steps per epoch: the wrapped sampler's."""
         return len(self.sampler)
 
     def set_epoch(self, epoch: int) -> None:
+        """Starts epoch ``epoch`` of the wrapped sampler (see :meth:`Sampler.set_epoch`)."""
         self.sampler.set_epoch(epoch)
 
     def _sizes(self, n: int) -> List[int]:
@@ -120,10 +123,13 @@ class ShardedSampler:
         self._global_idx = None
 
     def probabilities(self) -> torch.Tensor:
+        """The wrapped sampler's probabilities of the global draw."""
         return self.sampler.probabilities()
 
     def state_dict(self) -> Dict[str, Any]:
+        """The wrapped sampler's state (the same on every rank)."""
         return self.sampler.state_dict()
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores the wrapped sampler's state (load the same one on every rank)."""
         self.sampler.load_state_dict(state_dict)

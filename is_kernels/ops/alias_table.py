@@ -196,9 +196,11 @@ class AliasTable:
 
     @property
     def device(self) -> torch.device:
+        """Where the table and its draws live."""
         return self._prob.device
 
     def __len__(self) -> int:
+        """The number of items N."""
         return self._weights.shape[0]
 
     def _check_unmodified(self, op: str) -> None:

@@ -478,14 +478,17 @@ class _Tree:
 
     @property
     def capacity(self) -> int:
+        """The number of leaves."""
         return self._leaves.shape[0]
 
     @property
     def device(self) -> torch.device:
+        """Where the tree lives."""
         return self._leaves.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the leaves."""
         return self._leaves.dtype
 
     @property

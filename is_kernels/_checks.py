@@ -64,14 +64,6 @@ def can_sync(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def check_num_draws(op: str, n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"{op}: n must be an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{op}: n must be >= 0, got {n}")
-    return n
-
-
 class ErrorFlag:
     """A sticky error code on a device (int32 0-dim, 0: no error) for checks that would
     otherwise need a host sync: :meth:`record` keeps the first nonzero code without syncing;

@@ -22,8 +22,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ._checks import (ErrorFlag, check_num_draws, max_leaf, raise_invalid_weights,
-                      state_float, state_int, weights_valid)
+from ._checks import (ErrorFlag, int_at_least, max_leaf, raise_invalid_weights, state_float,
+                      state_int, weights_valid)
 from .ops.cuda_path import uses_cuda_path
 from .ops.sum_tree import MinTree, SumTree
 
@@ -158,7 +158,7 @@ class PrioritizedReplay:
         priority is the largest raw priority seen so far, or ``priorities`` (raw, ``[n]``,
         finite and >= 0). ``n`` is at most ``capacity``."""
         op = "PrioritizedReplay.add"
-        check_num_draws(op, n)
+        n = int_at_least(op, "n", n, 0)
         if n > self._capacity:
             raise ValueError(f"{op}: n = {n} is more than the capacity {self._capacity}")
         if not self._cpu:
@@ -193,7 +193,7 @@ class PrioritizedReplay:
             CUDA, all-zero priorities give -1 and NaN, and an error for :meth:`raise_errors`).
         """
         op = "PrioritizedReplay.sample"
-        check_num_draws(op, batch_size)
+        batch_size = int_at_least(op, "batch_size", batch_size, 0)
         beta = self.beta if beta is None else _check_real("beta", beta, 0.0)
         if self._stored == 0:
             raise RuntimeError(f"{op}: the buffer is empty")

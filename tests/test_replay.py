@@ -120,6 +120,19 @@ def test_errors():
 
 
 
+
+def test_sample_errors_name_batch_size():
+    """sample(-1) said "n must be >= 0": sample has no argument n."""
+    per = PrioritizedReplay(4)
+    per.add(2)
+    with pytest.raises(ValueError, match="PrioritizedReplay.sample: batch_size must be >= 0"):
+        per.sample(-1)
+    with pytest.raises(TypeError, match="PrioritizedReplay.sample: batch_size must be an int"):
+        per.sample(2.0)
+    assert per.sample(np.int64(3))[0].shape == (3,)  # as the samplers take numpy ints
+    assert per.add(np.int64(1)).tolist() == [2]
+
+
 def test_beta_attribute_is_checked_when_set():
     """An invalid beta set as an attribute raised only at the next CPU sample, and on the
     CUDA path gave weights above 1 (beta = -1)."""

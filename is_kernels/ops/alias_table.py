@@ -27,7 +27,7 @@ import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .cuda_path import cuda_kernel, uses_cuda_path
-from .._checks import (MAX_SIZE, ErrorFlag, can_sync, check_num_draws, check_weight_dtype,
+from .._checks import (MAX_SIZE, ErrorFlag, can_sync, check_weight_dtype, int_at_least,
                        raise_invalid_weights, weights_valid)
 
 __all__ = ["AliasTable"]
@@ -230,7 +230,7 @@ class AliasTable:
         """``n`` i.i.d. indices (int64 ``[n]``; all -1 for a table of invalid weights, see
         ``check_values``). Uniforms come from ``generator`` (default: the device's default
         generator): the same seed gives the same draws on a device."""
-        check_num_draws("AliasTable.sample", n)
+        n = int_at_least("AliasTable.sample", "n", n, 0)
         self._check_unmodified("AliasTable.sample")
         u = torch.rand((3, n), generator=generator, device=self.device, dtype=torch.float64)
         if self._status is not None and uses_cuda_path(u):

@@ -47,8 +47,8 @@ import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .cuda_path import cuda_kernel, uses_cuda_path
-from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_num_draws,
-                       check_weight_dtype, max_leaf, raise_invalid_weights, weights_valid)
+from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_weight_dtype,
+                       int_at_least, max_leaf, raise_invalid_weights, weights_valid)
 
 __all__ = ["SumTree", "MinTree"]
 
@@ -722,7 +722,7 @@ class SumTree(_Tree):
                 ``"minus_one"``: every draw is -1, with no error and no sync on any device.
         """
         op = "SumTree.sample"
-        check_num_draws(op, n)
+        n = int_at_least(op, "n", n, 0)
         if empty not in ("raise", "minus_one"):
             raise ValueError(f"{op}: empty must be 'raise' or 'minus_one', got {empty!r}")
         record = False  # whether the sample kernel records an all-zero tree

@@ -1,7 +1,7 @@
 """Argument and state checks shared across is_kernels.
 
-- Arguments: :func:`int_at_least`, :func:`real`, :func:`fraction`, :func:`flag`
-  (TypeError / ValueError naming the argument).
+- Arguments: :func:`int_at_least`, :func:`real`, :func:`fraction`, :func:`flag`,
+  :func:`canonical_device` (TypeError / ValueError naming the argument).
 - ``state_dict`` entries: :func:`state_int`, :func:`state_float`, :func:`state_indices`.
 - Weights of the weighted samplers (sum tree, alias table): on CPU the C++ kernels check the
   values themselves; these helpers serve the Python side: dtype/shape/device checks, and the
@@ -115,6 +115,19 @@ def real(owner: str, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}")
     return float(value)
+
+
+def canonical_device(owner: str, device: Any) -> torch.device:
+    """``device`` as torch resolves it (``"cuda"`` -> ``cuda:<current>`` etc., so device
+    comparisons with tensors are exact), or an error naming ``device`` if torch cannot place
+    a tensor there."""
+    try:
+        return torch.empty(0, device=device).device
+    except TypeError:
+        raise TypeError(f"{owner}: device must be a torch.device, a string or None, "
+                        f"got {type(device).__name__}") from None
+    except (RuntimeError, AssertionError) as e:  # unknown, or not built in / present
+        raise ValueError(f"{owner}: device {device!r} is not available ({e})") from None
 
 
 def flag(owner: str, name: str, value: Any) -> bool:

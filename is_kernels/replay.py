@@ -71,7 +71,10 @@ class PrioritizedReplay:
         self._alpha = _check_real("alpha", alpha, 0.0)
         self.beta = beta
         self._eps = _check_real("eps", eps, 0.0)
-        self._sum = SumTree(capacity, device=device, dtype=dtype)
+        try:  # the trees check capacity, device and dtype: their errors, in this name
+            self._sum = SumTree(capacity, device=device, dtype=dtype)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"PrioritizedReplay: {str(e).split(': ', 1)[-1]}") from None
         self._min = MinTree(capacity, device=device, dtype=dtype)
         # The trees' storage, as the ops take it (updated in place, never reallocated).
         self._trees = (self._sum.values, self._sum.inner_nodes, self._min.values,

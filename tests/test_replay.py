@@ -117,6 +117,15 @@ def test_errors():
         PrioritizedReplay(4, alpha=-1.0)
     with pytest.raises(TypeError, match="beta must be a real number"):
         PrioritizedReplay(4, beta="1")
+    # The buffer's own name, not its trees' ("SumTree: capacity must be ...").
+    with pytest.raises(ValueError, match="^PrioritizedReplay: capacity must be in"):
+        PrioritizedReplay(0)
+    with pytest.raises(TypeError, match="^PrioritizedReplay: capacity must be an int"):
+        PrioritizedReplay(4.0)
+    with pytest.raises(TypeError, match="^PrioritizedReplay: dtype must be float32 or float64"):
+        PrioritizedReplay(4, dtype=torch.float16)
+    with pytest.raises(ValueError, match="^PrioritizedReplay: device 'bogus' is not available"):
+        PrioritizedReplay(4, device="bogus")
 
 
 

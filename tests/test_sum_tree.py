@@ -410,6 +410,8 @@ def test_bad_arguments():
         SumTree(2**31)
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
         SumTree(3, dtype=torch.float16)
+    with pytest.raises(ValueError, match="^SumTree: device 'bogus' is not available"):
+        SumTree(3, device="bogus")  # torch's RuntimeError did not name the argument
     assert torch.equal(tree.values, before)
 
 

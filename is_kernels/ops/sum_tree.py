@@ -47,8 +47,9 @@ import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .cuda_path import cuda_kernel, uses_cuda_path
-from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, check_weight_dtype,
-                       int_at_least, max_leaf, raise_invalid_weights, weights_valid)
+from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, canonical_device,
+                       check_weight_dtype, int_at_least, max_leaf, raise_invalid_weights,
+                       weights_valid)
 
 __all__ = ["SumTree", "MinTree"]
 
@@ -458,6 +459,7 @@ class _Tree:
         if check_values is not None and not isinstance(check_values, bool):
             raise TypeError(f"{name}: check_values must be None or a bool, "
                             f"got {type(check_values).__name__}")
+        device = canonical_device(name, device)
         self._leaves = torch.full((capacity,), self._FILL, dtype=dtype, device=device)
         self._inner = torch.full((heap_size(capacity),), self._FILL, device=device,
                                  dtype=dtype if self._is_min else torch.float64)

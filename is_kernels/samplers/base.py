@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .._checks import int_at_least, state_int
+from .._checks import canonical_device, int_at_least, state_int
 from ..ops.cuda_path import uses_cuda_path
 
 __all__ = ["Sampler", "Draw", "ScoreFn", "DeviceLike"]
@@ -38,18 +38,6 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 SCORE_TYPES = ("output_grad", "loss")
 DeviceLike = Union[torch.device, str, None]
-
-
-def _canonical_device(owner: str, device: DeviceLike) -> torch.device:
-    """``"cuda"`` -> ``cuda:<current>`` etc., so device comparisons with tensors are exact;
-    an error naming ``device`` if torch cannot place a tensor there."""
-    try:
-        return torch.empty(0, device=device).device
-    except TypeError:
-        raise TypeError(f"{owner}: device must be a torch.device, a string or None, "
-                        f"got {type(device).__name__}") from None
-    except (RuntimeError, AssertionError) as e:  # unknown, or not built in / present
-        raise ValueError(f"{owner}: device {device!r} is not available ({e})") from None
 
 
 class Sampler(abc.ABC):
@@ -98,12 +86,12 @@ class Sampler(abc.ABC):
                             f"got {type(generator).__name__}")
         if device is None:
             device = generator.device if generator is not None else "cpu"
-        self.device = _canonical_device(name, device)
+        self.device = canonical_device(name, device)
         if generator is None:
             generator = torch.Generator(device=self.device)
             # Seeded from torch's global RNG, so torch.manual_seed makes runs reproducible.
             generator.manual_seed(int(torch.randint(2 ** 62, (1,)).item()))
-        elif _canonical_device(name, generator.device) != self.device:
+        elif canonical_device(name, generator.device) != self.device:
             raise ValueError(f"{name}: generator must be on the sampler's device {self.device}, "
                              f"got {generator.device}")
         self.generator = generator

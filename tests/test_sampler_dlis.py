@@ -154,7 +154,10 @@ def test_tau_learns_from_uniform_draws_updated_late():
 @pytest.mark.parametrize("kw,match", [({"presample": 0.5}, "presample must be a finite"),
                                       ({"presample": float("inf")}, "presample must be a finite"),
                                       ({"tau_smoothing": 1.0}, "tau_smoothing must be in"),
-                                      ({"tau_threshold": 0.5}, "tau_threshold must be >= 1")])
+                                      ({"tau_threshold": 0.5}, "tau_threshold must be >= 1"),
+                                      # failed at the first importance-sampled draw
+                                      ({"presample": 2.0**23 + 1},
+                                       r"presample·batch_size = 16777218 must be at most 2\*\*24")])
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         PresampleImportanceSampler(10, 2, **kw)

@@ -137,6 +137,7 @@ def measure_step_costs(model: torch.nn.Module, inputs: torch.Tensor, targets: to
     return t_f / n, max(t_fb - t_f, 0.0) / n
 
 
+MAX_CANDIDATES = 2**24  # torch.multinomial's limit on categories
 _default_threshold = tau_threshold  # the argument of the same name shadows it below
 
 
@@ -146,7 +147,8 @@ class PresampleImportanceSampler(Sampler):
     Args:
         num_samples: dataset size N.
         batch_size: b, indices per training step.
-        presample: B/b; ``B = round(presample·b)`` candidates are scored when IS is on.
+        presample: B/b; ``B = round(presample·b)`` candidates (at most 2**24) are scored
+            when IS is on.
         tau_threshold: τ_th; default ``tau_threshold(b, B)`` (t_b = 2·t_f). Pass a measured
             one: ``tau_threshold(b, B, *measure_step_costs(model, x, y))``.
         tau_smoothing: ``a`` of the τ moving average.
@@ -174,6 +176,10 @@ class PresampleImportanceSampler(Sampler):
         if not 0.0 <= tau_smoothing < 1.0:
             raise ValueError(f"{name}: tau_smoothing must be in [0, 1), got {tau_smoothing}")
         self.presample_size = max(self.batch_size, round(presample * self.batch_size))
+        if self.presample_size > MAX_CANDIDATES:
+            raise ValueError(f"{name}: presample·batch_size = {self.presample_size} must be at "
+                             f"most 2**24 (torch.multinomial's limit on the candidates it "
+                             f"selects from)")
         if tau_threshold is None:
             tau_threshold = _default_threshold(self.batch_size, self.presample_size)
         if not real(name, "tau_threshold", tau_threshold) >= 1.0:

@@ -297,3 +297,19 @@ def test_cuda_never_syncs_and_records_errors():
     assert slots.device.type == "cuda" and (w <= 1).all()
     with pytest.raises(RuntimeError, match="that batch was dropped"):
         per.raise_errors()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_weights_out_of_range_are_nan_without_a_sync():
+    """An index beyond the capacity was an out-of-bounds read on CUDA (index_select)."""
+    per = PrioritizedReplay(64, device="cuda")
+    per.add(8, torch.rand(8, device="cuda"))
+    per.weights(torch.tensor([0], device="cuda"))  # warm up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        w = per.weights(torch.tensor([0, 5000, 7, 9], device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isnan(w[[1, 3]]).all() and torch.isfinite(w[[0, 2]]).all()
+    with pytest.raises(RuntimeError, match=r"weights\(\) got an index out of range"):
+        per.raise_errors()

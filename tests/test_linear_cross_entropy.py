@@ -129,8 +129,7 @@ def test_score_keeps_relative_precision_of_learned_rows():
     b = torch.zeros(V)
     b_rows = torch.linspace(20, 60, N)
     # One class per row gets a large margin through the bias of a per-row copy of the head.
-    loss, score = [], []
-    ref = []
+    score, ref = [], []
     for i in range(N):
         bi = b.clone()
         bi[t[i]] = b_rows[i]

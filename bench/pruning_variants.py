@@ -1,14 +1,14 @@
 """Variants of unbiased importance pruning, run through the pruning benchmark.
 
-The sweeps behind tables 1 and 2 of docs/pruning.md: the keep-probability floor
+The variants of table 2 of docs/pruning.md: the keep-probability floor
 ``min_keep_probability`` (π_min), the memory fed the loss instead of the output-gradient
 norm, a pruned fraction that ramps over the pruning epochs (mean 0.4, as the default), and
 importance sampling of the kept samples with bounded weights.
 Each variant is registered as a method and the runs are those of ``bench.pruning_e2e``
 (same arguments; InfoBatch and uniform are its methods ``infobatch`` and ``uniform``)::
 
-    python -m bench.pruning_variants --epochs 10 --seeds 0,1,2,3,4 --threads 1 \\
-        --methods floor_0.4,floor_0.5,loss_floor_0.5,ramp_up
+    python -m bench.pruning_variants --epochs 10 --evals-per-epoch 2 --seeds 0,1,2,3,4 \\
+        --methods uniform,infobatch,floor_0.3,floor_0.5,loss_floor_0.5,ramp_up,is_mix_0.3
 """
 from __future__ import annotations
 

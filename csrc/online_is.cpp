@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "overlap.h"
+
 namespace is_kernels {
 namespace {
 
@@ -124,6 +126,9 @@ void online_is_update_cpu(at::Tensor& memory, at::Tensor& seen, const at::Tensor
   check_vector(op, "scores", scores, at::kFloat, idx.numel(), leaves);
   TORCH_CHECK_VALUE(momentum >= 0.0 && momentum < 1.0, op, ": momentum must be in [0, 1), got ",
                     momentum);
+  // idx is read while the state is written (active and scores are read before).
+  check_no_overlap(op, {{"memory", memory}, {"seen", seen}, {"leaves", leaves}, {"inner", inner}},
+                   {{"idx", idx}});
   const int64_t k = idx.numel();
   const int64_t* ix = idx.data_ptr<int64_t>();
   const float* s = scores.data_ptr<float>();

@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "overlap.h"
 #include "simd.h"
 #include "weights.h"
 
@@ -264,6 +265,8 @@ void tree_update_cpu(const char* op, at::Tensor& leaves, at::Tensor& inner,
               indices.sizes(), ", got ", values.sizes());
   TORCH_CHECK(values.device() == leaves.device(), op, ": values must be on the tree's device ",
               leaves.device(), ", got ", values.device());
+  check_no_overlap(op, {{"leaves", leaves}, {"inner", inner}},
+                   {{"indices", indices}, {"values", values}});
   const at::Tensor idx_t = indices.contiguous(), val_t = values.contiguous();
   const int64_t k = idx_t.numel(), capacity = leaves.numel();
   const int64_t* idx = idx_t.data_ptr<int64_t>();
@@ -632,15 +635,24 @@ void check_max_priority(const char* op, const at::Tensor& sum_leaves,
               max_priority.sizes(), " on ", max_priority.device());
 }
 
-// The checks shared by set_priorities and add_priorities: the trees, max_priority, alpha, eps.
+// The checks shared by set_priorities and add_priorities: the trees, max_priority, alpha, eps,
+// and that none of the written tensors shares memory with another or with `indices` (if
+// given), which are read while the trees are written. The raw priorities are read before
+// anything is written: they may be anywhere.
 void check_priority_args(const char* op, const at::Tensor& sum_leaves, const at::Tensor& sum_inner,
                          const at::Tensor& min_leaves, const at::Tensor& min_inner,
-                         const at::Tensor& max_priority, double alpha, double eps) {
+                         const at::Tensor& max_priority, double alpha, double eps,
+                         const at::Tensor& indices) {
   check_tree(op, sum_leaves, sum_inner, at::kDouble);
   check_tree_pair(op, sum_leaves, min_leaves, min_inner);
   check_max_priority(op, sum_leaves, max_priority);
   check_exponent(op, "alpha", alpha);
   check_exponent(op, "eps", eps);
+  check_no_overlap(op,
+                   {{"sum_leaves", sum_leaves}, {"sum_inner", sum_inner},
+                    {"min_leaves", min_leaves}, {"min_inner", min_inner},
+                    {"max_priority", max_priority}},
+                   {{"indices", indices}});
 }
 
 // Checks raw priorities given for n slots: float32 or float64, shape [n], the tree's device.
@@ -728,7 +740,8 @@ at::Tensor sum_tree_set_priorities_cpu(at::Tensor& sum_leaves, at::Tensor& sum_i
                                        const at::Tensor& priorities, double alpha, double eps,
                                        int64_t limit) {
   const char* op = "sum_tree_set_priorities";
-  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps);
+  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps,
+                      indices);
   check_indices(op, sum_leaves, indices, "indices");
   check_raw_priorities(op, sum_leaves, priorities, indices.sizes());
   const int64_t capacity = sum_leaves.numel();
@@ -749,7 +762,8 @@ std::tuple<at::Tensor, at::Tensor> sum_tree_add_priorities_cpu(
     at::Tensor& min_inner, at::Tensor& max_priority, int64_t start, int64_t n,
     const std::optional<at::Tensor>& priorities, double alpha, double eps) {
   const char* op = "sum_tree_add_priorities";
-  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps);
+  check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority, alpha, eps,
+                      at::Tensor());
   const int64_t capacity = sum_leaves.numel();
   TORCH_CHECK(0 <= start && start < capacity, op, ": start must be in [0, ", capacity, "), got ",
               start);

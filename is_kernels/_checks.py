@@ -3,6 +3,8 @@
 - Arguments: :func:`int_at_least`, :func:`real`, :func:`fraction`, :func:`flag`,
   :func:`canonical_device` (TypeError / ValueError naming the argument).
 - ``state_dict`` entries: :func:`state_int`, :func:`state_float`, :func:`state_indices`.
+- In-place ops: :func:`check_no_overlap` (no written tensor shares memory with another or
+  with an input read while writing).
 - Weights of the weighted samplers (sum tree, alias table): on CPU the C++ kernels check the
   values themselves; these helpers serve the Python side: dtype/shape/device checks, and the
   value checks of the CUDA path, where a device-side flag (:class:`ErrorFlag`) is computed
@@ -13,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -62,6 +64,37 @@ def raise_invalid_weights(op: str, name: str, w: torch.Tensor,
 def can_sync(t: torch.Tensor) -> bool:
     """Whether reading a device flag back is allowed (not inside CUDA graph capture)."""
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the bytes spanned by the elements of a and b (from the first element to the
+    last) intersect; False if either is empty or they are on different devices."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+
+    def span(t: torch.Tensor) -> Tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_no_overlap(op: str, written: Dict[str, torch.Tensor],
+                     read: Dict[str, torch.Tensor]) -> None:
+    """Raises (RuntimeError naming both arguments) unless the tensors an op writes share no
+    memory with each other or with the inputs it reads while writing (as csrc/overlap.h does
+    for the C++ kernels)."""
+    names = list(written)
+    for i, w in enumerate(names):
+        for o in names[i + 1:]:
+            if _overlaps(written[w], written[o]):
+                raise RuntimeError(f"{op}: {w} and {o} share memory; each must be a tensor of "
+                                   "its own")
+        for r, t in read.items():
+            if _overlaps(written[w], t):
+                raise RuntimeError(f"{op}: {r} shares memory with {w}, which the op writes; "
+                                   f"pass a copy ({r}.clone())")
 
 
 class ErrorFlag:

@@ -116,6 +116,50 @@ def test_update_op_checks_momentum_and_tree_before_writing(momentum, inner_size,
             assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("shared,match", [
+    ("idx_in_memory", "idx shares memory with memory"),
+    ("idx_in_seen", "idx shares memory with seen"),
+    ("idx_in_leaves", "idx shares memory with leaves"),
+    ("idx_in_inner", "idx shares memory with inner"),
+    ("memory_is_leaves", "memory and leaves share memory"),
+])
+def test_update_op_refuses_state_that_shares_memory(shared, match):
+    """idx is read while the op writes the memory, seen and the tree: idx inside one of them
+    (each a valid index until a write lands on it) raises, as does one tensor passed as both
+    memory and leaves, naming both arguments and changing nothing."""
+    state = list(_op_state(n=64))
+    memory, seen, _, leaves, inner = state
+    memory[:2] = 0.0  # as int64: index 0
+    seen[:8] = False
+    leaves[:2] = 0.0
+    inner[:2] = 0.0
+    state[4] = inner = torch.ops.is_kernels.sum_tree_build(leaves)
+    inner[0] = 0.0  # (slot 0 is unused)
+    idx = {"idx_in_memory": memory[:2].view(torch.int64), "idx_in_seen": seen[:8].view(torch.int64),
+           "idx_in_leaves": leaves[:2].view(torch.int64),
+           "idx_in_inner": inner[:1].view(torch.int64)}.get(shared, torch.tensor([0]))
+    if shared == "memory_is_leaves":
+        state[0] = state[3]
+    before = [t.clone() for t in state]
+    for update in (torch.ops.is_kernels.online_is_update, online_is.update_cuda):
+        with pytest.raises(RuntimeError, match=f"online_is_update: {match}"):
+            update(*state, idx, torch.ones(idx.numel()), 0.2)
+        for got, want in zip(state, before):
+            assert torch.equal(got, want)
+
+
+def test_update_op_reads_scores_before_writing():
+    """Scores are read before anything is written: scores in the memory are accepted, and
+    give what a copy gives."""
+    state = list(_op_state())
+    ref = [t.clone() for t in state]
+    idx = torch.tensor([5, 1, 7, 1])
+    torch.ops.is_kernels.online_is_update(*state, idx, state[0][:4], 0.2)
+    torch.ops.is_kernels.online_is_update(*ref, idx, ref[0][:4].clone(), 0.2)
+    for got, want in zip(state, ref):
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("active_idx,uniform_mix,match", [
     ([10**12], 1.0, r"active_idx must lie in \[0, 50\), got active_idx\[0\]"),
     ([3, -1], 1.0, r"active_idx must lie in"), ([3], 1.5, r"uniform_mix must be in \[0, 1\]"),

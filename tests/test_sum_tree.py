@@ -1,4 +1,5 @@
 """Tests of is_kernels.SumTree and its ops (C++ on CPU; Triton through the interpreter)."""
+import contextlib
 import math
 
 import numpy as np
@@ -10,10 +11,14 @@ from helpers.triton_env import interpreted
 
 import is_kernels
 from is_kernels import SumTree
+from is_kernels.ops.cuda_path import cuda_path_on_cpu
 from is_kernels.ops.sum_tree import heap_size
 
 ops = torch.ops.is_kernels
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# The C++ kernels, and the CUDA path's checks on CPU tensors (which raise before a launch).
+PATHS = [pytest.param(contextlib.nullcontext, id="cpp"),
+         pytest.param(cuda_path_on_cpu, id="cuda_path", marks=interpreted)]
 
 
 def gof_pvalue(draws: torch.Tensor, probs: torch.Tensor) -> float:
@@ -413,6 +418,34 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="^SumTree: device 'bogus' is not available"):
         SumTree(3, device="bogus")  # torch's RuntimeError did not name the argument
     assert torch.equal(tree.values, before)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["sum_tree", "min_tree"])
+def test_update_refuses_inputs_that_share_memory_with_the_tree(kind, path):
+    """Indices read from the tree's own memory would change under the update's writes (a leaf
+    written over an index that passed the checks: a write out of bounds), values likewise, and
+    a tensor passed as both leaves and inner is no tree: each raises, naming both arguments,
+    and changes nothing."""
+    build, update = getattr(ops, f"{kind}_build"), getattr(ops, f"{kind}_update")
+    leaves = torch.zeros(8, dtype=torch.float64)  # as int64: indices 0, all valid
+    inner = build(leaves)
+    zeros = torch.zeros(8, dtype=torch.float64)
+    cases = [(leaves, inner, leaves.view(torch.int64), torch.ones(8, dtype=torch.float64),
+              "indices shares memory with leaves"),
+             (leaves, inner, inner.view(torch.int64), torch.ones(8, dtype=torch.float64),
+              "indices shares memory with inner"),
+             (leaves, inner, torch.arange(8).flip(0), leaves, "values shares memory with leaves"),
+             (leaves, inner, torch.arange(4), inner[4:], "values shares memory with inner"),
+             (leaves, leaves, torch.tensor([1]), torch.ones(1, dtype=torch.float64),
+              "leaves and inner share memory")]
+    for lv, inn, idx, values, msg in cases:
+        before = lv.clone(), inn.clone()
+        with path(), pytest.raises(RuntimeError, match=f"{kind}_update: {msg}"):
+            update(lv, inn, idx, values)
+        assert torch.equal(lv, before[0]) and torch.equal(inn, before[1])
+    assert torch.equal(leaves, zeros) and torch.equal(inner, build(zeros))
+    update(leaves, inner, torch.arange(4), leaves[4:].clone())  # a copy is fine
 
 
 def test_all_zero_sample_policy():
@@ -992,6 +1025,45 @@ def test_add_priorities_errors_change_nothing():
         with pytest.raises(RuntimeError, match=msg):
             ops.sum_tree_add_priorities(*trees, most, start, n, raw, 1.0, 0.0)
     assert all(torch.equal(a, b) for a, b in zip((*trees, most), before))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_priorities_refuse_indices_and_trees_that_share_memory(path):
+    """set_priorities reads its indices while it writes the trees: indices in the memory of a
+    tree or of max_priority raise, and so do (set and add) a sum tree passed as the min tree
+    and a max_priority inside a tree, naming both arguments and changing nothing. Raw
+    priorities are read before anything is written: the stored priorities are accepted."""
+    s, m, trees = tree_pair(8, torch.float64)
+    most = max_of()
+    ops.sum_tree_set_priorities(*trees, most, torch.arange(8), torch.rand(8, dtype=torch.float64),
+                                0.5, 0.0, 8)
+    before = [t.clone() for t in (*trees, most)]
+    one = torch.tensor([1.0])
+    sl, si, ml, mi = trees
+    for args, msg in [((sl, si, sl, si, most), "sum_leaves and min_leaves share memory"),
+                      ((sl, si, ml, si, most), "sum_inner and min_inner share memory"),
+                      ((sl, si, ml, mi, si[1]), "sum_inner and max_priority share memory")]:
+        with path(), pytest.raises(RuntimeError, match=f"sum_tree_set_priorities: {msg}"):
+            ops.sum_tree_set_priorities(*args, torch.tensor([0]), one, 1.0, 0.0, 8)
+        with path(), pytest.raises(RuntimeError, match=f"sum_tree_add_priorities: {msg}"):
+            ops.sum_tree_add_priorities(*args, 0, 1, None, 1.0, 0.0)
+    for name, t in zip(("sum_leaves", "sum_inner", "min_leaves", "min_inner", "max_priority"),
+                       (*trees, most)):
+        with path(), pytest.raises(RuntimeError, match=f"indices shares memory with {name}"):
+            ops.sum_tree_set_priorities(*trees, most, t.view(-1)[:1].view(torch.int64), one,
+                                        1.0, 0.0, 8)
+    assert all(torch.equal(a, b) for a, b in zip((*trees, most), before))
+    # Raw priorities read from the trees: the same as from a copy.
+    ref_s, ref_m, ref = tree_pair(8, torch.float64)
+    ref_most = max_of()
+    for t, r in zip((*ref, ref_most), (*trees, most)):
+        t.copy_(r)
+    idx = torch.tensor([3, 0, 5, 1])
+    ops.sum_tree_set_priorities(*trees, most, idx, s.values[:4], 0.5, 0.0, 8)
+    ops.sum_tree_set_priorities(*ref, ref_most, idx, ref_s.values[:4].clone(), 0.5, 0.0, 8)
+    ops.sum_tree_add_priorities(*trees, most, 6, 4, m.values[2:6], 0.5, 0.0)
+    ops.sum_tree_add_priorities(*ref, ref_most, 6, 4, ref_m.values[2:6].clone(), 0.5, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip((*trees, most), (*ref, ref_most)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

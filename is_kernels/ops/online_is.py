@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
+from .._checks import check_no_overlap
 from .cuda_path import cuda_kernel
 from .sum_tree import check_tree
 
@@ -100,4 +101,7 @@ def update_cuda(memory, seen, active, leaves, inner, idx, scores, momentum):
     from . import sum_tree_triton
 
     _check_update(memory, seen, active, leaves, inner, idx, scores, momentum)
+    check_no_overlap("online_is_update",
+                     {"memory": memory, "seen": seen, "leaves": leaves, "inner": inner},
+                     {"idx": idx})
     sum_tree_triton.update(leaves, inner, idx, scores, online=(memory, seen, active, momentum))

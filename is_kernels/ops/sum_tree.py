@@ -48,8 +48,8 @@ import torch
 from .. import _C  # noqa: F401  (registers the ops and their CPU kernels)
 from .cuda_path import cuda_kernel, uses_cuda_path
 from .._checks import (MAX_SIZE, WEIGHT_DTYPES, ErrorFlag, can_sync, canonical_device,
-                       check_weight_dtype, int_at_least, max_leaf, raise_invalid_weights,
-                       weights_valid)
+                       check_no_overlap, check_weight_dtype, int_at_least, max_leaf,
+                       raise_invalid_weights, weights_valid)
 
 __all__ = ["SumTree", "MinTree"]
 
@@ -200,6 +200,8 @@ def _update_cuda(op: str) -> Callable:
         from . import sum_tree_triton
 
         _check_update(op, leaves, inner, indices, values, op.startswith("min_tree"))
+        check_no_overlap(op, {"leaves": leaves, "inner": inner},
+                         {"indices": indices, "values": values})
         sum_tree_triton.update(leaves, inner, indices, values,
                                is_min=op.startswith("min_tree"))
     return kernel
@@ -257,6 +259,17 @@ def _check_priority_args(op, sum_leaves, sum_inner, min_leaves, min_inner, max_p
                          f"{tuple(max_priority.shape)} on {max_priority.device}")
 
 
+def _check_written(op, sum_leaves, sum_inner, min_leaves, min_inner, max_priority,
+                   indices=None) -> None:
+    """set_priorities and add_priorities on the CUDA path: the written tensors share no memory
+    with each other or with ``indices`` (not in the fake kernels: fake tensors have no
+    memory)."""
+    check_no_overlap(op, {"sum_leaves": sum_leaves, "sum_inner": sum_inner,
+                          "min_leaves": min_leaves, "min_inner": min_inner,
+                          "max_priority": max_priority},
+                     {} if indices is None else {"indices": indices})
+
+
 def _check_raw_priorities(op: str, sum_leaves, priorities, shape) -> None:
     if priorities.dtype not in WEIGHT_DTYPES or priorities.shape != shape:
         raise ValueError(f"{op}: priorities must be float32 or float64 of the shape "
@@ -294,6 +307,8 @@ def _set_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, max_prior
 
     _check_set_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, indices,
                           priorities)
+    _check_written("sum_tree_set_priorities", sum_leaves, sum_inner, min_leaves, min_inner,
+                   max_priority, indices)
     largest = sum_tree_triton.set_priorities(sum_leaves, sum_inner, min_leaves, min_inner,
                                              indices, priorities, alpha, eps, limit)[1]
     torch.fmax(max_priority, largest, out=max_priority)
@@ -327,6 +342,8 @@ def _add_priorities_cuda(sum_leaves, sum_inner, min_leaves, min_inner, max_prior
                          priorities, alpha, eps):
     _check_add_priorities(sum_leaves, sum_inner, min_leaves, min_inner, max_priority, start, n,
                           priorities)
+    _check_written("sum_tree_add_priorities", sum_leaves, sum_inner, min_leaves, min_inner,
+                   max_priority)
     from . import sum_tree_triton
 
     raw = max_priority.expand(n) if priorities is None else priorities

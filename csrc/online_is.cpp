@@ -150,6 +150,9 @@ void online_is_update_cpu(at::Tensor& memory, at::Tensor& seen, const at::Tensor
   float* v = values.data_ptr<float>();
   for (int64_t t = 0; t < k; ++t) {
     f[t] = was_seen[ix[t]] ? keep * q[ix[t]] + take * s[t] : s[t];
+    TORCH_CHECK_VALUE(std::isfinite(f[t]) && f[t] >= 0.0f, op, ": memory[", ix[t], "] = ",
+                      q[ix[t]], " and scores[", t, "] = ", s[t], " give the memory value ", f[t],
+                      ", which is not finite and >= 0 (memory must hold finite values >= 0)");
     v[t] = is_active[ix[t]] ? f[t] : 0.0f;
   }
   sum_tree_update(leaves, inner, idx, values);

@@ -148,6 +148,22 @@ def test_update_op_refuses_state_that_shares_memory(shared, match):
             assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -10.0])
+def test_update_op_names_a_memory_value_that_is_not_valid(value):
+    """A seen sample whose memory is not finite and >= 0 gives an invalid leaf: the error
+    names the memory entry (not the leaf values the op passes on to the tree update)."""
+    state = _op_state()
+    memory, seen = state[0], state[1]
+    memory[3], seen[3] = value, True
+    before = [t.clone() for t in state]
+    with pytest.raises(ValueError, match=r"online_is_update: memory\[3\] = .* and scores\[1\] "
+                       r"= 1 give the memory value"):
+        torch.ops.is_kernels.online_is_update(*state, torch.tensor([0, 3]),
+                                              torch.tensor([2.0, 1.0]), 0.2)
+    for got, want in zip(state, before):
+        assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
 def test_update_op_reads_scores_before_writing():
     """Scores are read before anything is written: scores in the memory are accepted, and
     give what a copy gives."""

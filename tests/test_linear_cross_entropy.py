@@ -294,6 +294,36 @@ def test_bad_input_raises_naming_the_argument(match, make, kw):
         is_kernels.linear_cross_entropy_with_score(x, w, t, bias=b, **kw)
 
 
+BACKWARD_OP = "linear_cross_entropy_with_score_backward"
+BAD_BACKWARD = [
+    ("chunk_size must be >= 1, got 0", {"chunk_size": 0}),
+    ("chunk_size must be >= 1, got -1", {"chunk_size": -1}),
+    ("grad_loss must have shape \\[N\\] = \\[6\\]", {"grad_loss": torch.ones(5)}),
+    ("grad_loss must have shape \\[N\\] = \\[6\\]", {"grad_loss": torch.ones(1)}),
+    ("grad_loss must have shape \\[N\\] = \\[6\\]", {"grad_loss": torch.ones(6, 1)}),
+    ("grad_loss must be a floating-point tensor",
+     {"grad_loss": torch.ones(6, dtype=torch.int64)}),
+    ("weight must be \\[V, H\\]", {"weight": torch.ones(5, 3)}),
+    ("target must have shape \\[N\\] = \\[6\\]", {"target": torch.zeros(3, dtype=torch.int64)}),
+    ("label_smoothing must be in \\[0, 1\\]", {"label_smoothing": 2.0}),
+    ("target\\[5\\] = 9 is out of range for 5 classes",
+     {"target": torch.tensor([0, 1, 2, 3, 4, 9])}),
+]
+
+
+@pytest.mark.parametrize("match,change", BAD_BACKWARD)
+def test_backward_op_checks_its_arguments(match, change):
+    """The raw backward op (what autograd calls for reduction "none") checks what the forward
+    checks, and grad_loss; chunk_size < 1 is refused, not a loop that never runs (which
+    returned grad_input uninitialised)."""
+    x, w, b, t = make_case(6, 4, 5, torch.float32)
+    args = {"input": x, "weight": w, "bias": b, "target": t, "grad_loss": torch.ones(6),
+            "ignore_index": -100, "label_smoothing": 0.0, "chunk_size": 4}
+    args.update(change)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match=f"{BACKWARD_OP}: {match}"):
+        torch.ops.is_kernels.linear_cross_entropy_with_score_backward(*args.values())
+
+
 @requires_cuda
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

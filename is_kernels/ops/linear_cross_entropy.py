@@ -46,48 +46,65 @@ def default_chunk_size(n: int, vocab: int, hidden: int, device: torch.device) ->
 
 def _check(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
            target: torch.Tensor, label_smoothing: float, reduction: str,
-           chunk_size: int) -> None:
-    """Shape, dtype, device and option checks (the same at trace time, on fake tensors)."""
+           chunk_size: int, op: str = OP) -> None:
+    """Shape, dtype, device and option checks (the same at trace time, on fake tensors); the
+    errors start with ``op``."""
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"{OP}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if input.dim() != 2:
-        raise ValueError(f"{OP}: input must be [N, H] or [..., H], got shape "
+        raise ValueError(f"{op}: input must be [N, H] or [..., H], got shape "
                          f"{tuple(input.shape)}")
     if weight.dim() != 2 or weight.shape[1] != input.shape[1]:
-        raise ValueError(f"{OP}: weight must be [V, H] with H = {input.shape[1]} (the "
+        raise ValueError(f"{op}: weight must be [V, H] with H = {input.shape[1]} (the "
                          f"nn.Linear layout), got shape {tuple(weight.shape)}")
     if weight.shape[0] < 1:
-        raise ValueError(f"{OP}: weight must have at least one class (V >= 1)")
+        raise ValueError(f"{op}: weight must have at least one class (V >= 1)")
     if input.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{OP}: input must be float32, float64, float16 or bfloat16, "
+        raise TypeError(f"{op}: input must be float32, float64, float16 or bfloat16, "
                         f"got {input.dtype}")
     named = [("weight", weight)] + ([("bias", bias)] if bias is not None else [])
     for name, t in named:
         if t.dtype != input.dtype:
-            raise TypeError(f"{OP}: {name} must have the dtype of input ({input.dtype}), "
+            raise TypeError(f"{op}: {name} must have the dtype of input ({input.dtype}), "
                             f"got {t.dtype}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"{OP}: bias must have shape [V] = [{weight.shape[0]}], "
+        raise ValueError(f"{op}: bias must have shape [V] = [{weight.shape[0]}], "
                          f"got {tuple(bias.shape)}")
     if target.dtype.is_floating_point:  # class probabilities
         want = (input.shape[0], weight.shape[0])
         if tuple(target.shape) != want:
-            raise ValueError(f"{OP}: target (class probabilities) must have shape [N, V] = "
+            raise ValueError(f"{op}: target (class probabilities) must have shape [N, V] = "
                              f"{list(want)}, got {tuple(target.shape)}")
     elif target.dtype != torch.int64:
-        raise TypeError(f"{OP}: target must be int64 class indices or float class "
+        raise TypeError(f"{op}: target must be int64 class indices or float class "
                         f"probabilities, got {target.dtype}")
     elif target.dim() != 1 or target.shape[0] != input.shape[0]:
-        raise ValueError(f"{OP}: target must have shape [N] = [{input.shape[0]}], "
+        raise ValueError(f"{op}: target must have shape [N] = [{input.shape[0]}], "
                          f"got {tuple(target.shape)}")
     for name, t in named + [("target", target)]:
         if t.device != input.device:
-            raise ValueError(f"{OP}: {name} and input must be on the same device, "
+            raise ValueError(f"{op}: {name} and input must be on the same device, "
                              f"got {t.device} and {input.device}")
     if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{OP}: label_smoothing must be in [0, 1], got {label_smoothing}")
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
     if chunk_size < 1:
-        raise ValueError(f"{OP}: chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"{op}: chunk_size must be >= 1, got {chunk_size}")
+
+
+def _check_backward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    target: torch.Tensor, grad_loss: torch.Tensor, label_smoothing: float,
+                    chunk_size: int) -> None:
+    """The backward op's checks: the forward's (reduction "none") and grad_loss ``[N]``."""
+    op = f"{OP}_backward"
+    _check(input, weight, bias, target, label_smoothing, "none", chunk_size, op)
+    if not grad_loss.dtype.is_floating_point:
+        raise TypeError(f"{op}: grad_loss must be a floating-point tensor, got {grad_loss.dtype}")
+    if tuple(grad_loss.shape) != (input.shape[0],):
+        raise ValueError(f"{op}: grad_loss must have shape [N] = [{input.shape[0]}], "
+                         f"got {tuple(grad_loss.shape)}")
+    if grad_loss.device != input.device:
+        raise ValueError(f"{op}: grad_loss and input must be on the same device, "
+                         f"got {grad_loss.device} and {input.device}")
 
 
 def _row_kernel(input: torch.Tensor, target: torch.Tensor, ignore_index: int,
@@ -166,13 +183,13 @@ def _chunks(input, weight, bias, target, ignore_index, label_smoothing, chunk_si
     return row_loss, score, grad_input, grad_weight, grad_bias
 
 
-def _check_classes(target: torch.Tensor, ignore_index: int, classes: int) -> None:
+def _check_classes(op: str, target: torch.Tensor, ignore_index: int, classes: int) -> None:
     """Raises the error naming the first class index out of range (CPU: the per-chunk kernel
     would name its op and the row within the chunk; the CUDA kernels give NaN there)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= classes))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{OP}: target[{i}] = {int(target[i])} is out of range for {classes} "
+        raise ValueError(f"{op}: target[{i}] = {int(target[i])} is out of range for {classes} "
                          f"classes (expected 0 <= target < V, or target == ignore_index = "
                          f"{ignore_index})")
 
@@ -189,7 +206,7 @@ def _forward(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     reduced loss ("mean"/"sum", when compute_grad) and empty otherwise."""
     _check(input, weight, bias, target, label_smoothing, reduction, chunk_size)
     if not uses_cuda_path(input) and not target.dtype.is_floating_point:
-        _check_classes(target, ignore_index, weight.shape[0])
+        _check_classes(OP, target, ignore_index, weight.shape[0])
     eager = compute_grad and reduction != "none"
     row_loss, score, gi, gw, gb = _chunks(input, weight, bias, target, ignore_index,
                                           label_smoothing, chunk_size, eager)
@@ -242,6 +259,9 @@ def _recompute_backward(input: torch.Tensor, weight: torch.Tensor,
                         chunk_size: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of ``Σ_i grad_loss_i · loss_i`` (reduction "none"), recomputed by chunks:
     (grad_input, grad_weight, grad_bias or empty)."""
+    _check_backward(input, weight, bias, target, grad_loss, label_smoothing, chunk_size)
+    if not uses_cuda_path(input) and not target.dtype.is_floating_point:
+        _check_classes(f"{OP}_backward", target, ignore_index, weight.shape[0])
     _, _, gi, gw, gb = _chunks(input, weight, bias, target, ignore_index, label_smoothing,
                                chunk_size, True, row_weight=grad_loss)
     return gi, gw.to(weight.dtype), gb.to(weight.dtype) if gb is not None else _empty(input)
@@ -255,6 +275,7 @@ cuda_kernel(f"is_kernels::{OP}_backward")(_recompute_backward)
 @_lce_backward_op.register_fake
 def _lce_backward_fake(input, weight, bias, target, grad_loss, ignore_index, label_smoothing,
                        chunk_size):
+    _check_backward(input, weight, bias, target, grad_loss, label_smoothing, chunk_size)
     gb = input.new_empty((weight.shape[0],)) if bias is not None else _empty(input)
     return (torch.empty_like(input, memory_format=torch.contiguous_format),
             torch.empty_like(weight, memory_format=torch.contiguous_format), gb)

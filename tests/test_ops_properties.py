@@ -110,37 +110,6 @@ def same(a, b):
     return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
 
 
-@SETTINGS
-@given(trees(), st.data())
-def test_sum_tree_update(tree, data):
-    leaves, inner = tree
-    n = leaves.numel()
-    k = data.draw(st.integers(0, 8))
-    idx = torch.tensor(data.draw(st.lists(st.integers(-3, n + 3), min_size=k, max_size=k)),
-                       dtype=torch.int64)
-    values = data.draw(laid_out(data.draw(vectors(k, leaves.dtype))))
-    idx = data.draw(laid_out(idx))
-    consistent = same(inner, ops.sum_tree_build(leaves)) if bool(
-        (torch.isfinite(leaves) & (leaves >= 0)).all()) else False
-    before = leaves.clone(), inner.clone()
-    done = raises_naming("sum_tree_update",
-                         lambda: ops.sum_tree_update(leaves, inner, idx, values) or True)
-    limit = torch.finfo(torch.float64).max / (2 * n) if leaves.dtype == torch.float64 \
-        else math.inf
-    valid = bool(((idx >= 0) & (idx < n)).all()) and bool(
-        (torch.isfinite(values) & (values >= 0) & (values <= limit)).all())
-    assert bool(done) == valid
-    if not valid:
-        assert same(leaves, before[0]) and same(inner, before[1])
-        return
-    want = before[0].clone()
-    for i, v in zip(idx.tolist(), values.tolist()):
-        want[i] = v
-    assert torch.equal(leaves, want)
-    if consistent:
-        assert same(inner, ops.sum_tree_build(leaves))
-
-
 @st.composite
 def min_trees(draw):
     """(leaves, inner) of a min tree (values: anything but NaN), inner from the build,
@@ -164,8 +133,9 @@ def indices_in(draw, n, k):
                                                     max_size=k)), dtype=torch.int64)))
 
 
+@pytest.mark.parametrize("kind", ["sum_tree", "min_tree"])
 @SETTINGS
-@given(st.sampled_from(["sum_tree", "min_tree"]), st.data())
+@given(data=st.data())
 def test_tree_query(kind, data):
     leaves, inner = data.draw(trees() if kind == "sum_tree" else min_trees())
     n = leaves.numel()
@@ -207,19 +177,31 @@ def test_sum_tree_scan_lower_bound(tree, data):
         assert bool((leaves[out] > 0).all()), "reached a leaf of weight 0"
 
 
+def update_is_valid(kind, idx, values, n):
+    """Whether a tree update is valid: indices in [0, n); sum tree values finite, >= 0 and
+    at most the largest leaf; min tree values not NaN."""
+    in_range = bool(((idx >= 0) & (idx < n)).all())
+    if kind == "min_tree":
+        return in_range and not bool(values.isnan().any())
+    limit = torch.finfo(torch.float64).max / (2 * n) if values.dtype == torch.float64 \
+        else math.inf
+    return in_range and bool((torch.isfinite(values) & (values >= 0) & (values <= limit)).all())
+
+
+@pytest.mark.parametrize("kind", ["sum_tree", "min_tree"])
 @SETTINGS
-@given(min_trees(), st.data())
-def test_min_tree_update(tree, data):
-    leaves, inner = tree
+@given(data=st.data())
+def test_tree_update(kind, data):
+    leaves, inner = data.draw(trees() if kind == "sum_tree" else min_trees())
+    build, update = getattr(ops, f"{kind}_build"), getattr(ops, f"{kind}_update")
     n = leaves.numel()
     k = data.draw(st.integers(0, 8))
     idx = indices_in(data.draw, n, k)
     values = data.draw(laid_out(data.draw(vectors(k, leaves.dtype))))
-    consistent = same(inner, ops.min_tree_build(leaves))
+    consistent = same(inner, build(leaves))
     before = leaves.clone(), inner.clone()
-    done = raises_naming("min_tree_update",
-                         lambda: ops.min_tree_update(leaves, inner, idx, values) or True)
-    valid = bool(((idx >= 0) & (idx < n)).all()) and not bool(values.isnan().any())
+    done = raises_naming(f"{kind}_update", lambda: update(leaves, inner, idx, values) or True)
+    valid = update_is_valid(kind, idx, values, n)
     assert bool(done) == valid
     if not valid:
         assert same(leaves, before[0]) and same(inner, before[1])
@@ -229,7 +211,7 @@ def test_min_tree_update(tree, data):
         want[i] = v
     assert torch.equal(leaves, want)
     if consistent:
-        assert same(inner, ops.min_tree_build(leaves))
+        assert same(inner, build(leaves))
 
 
 # ---- prioritized replay's ops -----------------------------------------------------------

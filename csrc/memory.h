@@ -12,6 +12,9 @@
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace is_kernels {
 
@@ -30,7 +33,9 @@ inline void advise_huge_pages(void* p, size_t bytes) {
 }
 
 // A per-thread scratch buffer that only grows (kept between calls, so that repeated builds
-// reuse pages already mapped). Holds the largest size requested on this thread.
+// reuse pages already mapped). Holds the largest size requested on this thread. Under
+// AddressSanitizer only the `bytes` asked for are addressable: an access past them is
+// reported, which the buffer's rounded-up size would otherwise hide.
 inline char* thread_scratch(size_t bytes) {
   struct Free {
     void operator()(char* p) const { std::free(p); }
@@ -45,6 +50,10 @@ inline char* thread_scratch(size_t bytes) {
     advise_huge_pages(buf.get(), size);
     capacity = size;
   }
+#ifdef __SANITIZE_ADDRESS__
+  ASAN_UNPOISON_MEMORY_REGION(buf.get(), bytes);
+  ASAN_POISON_MEMORY_REGION(buf.get() + bytes, capacity - bytes);
+#endif
   return buf.get();
 }
 

@@ -188,6 +188,11 @@ def test_bad_arguments(kw, match):
         OnlineImportanceSampler(10, 2, **kw)
 
 
+def test_num_samples_beyond_the_tree_names_num_samples():
+    with pytest.raises(ValueError, match=r"num_samples must be at most 2\*\*31 - 1"):
+        OnlineImportanceSampler(2**31, 2)
+
+
 def test_loss_sampler_is_the_online_sampler_fed_losses():
     s = LossImportanceSampler(8, 2, warmup_epochs=0)
     assert s.score_type == "loss" and isinstance(s, OnlineImportanceSampler)

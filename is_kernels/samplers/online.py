@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._checks import flag, int_at_least, real, state_int
+from .._checks import MAX_SIZE, flag, int_at_least, real, state_int
 from ..ops.cuda_path import uses_cuda_path
 from ..ops.online_is import mixture
 from ..ops.sum_tree import SumTree
@@ -68,6 +68,9 @@ class OnlineImportanceSampler(Sampler):
                  device: DeviceLike = None, generator: Optional[torch.Generator] = None) -> None:
         super().__init__(num_samples, batch_size, device=device, generator=generator)
         name = type(self).__name__
+        if self.num_samples > MAX_SIZE:  # the importance memory is a tree of int32 indices
+            raise ValueError(f"{name}: num_samples must be at most 2**31 - 1, got "
+                             f"{self.num_samples}")
         momentum, uniform_mix = real(name, "momentum", momentum), \
             real(name, "uniform_mix", uniform_mix)
         if not 0.0 <= momentum < 1.0:

@@ -66,33 +66,37 @@ def can_sync(t: torch.Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the bytes spanned by the elements of a and b (from the first element to the
-    last) intersect; False if either is empty or they are on different devices."""
-    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
-        return False
+def _span(t: torch.Tensor) -> Optional[Tuple[torch.device, int, int]]:
+    """(device, first byte, end byte) of the bytes spanned by t's elements, from the first
+    element to the last; None if t is empty."""
+    if t.numel() == 0:
+        return None
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return t.device, start, start + t.numel() * t.element_size()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.device, start, start + (last + 1) * t.element_size()
 
-    def span(t: torch.Tensor) -> Tuple[int, int]:
-        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-        return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
-    (a0, a1), (b0, b1) = span(a), span(b)
-    return a0 < b1 and b0 < a1
+def _overlap(a: Optional[Tuple[torch.device, int, int]],
+             b: Optional[Tuple[torch.device, int, int]]) -> bool:
+    return a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
 
 
 def check_no_overlap(op: str, written: Dict[str, torch.Tensor],
                      read: Dict[str, torch.Tensor]) -> None:
     """Raises (RuntimeError naming both arguments) unless the tensors an op writes share no
     memory with each other or with the inputs it reads while writing (as csrc/overlap.h does
-    for the C++ kernels)."""
-    names = list(written)
-    for i, w in enumerate(names):
-        for o in names[i + 1:]:
-            if _overlaps(written[w], written[o]):
+    for the C++ kernels). Runs on every call of the CUDA path: each span is computed once."""
+    w_spans = [(name, _span(t)) for name, t in written.items()]
+    r_spans = [(name, _span(t)) for name, t in read.items()]
+    for i, (w, ws) in enumerate(w_spans):
+        for o, os_ in w_spans[i + 1:]:
+            if _overlap(ws, os_):
                 raise RuntimeError(f"{op}: {w} and {o} share memory; each must be a tensor of "
                                    "its own")
-        for r, t in read.items():
-            if _overlaps(written[w], t):
+        for r, rs in r_spans:
+            if _overlap(ws, rs):
                 raise RuntimeError(f"{op}: {r} shares memory with {w}, which the op writes; "
                                    f"pass a copy ({r}.clone())")
 

@@ -437,6 +437,7 @@ def test_update_refuses_inputs_that_share_memory_with_the_tree(kind, path):
               "indices shares memory with inner"),
              (leaves, inner, torch.arange(8).flip(0), leaves, "values shares memory with leaves"),
              (leaves, inner, torch.arange(4), inner[4:], "values shares memory with inner"),
+             (leaves, inner, torch.arange(4), leaves[1::2], "values shares memory with leaves"),
              (leaves, leaves, torch.tensor([1]), torch.ones(1, dtype=torch.float64),
               "leaves and inner share memory")]
     for lv, inn, idx, values, msg in cases:
